@@ -1,0 +1,99 @@
+"""The ops seam: every op the model calls, dispatched to a CUDA kernel or the pure-torch reference.
+
+Public ops (signatures and layouts documented in engine/ops/reference.py):
+    rms_norm(x, weight, eps, residual=None) -> (out, new_residual)
+    apply_rotary(q (T, Hq, D), k (T, Hkv, D), positions (T,), cos_sin_cache (max_pos, D)) -> (q, k)
+    write_kv(k (T, Hkv, D), v (T, Hkv, D), kv_cache_layer (2, num_blocks, bs, Hkv, D), slot_mapping (T,))
+    paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window) -> (T, Hq, D)
+    quant_linear(x (M, K), w: PackedWeight) -> (M, N)
+    silu_and_mul(x (M, 2I)) -> (M, I)
+    prepare_quant_weight(w: PackedWeight) -> PackedWeight   (once at load, after moving to the device)
+    backend_report() -> {op name: "cuda" | "reference"}
+
+Contract with engine/ops/cuda.py (owned by the kernel work; may be absent):
+    cuda.op_table() -> dict[str, Callable]: op name -> a function with the reference's signature, for
+    the ops whose kernel is built and registered (torch.ops.exlsp.*). It may build or load the extension
+    on its first call and returns {} (after one warning) when that fails. Called at most once, lazily,
+    the first time an op sees a CUDA tensor or backend_report() is asked, so importing this package
+    never compiles anything. A CUDA function is used only when the op's first tensor is on CUDA.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from engine.ops import reference
+
+OP_NAMES = (
+    "rms_norm",
+    "apply_rotary",
+    "write_kv",
+    "paged_attention",
+    "quant_linear",
+    "silu_and_mul",
+    "prepare_quant_weight",
+)
+
+_cuda_table: dict[str, Callable] | None = None
+
+
+def _load_cuda_table() -> dict[str, Callable]:
+    global _cuda_table
+    if _cuda_table is None:
+        _cuda_table = {}
+        if torch.cuda.is_available():
+            try:
+                from engine.ops import cuda
+            except ImportError:
+                pass  # kernels not part of this tree: the reference path is the only path
+            else:
+                try:
+                    _cuda_table = {name: fn for name, fn in cuda.op_table().items() if name in OP_NAMES}
+                except Exception as exc:  # a broken build must never take the engine down
+                    warnings.warn(f"CUDA ops unavailable, using the torch reference: {exc}", stacklevel=3)
+    return _cuda_table
+
+
+def _impl(name: str, tensor: torch.Tensor) -> Callable:
+    if tensor.is_cuda:
+        fn = _load_cuda_table().get(name)
+        if fn is not None:
+            return fn
+    return getattr(reference, name)
+
+
+def backend_report() -> dict[str, str]:
+    """Which implementation each op uses for CUDA tensors on this machine (for `exlsp doctor`)."""
+    table = _load_cuda_table()
+    return {name: ("cuda" if name in table else "reference") for name in OP_NAMES}
+
+
+def rms_norm(x, weight, eps, residual=None):
+    return _impl("rms_norm", x)(x, weight, eps, residual)
+
+
+def apply_rotary(q, k, positions, cos_sin_cache):
+    return _impl("apply_rotary", q)(q, k, positions, cos_sin_cache)
+
+
+def write_kv(k, v, kv_cache_layer, slot_mapping):
+    return _impl("write_kv", k)(k, v, kv_cache_layer, slot_mapping)
+
+
+def paged_attention(q, kv_cache_layer, attn, scale, sliding_window):
+    return _impl("paged_attention", q)(q, kv_cache_layer, attn, scale, sliding_window)
+
+
+def quant_linear(x, w):
+    return _impl("quant_linear", x)(x, w)
+
+
+def silu_and_mul(x):
+    return _impl("silu_and_mul", x)(x)
+
+
+def prepare_quant_weight(w):
+    return _impl("prepare_quant_weight", w.qweight)(w)

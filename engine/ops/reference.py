@@ -1,0 +1,137 @@
+"""Pure-torch reference of every op the model calls: the CPU path and the oracle for the CUDA kernels.
+
+Each function here has the exact signature of its public face in engine/ops/__init__.py. Clarity
+beats speed: per-sequence Python loops and float32 math wherever precision could differ.
+
+Layouts:
+  q (T, Hq, D), k and v (T, Hkv, D): new tokens of all sequences packed along T (no padding)
+  kv_cache_layer (2, num_blocks, block_size, Hkv, D): [0] is K, [1] is V; flat slot = block * bs + offset
+  cos_sin_cache (max_positions, D) float32: [:, :D/2] = cos, [:, D/2:] = sin (neox half-split rotation)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention_metadata import AttentionMetadata
+from engine.quant.layout import PackedWeight, quant_linear_reference
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, new_residual) with new_residual = x + residual (or x) and out = rmsnorm(new_residual) * weight.
+
+    The residual add happens in the model dtype (as transformers does); the normalization in float32,
+    cast back before the weight multiply.
+    """
+    if residual is not None:
+        x = x + residual
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype), x
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate q (T, Hq, D) and k (T, Hkv, D) by their positions (T,); returns new tensors."""
+    cos, sin = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)  # (T, D/2) each
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (T, 1, D/2): broadcast over heads
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float().chunk(2, dim=-1)  # (T, H, D/2) each
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, kv_cache_layer: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store each new token's K and V (T, Hkv, D) at its slot. A negative slot means "do not store"
+    (padding tokens of a captured batch)."""
+    _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache_layer.shape
+    flat = kv_cache_layer.view(2, num_blocks * block_size, num_kv_heads, head_dim)
+    keep = slot_mapping >= 0
+    if not bool(keep.all()):
+        k, v, slot_mapping = k[keep], v[keep], slot_mapping[keep]
+    flat[0].index_copy_(0, slot_mapping, k.to(flat.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(flat.dtype))
+
+
+def gather_kv(
+    kv_cache_layer: torch.Tensor, block_table: torch.Tensor, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first seq_len cached tokens of one sequence: K and V, each (seq_len, Hkv, D)."""
+    block_size = kv_cache_layer.shape[2]
+    num_blocks = -(-seq_len // block_size)
+    blocks = kv_cache_layer[:, block_table[:num_blocks].long()]  # (2, nb, bs, Hkv, D)
+    k, v = blocks.flatten(1, 2)[:, :seq_len]  # (seq_len, Hkv, D) each
+    return k, v
+
+
+def causal_mask(
+    query_len: int, seq_len: int, sliding_window: int | None, device: torch.device
+) -> torch.Tensor:
+    """(query_len, seq_len) bool, True where the query may attend. Query i sits at position
+    seq_len - query_len + i; it sees keys at positions <= its own and, with a window, the
+    `sliding_window` most recent of them (itself included), as transformers masks."""
+    q_pos = torch.arange(seq_len - query_len, seq_len, device=device).unsqueeze(1)  # (Tq, 1)
+    k_pos = torch.arange(seq_len, device=device).unsqueeze(0)  # (1, L)
+    allowed = k_pos <= q_pos
+    if sliding_window is not None:
+        allowed &= q_pos - k_pos < sliding_window
+    return allowed
+
+
+def attention_dense(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q (Tq, Hq, D), k and v (L, Hkv, D), mask (Tq, L) -> (Tq, Hq, D); GQA by repeating K/V heads."""
+    group = q.shape[1] // k.shape[1]
+    k = k.float().repeat_interleave(group, dim=1)  # (L, Hq, D)
+    v = v.float().repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale  # (Hq, Tq, L)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache_layer: torch.Tensor,
+    attn: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """Causal attention of the new tokens (T, Hq, D) over each sequence's cached blocks (whose K/V
+    for the new tokens were already written). Mixed prefill and decode sequences in one batch."""
+    out = torch.empty_like(q)
+    query_start_loc = attn.query_start_loc.tolist()
+    seq_lens = attn.seq_lens.tolist()
+    for i, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[i], query_start_loc[i + 1]
+        if end == start:
+            continue
+        k, v = gather_kv(kv_cache_layer, attn.block_tables[i], seq_len)
+        mask = causal_mask(end - start, seq_len, sliding_window, q.device)
+        out[start:end] = attention_dense(q[start:end], k, v, mask, scale)
+    return out
+
+
+def quant_linear(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """x (M, K) @ dequantized W (K, N) + bias -> (M, N)."""
+    return quant_linear_reference(x, w)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x (M, 2I) holding [gate | up] -> silu(gate) * up, (M, I)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
+    """Hook for a backend to derive its own tile layout once at load; the reference needs none."""
+    return w
