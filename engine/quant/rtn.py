@@ -1,0 +1,137 @@
+"""Round-to-nearest quantization, and the grid it shares with GPTQ (engine/quant/gptq.py).
+
+RTN is the baseline GPTQ must beat: every group's codes are the nearest points of a min/max grid,
+with no error compensation. The grid is a per-output-channel scale and zero of one group.
+
+A grid maps a float weight w to an integer code q in [0, maxq] and back:
+    q = clamp(round(w / scale) + zero, 0, maxq)        w_hat = (q - zero) * scale
+Scales are rounded to fp16 as soon as they are found, because the checkpoint stores them in fp16:
+the quantizer then compensates the error of exactly the grid the engine will dequantize with.
+
+Weights here are in the torch.nn.Linear orientation, (N, K) = (out_features, in_features); a group
+is a slice of columns, and every row (output channel) gets its own scale and zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int = 4
+    group_size: int = 128  # columns (input features) per group; -1 means one group per row
+    sym: bool = True
+    act_order: bool = False  # GPTQ only: visit columns by descending Hessian diagonal
+    damp_percent: float = 0.01  # GPTQ only: damping added to diag(H), as a fraction of its mean
+    block_size: int = 128  # GPTQ only: columns updated lazily per block (speed, not the result)
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {self.bits}")
+        if self.group_size != -1 and self.group_size <= 0:
+            raise ValueError(f"group size must be positive or -1, got {self.group_size}")
+        if not 0.0 < self.damp_percent < 1.0:
+            raise ValueError(f"damp must be in (0, 1), got {self.damp_percent}")
+
+    @property
+    def maxq(self) -> int:
+        return (1 << self.bits) - 1
+
+    def group_size_for(self, in_features: int) -> int:
+        return in_features if self.group_size == -1 else self.group_size
+
+
+@dataclass(frozen=True)
+class Grid:
+    scale: torch.Tensor  # (N,) float32, fp16-representable
+    zero: torch.Tensor  # (N,) float32 holding integers in [0, maxq]
+
+
+def find_grid(w: torch.Tensor, spec: QuantSpec) -> Grid:
+    """Min/max grid of the columns `w` (N, G): the range always contains 0 so zero is exact."""
+    maxq = spec.maxq
+    w = w.float()
+    wmin = w.min(dim=1).values.clamp(max=0)  # (N,)
+    wmax = w.max(dim=1).values.clamp(min=0)
+    if spec.sym:
+        # Symmetric around the middle code: the range must reach -max|w| even for an all-positive row.
+        wmax = torch.maximum(wmin.abs(), wmax)
+        wmin = -wmax
+    empty = (wmin == 0) & (wmax == 0)  # an all-zero row still needs a finite scale
+    wmin = torch.where(empty, torch.full_like(wmin, -1.0), wmin)
+    wmax = torch.where(empty, torch.full_like(wmax, 1.0), wmax)
+    scale = ((wmax - wmin) / maxq).half().float()
+    scale = torch.where(scale == 0, torch.full_like(scale, 2.0**-24), scale)  # fp16 underflow
+    if spec.sym:
+        zero = torch.full_like(scale, (maxq + 1) // 2)
+    else:
+        # Zero >= 1: a "gptq" checkpoint stores zero - 1 in `bits` bits, and loaders differ in how
+        # they unwrap a stored -1. Only an all-non-negative group would want 0; it loses one code.
+        zero = torch.round(-wmin / scale).clamp(1, maxq)
+    return Grid(scale=scale, zero=zero)
+
+
+def quantize_codes(w: torch.Tensor, grid: Grid, maxq: int) -> torch.Tensor:
+    """Integer codes (as float) of `w` (N,) or (N, G) on `grid`."""
+    scale, zero = grid.scale, grid.zero
+    if w.dim() == 2:
+        scale, zero = scale.unsqueeze(1), zero.unsqueeze(1)
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def dequantize_codes(q: torch.Tensor, grid: Grid) -> torch.Tensor:
+    scale, zero = grid.scale, grid.zero
+    if q.dim() == 2:
+        scale, zero = scale.unsqueeze(1), zero.unsqueeze(1)
+    return (q - zero) * scale
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One quantized linear layer, in the orientation of the GPTQ checkpoint (K rows, N columns).
+
+    `g_idx[k]` is the group of input feature k. With act-order the groups follow the order in which
+    GPTQ visited the columns, so g_idx is not monotonic; without it g_idx[k] == k // group_size.
+    """
+
+    codes: torch.Tensor  # (K, N) int32 in [0, 2**bits)
+    scales: torch.Tensor  # (G, N) float32, fp16-representable
+    zeros: torch.Tensor  # (G, N) int32, the true zero (stored as zero - 1 in a "gptq" checkpoint)
+    g_idx: torch.Tensor  # (K,) int32
+    bits: int
+    group_size: int
+
+    def dequantize(self) -> torch.Tensor:
+        """The (N, K) float32 weight the engine computes with (torch.nn.Linear orientation)."""
+        g = self.g_idx.long()
+        w = (self.codes.float() - self.zeros[g].float()) * self.scales[g]  # (K, N)
+        return w.t().contiguous()
+
+
+def rtn_quantize(weight: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
+    """Quantize `weight` (N, K) group by group in input-feature order."""
+    n, k = weight.shape
+    group_size = spec.group_size_for(k)
+    if k % group_size:
+        raise ValueError(f"in_features {k} is not a multiple of group size {group_size}")
+    w = weight.float()
+    codes = torch.empty(n, k, dtype=torch.float32, device=w.device)
+    scales, zeros = [], []
+    for start in range(0, k, group_size):
+        cols = w[:, start : start + group_size]  # (N, G)
+        grid = find_grid(cols, spec)
+        codes[:, start : start + group_size] = quantize_codes(cols, grid, spec.maxq)
+        scales.append(grid.scale)
+        zeros.append(grid.zero)
+    g_idx = torch.arange(k, device=w.device, dtype=torch.int32) // group_size
+    return QuantizedWeight(
+        codes=codes.t().to(torch.int32).contiguous(),
+        scales=torch.stack(scales),
+        zeros=torch.stack(zeros).to(torch.int32),
+        g_idx=g_idx,
+        bits=spec.bits,
+        group_size=group_size,
+    )
