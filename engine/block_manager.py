@@ -1,0 +1,267 @@
+"""The paged KV cache's bookkeeping: one pool of fixed-size blocks, a block table per sequence, and
+the prefix cache. Pure Python: lists in, lists out (the model runner turns them into tensors).
+
+A sequence's tokens live in its block table: token at position p sits in slot
+    block_table[p // block_size] * block_size + p % block_size.
+
+Prefix cache. A block whose `block_size` tokens have all been computed is registered under a key
+chained over every token before it (engine/prefix_hash.py). A later sequence whose prompt starts
+with the same tokens takes those blocks instead of recomputing them; a hit is checked against the
+stored token ids, so a hash collision can never serve wrong KV. Only full blocks are shared and a full
+block is never written again, so sharing needs no copy-on-write.
+
+Every block is in exactly one of three states:
+    in use       ref_count > 0, listed in the tables of ref_count sequences
+    cached free  ref_count == 0 but registered: reusable by a hit until evicted
+    free         ref_count == 0, unregistered
+Eviction takes the least recently released cached block among those with no registered child, so a
+chain is always evicted from its tail: a registered block's parent is registered too. This holds
+because a sequence that holds a registered block also holds its parent (its table is a chain of
+registered blocks followed by unregistered ones), so a parent is never free while a child is in use.
+
+When a sequence fills a block that another sequence registered meanwhile (two requests with the same
+prefix prefilled at once), it swaps its copy for the registered block, so the chain stays unbroken
+and the next request reuses both sequences' work.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
+
+from engine.prefix_hash import ROOT_HASH, BlockHash, block_hash
+
+MAX_BLOCK_SIZE_TOKENS = 32  # reuse granularity (DESIGN.md): a larger block shares too little of a prefix
+
+SeqId = Hashable
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int = 16, enable_prefix_cache: bool = True) -> None:
+        if not 1 <= block_size <= MAX_BLOCK_SIZE_TOKENS:
+            raise ValueError(f"block_size must be in [1, {MAX_BLOCK_SIZE_TOKENS}], got {block_size}")
+        if num_blocks < 1:
+            raise ValueError(f"the KV cache needs at least one block, got num_blocks={num_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_cache = enable_prefix_cache
+
+        self._ref_count = [0] * num_blocks
+        self._key: list[BlockHash | None] = [None] * num_blocks  # registered key, None if unregistered
+        self._tokens: list[tuple[int, ...] | None] = [None] * num_blocks  # for verifying hits
+        self._parent = [-1] * num_blocks  # registered parent block, -1 for a chain root
+        self._num_children = [0] * num_blocks  # registered blocks whose parent this is
+        self._cached: dict[BlockHash, int] = {}  # key -> registered block
+
+        self._free: deque[int] = deque(range(num_blocks))
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # cached free blocks, oldest first
+
+        self._tables: dict[SeqId, list[int]] = {}
+        self._num_registered: dict[SeqId, int] = {}  # leading blocks of the table that are registered
+
+        self.num_hit_queries_tokens = 0  # prompt tokens looked up in the prefix cache
+        self.num_hit_tokens = 0  # of those, tokens served from it
+
+    # ---- queries ---------------------------------------------------------------------------------
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can take now: free ones plus cached free ones (evicted on demand)."""
+        return len(self._free) + len(self._evictable)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return len(self._cached)
+
+    def has(self, seq_id: SeqId) -> bool:
+        return seq_id in self._tables
+
+    def block_table(self, seq_id: SeqId) -> list[int]:
+        return self._tables[seq_id]
+
+    def ref_count(self, block_id: int) -> int:
+        return self._ref_count[block_id]
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def num_new_blocks_needed(self, seq_id: SeqId, num_tokens: int) -> int:
+        """Blocks to allocate so that the sequence's table holds `num_tokens` slots."""
+        have = len(self._tables.get(seq_id, ()))
+        return max(0, self.num_blocks_for(num_tokens) - have)
+
+    def slot_mapping(self, seq_id: SeqId, start: int, end: int) -> list[int]:
+        """Flat cache slots of positions [start, end) of the sequence."""
+        table, bs = self._tables[seq_id], self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def allocate_prefix(self, seq_id: SeqId, token_ids: Sequence[int]) -> int:
+        """Start a table for a new sequence, taking every cached block its prompt starts with.
+
+        The last prompt token is never served from the cache (its logits are needed), so at most
+        (len(token_ids) - 1) // block_size blocks are reused. Returns the number of cached tokens.
+        """
+        assert seq_id not in self._tables, seq_id
+        table: list[int] = []
+        self._tables[seq_id] = table
+        self._num_registered[seq_id] = 0
+        if not self.enable_prefix_cache:
+            return 0
+        bs = self.block_size
+        max_hit_blocks = max(0, len(token_ids) - 1) // bs
+        parent = ROOT_HASH
+        for i in range(max_hit_blocks):
+            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
+            key = block_hash(parent, tokens)
+            block = self._cached.get(key)
+            if block is None or self._tokens[block] != tokens:
+                break
+            self._acquire(block)
+            table.append(block)
+            parent = key
+        self._num_registered[seq_id] = len(table)
+        num_cached_tokens = len(table) * bs
+        self.num_hit_queries_tokens += len(token_ids)
+        self.num_hit_tokens += num_cached_tokens
+        return num_cached_tokens
+
+    def ensure_slots(self, seq_id: SeqId, num_tokens: int) -> bool:
+        """Grow the sequence's table to hold `num_tokens` slots. All or nothing: False (and no change)
+        when the pool has too few blocks."""
+        need = self.num_new_blocks_needed(seq_id, num_tokens)
+        if need > self.num_free_blocks:
+            return False
+        table = self._tables[seq_id]
+        for _ in range(need):
+            block = self._take_free_block()
+            self._ref_count[block] = 1
+            table.append(block)
+        return True
+
+    def commit(self, seq_id: SeqId, token_ids: Sequence[int], num_computed_tokens: int) -> None:
+        """Register the blocks that the first `num_computed_tokens` of `token_ids` fill completely.
+
+        Call after the forward pass that wrote their KV. Output tokens are registered like prompt
+        tokens, so a prompt equal to an earlier prompt plus its output reuses all of it.
+        """
+        if not self.enable_prefix_cache:
+            return
+        table, bs = self._tables[seq_id], self.block_size
+        num_full = min(num_computed_tokens // bs, len(table))
+        i = self._num_registered[seq_id]
+        parent = self._key[table[i - 1]] if i > 0 else ROOT_HASH
+        while i < num_full:
+            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
+            key = block_hash(parent, tokens)
+            existing = self._cached.get(key)
+            if existing is None:
+                self._register(table[i], key, tokens, table[i - 1] if i > 0 else -1)
+            elif self._tokens[existing] != tokens:
+                break  # a hash collision: leave this block (and the rest of the chain) unshared
+            elif existing != table[i]:
+                # Another sequence registered the same tokens first: use its block, drop our copy.
+                self._acquire(existing)
+                self._release(table[i])
+                table[i] = existing
+            parent = key
+            i += 1
+        self._num_registered[seq_id] = i
+
+    def free(self, seq_id: SeqId) -> None:
+        """Return every block of the sequence. Tails are released first, so among blocks released
+        together the tail is the least recently used and is evicted first."""
+        table = self._tables.pop(seq_id)
+        del self._num_registered[seq_id]
+        for block in reversed(table):
+            self._release(block)
+
+    # ---- internals -------------------------------------------------------------------------------
+
+    def _acquire(self, block: int) -> None:
+        if self._ref_count[block] == 0:
+            del self._evictable[block]
+        self._ref_count[block] += 1
+
+    def _release(self, block: int) -> None:
+        assert self._ref_count[block] > 0, block
+        self._ref_count[block] -= 1
+        if self._ref_count[block] == 0:
+            if self._key[block] is not None:
+                self._evictable[block] = None  # most recently used end
+            else:
+                self._free.append(block)
+
+    def _register(self, block: int, key: BlockHash, tokens: tuple[int, ...], parent: int) -> None:
+        assert self._key[block] is None, block
+        self._cached[key] = block
+        self._key[block] = key
+        self._tokens[block] = tokens
+        self._parent[block] = parent
+        if parent >= 0:
+            self._num_children[parent] += 1
+
+    def _unregister(self, block: int) -> None:
+        key = self._key[block]
+        assert key is not None and self._num_children[block] == 0, block
+        del self._cached[key]
+        parent = self._parent[block]
+        if parent >= 0:
+            self._num_children[parent] -= 1
+        self._key[block] = None
+        self._tokens[block] = None
+        self._parent[block] = -1
+
+    def _take_free_block(self) -> int:
+        if self._free:
+            return self._free.popleft()
+        # Evict the least recently released chain tail. One always exists: every registered child of
+        # a cached free block is itself cached free (see the module docstring).
+        for block in self._evictable:
+            if self._num_children[block] == 0:
+                del self._evictable[block]
+                self._unregister(block)
+                return block
+        raise AssertionError("no free block although num_free_blocks > 0")
+
+    # ---- checking --------------------------------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        """Assert the pool's internal consistency (for tests; O(num_blocks))."""
+        holders = [0] * self.num_blocks
+        for table in self._tables.values():
+            for block in table:
+                holders[block] += 1
+        free, evictable = set(self._free), set(self._evictable)
+        assert len(free) == len(self._free) and not free & evictable
+        for block in range(self.num_blocks):
+            rc = self._ref_count[block]
+            assert rc == holders[block] >= 0, (block, rc, holders[block])
+            registered = self._key[block] is not None
+            if rc == 0:
+                assert (block in evictable) == registered and (block in free) != registered, block
+            else:
+                assert block not in free and block not in evictable, block
+            if holders[block] > 1:
+                assert registered, (
+                    f"block {block} shared by {holders[block]} tables but not a cached full block"
+                )
+            if registered:
+                assert self._cached[self._key[block]] == block
+                parent = self._parent[block]
+                assert parent == -1 or self._key[parent] is not None, (
+                    "registered block with unregistered parent"
+                )
+        for block in self._cached.values():
+            assert self._key[block] is not None
+        children = [0] * self.num_blocks
+        for block in self._cached.values():
+            if self._parent[block] >= 0:
+                children[self._parent[block]] += 1
+        assert children == self._num_children
+        for seq_id, table in self._tables.items():
+            n = self._num_registered[seq_id]
+            assert all(self._key[b] is not None for b in table[:n]), seq_id
+            for i in range(1, n):
+                assert self._parent[table[i]] == table[i - 1], (seq_id, i)
