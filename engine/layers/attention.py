@@ -1,0 +1,54 @@
+"""Grouped-query self-attention over the paged KV cache.
+
+One implementation for every family and every call: the new tokens' K/V are written into their
+slots first, then the new queries attend to each sequence's cached blocks (themselves included).
+Layouts: hidden (T, H) with all sequences' new tokens packed along T; q (T, Hq, D); k, v (T, Hkv, D);
+kv_cache_layer (2, num_blocks, block_size, Hkv, D).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine import ops
+from engine.attention_metadata import AttentionMetadata
+from engine.layers.rotary import RotaryEmbedding
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        qkv_proj: nn.Module,  # H -> (Hq + 2 * Hkv) * D, q | k | v side by side
+        o_proj: nn.Module,  # Hq * D -> H
+        rotary: RotaryEmbedding,
+        *,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        sliding_window: int | None,
+    ):
+        super().__init__()
+        self.qkv_proj, self.o_proj = qkv_proj, o_proj
+        self.rotary = rotary
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.sliding_window = sliding_window
+        self.scale = head_dim**-0.5
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache_layer: torch.Tensor,
+    ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)  # (T, q|kv|kv)
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)  # (T, Hq, D)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary(q, k, positions)
+        ops.write_kv(k, v, kv_cache_layer, attn.slot_mapping)
+        out = ops.paged_attention(q, kv_cache_layer, attn, self.scale, self.sliding_window)  # (T, Hq, D)
+        return self.o_proj(out.reshape(num_tokens, q_size))  # (T, H)

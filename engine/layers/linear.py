@@ -1,0 +1,78 @@
+"""Linear layers: float, GPTQ-quantized (through ops.quant_linear), and a concatenation of several.
+
+Weights arrive built by the loader (engine/loader.py), already fused where possible: q/k/v and gate/up
+are one matrix whose output features are the parts side by side. x: (..., K) -> (..., N).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine import ops
+from engine.quant.layout import PackedWeight
+
+
+def _frozen(t: torch.Tensor | None) -> nn.Parameter | None:
+    return None if t is None else nn.Parameter(t, requires_grad=False)
+
+
+class Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.weight = _frozen(weight)  # (N, K), the Hugging Face layout
+        self.bias = _frozen(bias)  # (N,) or None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class QuantLinear(nn.Module):
+    """A PackedWeight kept as buffers (so `.to()` moves it); the op sees a PackedWeight prepared once
+    per device by ops.prepare_quant_weight (a kernel backend may attach its own tile layout there)."""
+
+    def __init__(self, w: PackedWeight):
+        super().__init__()
+        self.bits, self.group_size = w.bits, w.group_size
+        self.in_features, self.out_features = w.in_features, w.out_features
+        self.register_buffer("qweight", w.qweight)
+        self.register_buffer("scales", w.scales)
+        self.register_buffer("zeros", w.zeros)
+        self.register_buffer("perm", w.perm)
+        self.register_buffer("bias", w.bias)
+        self._prepared: PackedWeight | None = None
+
+    def _apply(self, fn, recurse=True):
+        self._prepared = None  # tensors moved or cast: prepare again on the next call
+        return super()._apply(fn, recurse)
+
+    def packed(self) -> PackedWeight:
+        if self._prepared is None:
+            w = PackedWeight(
+                self.bits, self.group_size, self.in_features, self.out_features,
+                self.qweight, self.scales, self.zeros, self.perm, self.bias,
+            )  # fmt: skip
+            self._prepared = ops.prepare_quant_weight(w)
+        return self._prepared
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.quant_linear(x.reshape(-1, self.in_features), self.packed())  # (M, N)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class ConcatLinear(nn.Module):
+    """Several linears reading the same input whose outputs are concatenated: what a fused q/k/v or
+    gate/up becomes when its parts cannot share one matrix (GPTQ act-order with different g_idx)."""
+
+    def __init__(self, parts: list[nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.out_features = sum(p.out_features for p in parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
