@@ -1,0 +1,58 @@
+-- :checkhealth exlsp — server command found, server running with the model loaded, FIM available.
+local config = require("exlsp.config")
+local server = require("exlsp.server")
+
+local M = {}
+
+function M.check()
+  local health = vim.health
+  health.start("exlsp")
+  local options = require("exlsp").options or config.defaults
+
+  local cmd = server.resolve_cmd(options)
+  if vim.fn.executable(cmd[1]) == 1 then
+    health.ok("server command: " .. table.concat(cmd, " "))
+  else
+    health.error(
+      "server command not found: " .. cmd[1],
+      { "pip install exlsp into the active Python environment, or set cmd in setup()" }
+    )
+    return
+  end
+  if cmd[2] == "-m" then
+    local probe = vim.system({ cmd[1], "-c", "import exlsp.cli" }, { text = true }):wait(10000)
+    if probe.code ~= 0 then
+      health.error(cmd[1] .. " cannot import exlsp", { "pip install exlsp into that environment" })
+      return
+    end
+  end
+
+  local client = server.client()
+  if not client then
+    health.warn("server not running: open a file to start it")
+    return
+  end
+  health.ok("server running (client id " .. client.id .. ")")
+  local response = server.request_sync(client, "exlsp/status", vim.empty_dict(), 5000)
+  local status = response and response.result
+  if not status then
+    health.error("exlsp/status did not answer: " .. vim.inspect(response and response.err))
+    return
+  end
+  if status.state == "ready" or status.state == "busy" then
+    health.ok("model loaded: " .. tostring(status.model) .. " on " .. tostring(status.device))
+  elseif status.state == "error" then
+    health.error("model failed to load: " .. tostring(status.error or status.model))
+  else
+    health.warn("model state: " .. tostring(status.state))
+  end
+  if status.fim == true then
+    health.ok("fill-in-the-middle tokens available")
+  elseif status.fim == false then
+    health.error("the model has no fill-in-the-middle tokens: inline completions are off")
+  else
+    health.info("the server did not report FIM support")
+  end
+end
+
+return M
