@@ -1,0 +1,102 @@
+"""`exlsp complete FILE:LINE:COL`: print the completion the server would show there.
+
+Same pipeline as the server (exlsp/handlers/completion.py): windowed FIM prompt, engine, the
+post-processing rules. LINE and COL are 1-based, COL counts characters, as compilers print them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+HELP = "print the inline completion for FILE:LINE:COL (1-based), through the server's pipeline"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "location", metavar="FILE:LINE:COL", help="where the cursor is (1-based line and column)"
+    )
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="new tokens to generate (default: settings)"
+    )
+    parser.add_argument("--raw", action="store_true", help="also print the model's raw output to stderr")
+
+
+def parse_location(text: str) -> tuple[Path, int, int]:
+    match = re.fullmatch(r"(.+):(\d+):(\d+)", text)
+    if not match:
+        raise ValueError(f"expected FILE:LINE:COL, got {text!r}")
+    line, col = int(match.group(2)), int(match.group(3))
+    if line < 1 or col < 1:
+        raise ValueError("LINE and COL are 1-based")
+    return Path(match.group(1)), line, col
+
+
+def run(args: argparse.Namespace) -> int:
+    from exlsp.documents import Document
+    from exlsp.handlers.completion import cursor_context, fim_input
+    from exlsp.postprocess import postprocess
+    from exlsp.prompt import Budgets, PromptBuilder
+    from exlsp.server import open_engine
+    from exlsp.settings import Settings
+
+    try:
+        path, line, col = parse_location(args.location)
+        text = path.read_text(encoding="utf-8")
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        print(f"exlsp complete: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings()
+    doc = Document(uri=path.resolve().as_uri(), language_id=_language_of(path), version=0, text=text)
+    # COL counts characters; offset_at counts UTF-16 units, so go through the line directly.
+    line_index = min(line - 1, doc.num_lines - 1)
+    offset = doc.line_starts[line_index] + min(col - 1, len(doc.line_text(line_index)))
+
+    started = time.perf_counter()
+    print("exlsp: loading model…", file=sys.stderr, flush=True)
+    try:
+        engine = open_engine(args.model, device=args.device)
+    except Exception as exc:
+        print(f"exlsp complete: cannot load the model: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"exlsp: model loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+        builder = PromptBuilder(engine.tokenizer)
+        budgets = Budgets(settings.prefix_tokens, settings.suffix_tokens, settings.extra_context_tokens)
+        prompt = builder.build(fim_input(doc, offset, settings, path=path.name), budgets)
+        cursor = cursor_context(doc.text, offset)
+        result = engine.generate(
+            list(prompt.token_ids),
+            max_new_tokens=args.max_tokens or settings.max_tokens,
+            temperature=settings.temperature,
+            stop_token_ids=prompt.stop_token_ids,
+            stop=("\n",) if cursor.mid_line else (),
+        )
+    finally:
+        engine.close()
+    if args.raw:
+        print(f"exlsp: raw output {result.text!r} ({result.finish_reason})", file=sys.stderr)
+    suggestion = postprocess(result.text, cursor)
+    if suggestion is None:
+        print("exlsp: no suggestion here", file=sys.stderr)
+        return 0
+    print(suggestion)
+    return 0
+
+
+_LANGUAGES = {
+    ".py": "python",
+    ".rs": "rust",
+    ".ts": "typescript",
+    ".js": "javascript",
+    ".go": "go",
+    ".lua": "lua",
+}
+
+
+def _language_of(path: Path) -> str:
+    return _LANGUAGES.get(path.suffix, path.suffix.lstrip("."))

@@ -1,0 +1,66 @@
+"""`exlsp doctor`: check what exlsp needs, one PASS/FAIL line each; non-zero exit on a failure."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+
+HELP = "check python, torch, device, kernels, model load and FIM support (PASS/FAIL per line)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="device to check the model on (default: cuda when available)")
+
+
+def _line(ok: bool, name: str, detail: str) -> bool:
+    print(f"{'PASS' if ok else 'FAIL'}  {name:<10} {detail}", flush=True)
+    return ok
+
+
+def run(args: argparse.Namespace) -> int:
+    ok = _line(sys.version_info >= (3, 11), "python", f"{platform.python_version()} ({sys.executable})")
+    try:
+        import torch
+    except Exception as exc:
+        _line(False, "torch", f"cannot import torch: {exc}")
+        return 1
+    ok &= _line(True, "torch", torch.__version__)
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        ok &= _line(True, "device", f"cuda: {name} ({torch.cuda.device_count()} visible)")
+    else:
+        ok &= _line(True, "device", "cpu only (no CUDA device): completions run on the reference ops, slowly")
+    try:
+        from engine import ops
+
+        report = getattr(ops, "backend_report", None)
+        ok &= _line(True, "kernels", str(report()) if report else "backend report not available")
+    except Exception as exc:
+        ok &= _line(False, "kernels", f"{type(exc).__name__}: {exc}")
+
+    from exlsp.prompt import detect_fim, fim_status
+    from exlsp.server import open_engine
+
+    started = time.perf_counter()
+    try:
+        engine = open_engine(args.model, device=args.device)
+    except Exception as exc:
+        _line(False, "model", f"{type(exc).__name__}: {exc}")
+        _line(False, "fim", "no model to check")
+        return 1
+    try:
+        seconds = time.perf_counter() - started
+        result = engine.generate("def ", max_new_tokens=4)
+        ok &= _line(
+            result.finish_reason != "error",
+            "model",
+            f"{getattr(engine, 'model_path', args.model)} on {engine.device} loaded in {seconds:.1f}s, "
+            f"generated {len(result.token_ids)} tokens ({result.finish_reason})",
+        )
+        template = detect_fim(engine.tokenizer)
+        ok &= _line(template is not None, "fim", fim_status(template))
+    finally:
+        engine.close()
+    return 0 if ok else 1
