@@ -1,0 +1,263 @@
+"""Engine: the cached, scheduled generator. A background thread owns the model, the KV cache and the
+scheduler; any thread (or asyncio loop) submits prompts and reads handles.
+
+    engine = Engine(checkpoint_folder)
+    engine.generate("def fib(n):", max_new_tokens=32).text          # blocking
+    handle = engine.submit(prompt, SamplingParams(...))               # streaming, cancellable
+    for chunk in handle: ...   /   async for chunk in handle: ...
+    handle.cancel(); handle.result(); await handle.wait()
+
+Only the engine thread touches the scheduler, block manager and model runner; submit() and cancel()
+post to an inbox the thread drains before each step, so a cancel takes effect at the next step.
+Bad input (token ids outside the vocabulary, a prompt longer than the context) raises ValueError
+from submit(); a failure inside a step finishes that step's requests with finish_reason "error" and
+the engine keeps serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.block_manager import BlockManager
+from engine.handle import RequestHandle
+from engine.request import GenerationResult, SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence as EngineSequence
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        block_size: int = 16,
+        num_cache_blocks: int | None = None,
+        cache_tokens: int | None = None,
+        max_batch_size: int = 8,
+        prefill_chunk_tokens: int = 512,
+        enable_prefix_cache: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from engine.loader import check_checkpoint_folder, load_model
+        from engine.model_runner import ModelRunner, default_num_cache_blocks
+        from engine.tokenizer import Tokenizer
+
+        if num_cache_blocks is not None and cache_tokens is not None:
+            raise ValueError("give num_cache_blocks or cache_tokens, not both")
+        folder = check_checkpoint_folder(model_path)
+        model = load_model(folder, device=device, dtype=dtype)
+        self.config = model.config
+        self.device = model.device
+        self.tokenizer = Tokenizer.from_folder(folder, self.config.eos_token_ids)
+        if cache_tokens is not None:
+            num_cache_blocks = -(-cache_tokens // block_size)
+        if num_cache_blocks is None:
+            num_cache_blocks = default_num_cache_blocks(
+                self.config, model.dtype, self.device, block_size, max_batch_size
+            )
+        self.block_manager = BlockManager(num_cache_blocks, block_size, enable_prefix_cache)
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_batch_size=max_batch_size,
+            prefill_chunk_tokens=prefill_chunk_tokens,
+            clock=clock,
+        )
+        self.runner = ModelRunner(model, num_cache_blocks=num_cache_blocks, block_size=block_size)
+        self.model = model
+        self._clock = clock
+        self._decode_fn = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
+
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._inbox: deque[tuple[str, Any]] = deque()
+        self._handles: dict[int, RequestHandle] = {}  # engine thread only
+        self._closed = False
+        self._stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "step_errors": 0}
+        self._thread = threading.Thread(target=self._loop, name="exlsp-engine", daemon=True)
+        self._thread.start()
+
+    # ---- public API ------------------------------------------------------------------------------
+
+    def submit(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kwargs: Any
+    ) -> RequestHandle:
+        """Queue a request; returns at once. Thread-safe. Raises ValueError for bad input."""
+        params = self._params(params, kwargs)
+        token_ids = self._prompt_ids(prompt, params)
+        request_id = next(self._ids)
+        seq = EngineSequence(
+            request_id,
+            token_ids,
+            params,
+            arrival_time_s=self._clock(),
+            eos_token_ids=self.tokenizer.eos_ids,
+            max_model_len_tokens=self.config.max_position_embeddings,
+            decode=self._decode_fn,
+        )
+        handle = RequestHandle(request_id, self._cancel)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._inbox.append(("submit", (seq, handle)))
+            self._cond.notify()
+        return handle
+
+    def generate(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kwargs: Any
+    ) -> GenerationResult:
+        """Blocking: submit and wait for the result."""
+        return self.submit(prompt, params, **kwargs).result()
+
+    def stats(self) -> dict[str, int]:
+        bm, sched = self.block_manager, self.scheduler
+        return {
+            "num_cache_blocks": bm.num_blocks,
+            "block_size": bm.block_size,
+            "num_free_blocks": bm.num_free_blocks,
+            "num_cached_blocks": bm.num_cached_blocks,
+            "prefix_cache_hit_tokens": bm.num_hit_tokens,
+            "prefix_cache_query_tokens": bm.num_hit_queries_tokens,
+            "num_running": len(sched.running),
+            "num_waiting": len(sched.waiting),
+            "num_preemptions": sched.num_preemptions,
+            **self._stats,
+        }
+
+    def close(self) -> None:
+        """Stop the engine thread; unfinished requests finish as "cancelled". Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- input checks (caller's thread) ----------------------------------------------------------
+
+    @staticmethod
+    def _params(params: SamplingParams | None, kwargs: dict[str, Any]) -> SamplingParams:
+        params = params or SamplingParams()
+        if "stop" in kwargs:
+            stop = kwargs["stop"]
+            kwargs["stop"] = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
+        if "stop_token_ids" in kwargs:
+            kwargs["stop_token_ids"] = tuple(kwargs["stop_token_ids"] or ())
+        unknown = set(kwargs) - {f.name for f in dataclasses.fields(SamplingParams)}
+        if unknown:
+            raise TypeError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(params, **kwargs) if kwargs else params
+
+    def _prompt_ids(self, prompt: str | Sequence[int], params: SamplingParams) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+        else:
+            ids = list(prompt)
+            vocab = self.config.vocab_size
+            for i, t in enumerate(ids):
+                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+                    raise ValueError(f"prompt token {i} is {t!r}, outside the vocabulary [0, {vocab})")
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token")
+        max_len = self.config.max_position_embeddings
+        if len(ids) > max_len:
+            if not params.truncate_prompt:
+                raise ValueError(
+                    f"the prompt has {len(ids)} tokens but the model's context is {max_len}; "
+                    "shorten it or pass truncate_prompt=True to keep its end"
+                )
+            # Keep the end (nearest the cursor), leaving room to generate, but at least half the context.
+            keep = max(max_len - params.max_new_tokens, max_len // 2)
+            ids = ids[len(ids) - keep :]
+        return ids
+
+    def _cancel(self, request_id: int) -> None:
+        with self._cond:
+            self._inbox.append(("cancel", request_id))
+            self._cond.notify()
+
+    # ---- engine thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._inbox and not self.scheduler.has_work() and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    break
+                inbox, self._inbox = self._inbox, deque()
+            for kind, payload in inbox:
+                if kind == "submit":
+                    seq, handle = payload
+                    self._handles[seq.request_id] = handle
+                    self._stats["prompt_tokens"] += seq.num_prompt_tokens
+                    self.scheduler.add(seq)
+                else:
+                    self.scheduler.cancel(payload)
+            self._step()
+        self._shutdown()
+
+    def _step(self) -> None:
+        out = None
+        try:
+            out = self.scheduler.schedule()
+            self._deliver(out.finished)
+            if not out.scheduled:
+                return
+            tokens = self.runner.execute(out.scheduled, self.block_manager)
+            finished = self.scheduler.update(out, tokens)
+            self._stats["steps"] += 1
+            self._stats["generated_tokens"] += sum(t is not None for t in tokens)
+            for item in out.scheduled:
+                if not item.seq.is_finished:
+                    self._stream(item.seq)
+            self._deliver(finished)
+        except Exception as exc:  # a failing step must not take the engine down
+            log.exception("engine step failed")
+            self._stats["step_errors"] += 1
+            victims = [i.seq for i in out.scheduled] if out is not None else list(self.scheduler.running)
+            message = f"engine step failed: {type(exc).__name__}: {exc}"
+            self._deliver(self.scheduler.fail(victims, message))
+
+    def _stream(self, seq: EngineSequence) -> None:
+        chunk = seq.take_stream_chunk()
+        handle = self._handles.get(seq.request_id)
+        if chunk is not None and handle is not None:
+            handle._push(chunk)
+
+    def _deliver(self, finished: Sequence[EngineSequence]) -> None:
+        for seq in finished:
+            self._stream(seq)
+            self.runner.release(seq.request_id)
+            handle = self._handles.pop(seq.request_id, None)
+            if handle is not None:
+                handle._finish(seq.result())
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            inbox, self._inbox = self._inbox, deque()
+        for kind, payload in inbox:
+            if kind == "submit":
+                seq, handle = payload
+                self._handles[seq.request_id] = handle
+                self.scheduler.add(seq)
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.cancel(seq.request_id)
+        self._deliver(self.scheduler.schedule().finished)

@@ -1,0 +1,134 @@
+"""The one place where the scheduler's lists become tensors: owns the KV cache and runs one step.
+
+KV cache: one tensor (num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim) in the model
+dtype on the model's device; [layer, 0] holds K and [layer, 1] holds V; slot = block * block_size + offset.
+
+A step packs the new tokens of every scheduled sequence along one axis (no padding), runs
+forward_paged, computes logits only for the last token of each sequence that samples this step,
+and samples. A step in which every sequence brings one token goes through `_run_decode`, the seam
+where CUDA-graph capture of the decode step plugs in (wrap or override it; same inputs, same output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from engine.attention_metadata import AttentionMetadata
+from engine.block_manager import BlockManager
+from engine.config import ModelConfig
+from engine.sampler import sample
+from engine.scheduler import ScheduledSequence
+
+CPU_DEFAULT_CACHE_BYTES = 512 * 2**20  # a laptop's default KV-cache budget
+GPU_CACHE_FRACTION = 0.8  # of the memory free after loading the model; the rest is for activations
+
+
+def kv_bytes_per_block(config: ModelConfig, dtype: torch.dtype, block_size: int) -> int:
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    return config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim * element_bytes
+
+
+def default_num_cache_blocks(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, block_size: int, max_batch_size: int
+) -> int:
+    """Blocks for the KV cache when the caller names no size: most of the free memory on a GPU; on a
+    CPU enough for max_batch_size full contexts, capped at CPU_DEFAULT_CACHE_BYTES."""
+    per_block = kv_bytes_per_block(config, dtype, block_size)
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return max(1, int(free_bytes * GPU_CACHE_FRACTION) // per_block)
+    wanted = max_batch_size * -(-config.max_position_embeddings // block_size)
+    return max(1, min(wanted, CPU_DEFAULT_CACHE_BYTES // per_block))
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, *, num_cache_blocks: int, block_size: int) -> None:
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.device: torch.device = model.device
+        self.dtype: torch.dtype = model.dtype
+        self.block_size = block_size
+        self.num_cache_blocks = num_cache_blocks
+        c = self.config
+        shape = (c.num_layers, 2, num_cache_blocks, block_size, c.num_kv_heads, c.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._generators: dict[int, torch.Generator] = {}  # request_id -> its seeded random stream
+
+    @torch.inference_mode()
+    def execute(
+        self, scheduled: Sequence[ScheduledSequence], block_manager: BlockManager
+    ) -> list[int | None]:
+        """Run one step; returns the sampled token of each entry that samples, None for the others."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        query_start_loc = [0]
+        seq_lens: list[int] = []
+        block_tables: list[list[int]] = []
+        for item in scheduled:
+            seq, rid = item.seq, item.seq.request_id
+            input_ids += seq.token_ids[item.start : item.end]
+            positions += range(item.start, item.end)
+            slot_mapping += block_manager.slot_mapping(rid, item.start, item.end)
+            query_start_loc.append(query_start_loc[-1] + item.num_tokens)
+            seq_lens.append(item.end)
+            block_tables.append(block_manager.block_table(rid))
+        width = max(len(t) for t in block_tables)
+        dev = self.device
+        attn = AttentionMetadata(
+            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(
+                [t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32, device=dev
+            ),  # (num_seqs, width), padded with 0
+            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=dev),
+            max_query_len=max(item.num_tokens for item in scheduled),
+            max_seq_len=max(seq_lens),
+            block_size=self.block_size,
+        )
+        ids_t = torch.tensor(input_ids, dtype=torch.int64, device=dev)  # (T,)
+        pos_t = torch.tensor(positions, dtype=torch.int64, device=dev)  # (T,)
+        if attn.is_decode:
+            hidden = self._run_decode(ids_t, pos_t, attn)
+        else:
+            hidden = self.model.forward_paged(ids_t, pos_t, attn, self.kv_cache)  # (T, H)
+
+        rows = [i for i, item in enumerate(scheduled) if item.samples]
+        if not rows:
+            return [None] * len(scheduled)
+        last = torch.tensor([query_start_loc[i + 1] - 1 for i in rows], device=dev)
+        logits = self.model.compute_logits(hidden[last])  # (R, V) float32
+        seqs = [scheduled[i].seq for i in rows]
+        params = [s.params for s in seqs]
+        needs_history = any(p.repetition_penalty != 1.0 for p in params)
+        tokens = sample(
+            logits,
+            params,
+            [self._generator(s.request_id, s.params.seed) for s in seqs],
+            [s.token_ids for s in seqs] if needs_history else None,
+        ).tolist()  # the step's one device -> host sync
+        out: list[int | None] = [None] * len(scheduled)
+        for i, token in zip(rows, tokens, strict=True):
+            out[i] = token
+        return out
+
+    def _run_decode(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
+    ) -> torch.Tensor:
+        """Decode step: input_ids, positions (num_seqs,) -> hidden (num_seqs, H). CUDA graphs hook here."""
+        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache)
+
+    def release(self, request_id: int) -> None:
+        """Forget a finished request's random stream."""
+        self._generators.pop(request_id, None)
+
+    def _generator(self, request_id: int, seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        gen = self._generators.get(request_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            self._generators[request_id] = gen
+        return gen

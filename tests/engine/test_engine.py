@@ -1,0 +1,267 @@
+"""Engine end to end on a tiny random-weight model (CPU): greedy output equals a no-cache reference,
+prefix caching changes nothing but the work done, and every stop rule, cancellation, deadline,
+streaming form and bad input behaves as the contract says."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from engine import Engine
+from engine.request import SamplingParams
+from tests.tiny_models import make_tiny_checkpoint
+
+BS = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("qwen2"), "qwen2", seed=1)
+
+
+@pytest.fixture
+def engine(checkpoint):
+    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=128) as e:
+        yield e
+
+
+def prompt_ids(engine, n: int, seed: int = 0) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(10, engine.config.vocab_size, (n,), generator=gen).tolist()
+
+
+def reference_greedy(model, ids: list[int], n: int) -> list[int]:
+    """No cache at all: the whole sequence through model.forward for every token."""
+    ids = list(ids)
+    out = []
+    for _ in range(n):
+        logits = model(torch.tensor([ids]))  # (1, S, V)
+        out.append(int(logits[0, -1].argmax()))
+        ids.append(out[-1])
+    return out
+
+
+def test_greedy_generation_equals_the_no_cache_reference(engine):
+    ids = prompt_ids(engine, 37)
+    result = engine.generate(ids, max_new_tokens=24, ignore_eos=True)
+    assert result.token_ids == reference_greedy(engine.model, ids, 24)
+    assert result.finish_reason == "length"
+    assert result.num_prompt_tokens == 37 and result.num_cached_tokens == 0
+    assert result.text == engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+
+
+def test_prefix_cache_on_equals_off_and_reports_exact_cached_tokens(checkpoint):
+    shared = None
+    outputs = {}
+    for enabled in (False, True):
+        with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=64, enable_prefix_cache=enabled,
+                    prefill_chunk_tokens=32) as e:  # fmt: skip
+            shared = prompt_ids(e, 40, seed=1)
+            prompts = [shared + prompt_ids(e, 9, seed=s) for s in (2, 3)] + [shared[:35]]
+            first = e.generate(prompts[0], max_new_tokens=12, ignore_eos=True)
+            # The others run together, sharing the cached prefix.
+            handles = [e.submit(p, max_new_tokens=12, ignore_eos=True) for p in prompts[1:]]
+            results = [first] + [h.result() for h in handles]
+            outputs[enabled] = [r.token_ids for r in results]
+            cached = [r.num_cached_tokens for r in results]
+            if enabled:
+                # 40 shared tokens hold 2 full blocks: 32 tokens; the 35-token prompt also gets 2 blocks,
+                # since (35 - 1) // 16 = 2.
+                assert cached == [0, 32, 32]
+                assert e.stats()["prefix_cache_hit_tokens"] == 64
+            else:
+                assert cached == [0, 0, 0]
+            assert e.stats()["num_free_blocks"] == 64
+    assert outputs[True] == outputs[False]
+    assert outputs[True][1] == reference_greedy(e.model, prompts[1], 12)
+
+
+def test_prompt_plus_output_of_an_earlier_request_reuses_the_generated_blocks(engine):
+    ids = prompt_ids(engine, 20)
+    first = engine.generate(ids, max_new_tokens=30, ignore_eos=True)
+    # 50 tokens, 49 of them computed (the last sampled token never was): 3 full blocks.
+    second = engine.generate(ids + first.token_ids, max_new_tokens=5, ignore_eos=True)
+    assert second.num_cached_tokens == 48  # the prompt alone held only 1 full block (16)
+    assert second.token_ids == reference_greedy(engine.model, ids + first.token_ids, 5)
+
+
+def test_max_new_tokens_and_stop_token_ids(engine):
+    ids = prompt_ids(engine, 10)
+    full = engine.generate(ids, max_new_tokens=8, ignore_eos=True)
+    assert len(full.token_ids) == 8 and full.finish_reason == "length"
+    stop_at = full.token_ids[3]
+    first_hit = full.token_ids.index(stop_at)
+    cut = engine.generate(ids, max_new_tokens=8, ignore_eos=True, stop_token_ids=[stop_at])
+    assert cut.finish_reason == "stop" and cut.token_ids == full.token_ids[:first_hit]
+
+
+def test_eos_ends_the_output(engine):
+    ids = prompt_ids(engine, 10)
+    full = engine.generate(ids, max_new_tokens=8, ignore_eos=True)
+    engine.tokenizer.eos_ids = frozenset({full.token_ids[2]})  # make the model's third token its EOS
+    result = engine.generate(ids, max_new_tokens=8)
+    assert result.finish_reason == "eos"
+    assert result.token_ids == full.token_ids[: full.token_ids.index(full.token_ids[2])]
+
+
+def test_stop_string_cuts_the_text(engine):
+    ids = prompt_ids(engine, 12, seed=4)
+    full = engine.generate(ids, max_new_tokens=20, ignore_eos=True)
+    text = full.text
+    assert len(text) > 6
+    stop = text[3:6]
+    result = engine.generate(ids, max_new_tokens=20, ignore_eos=True, stop=[stop])
+    assert result.finish_reason == "stop"
+    assert result.text == text[: text.index(stop)]
+
+
+def test_streaming_concatenation_equals_the_final_text(engine):
+    ids = prompt_ids(engine, 12, seed=5)
+    handle = engine.submit(ids, max_new_tokens=25, ignore_eos=True)
+    chunks = list(handle)
+    result = handle.result()
+    assert "".join(c.text for c in chunks) == result.text
+    assert [t for c in chunks for t in c.token_ids] == result.token_ids
+    assert handle.done()
+
+
+def test_async_iteration_and_wait(engine):
+    ids = prompt_ids(engine, 12, seed=6)
+
+    async def consume():
+        handle = engine.submit(ids, max_new_tokens=15, ignore_eos=True)
+        texts = [chunk.text async for chunk in handle]
+        return texts, await handle.wait()
+
+    texts, result = asyncio.run(consume())
+    assert "".join(texts) == result.text and len(result.token_ids) == 15
+
+
+def test_submit_from_several_threads(engine):
+    prompts = [prompt_ids(engine, 8 + i, seed=10 + i) for i in range(6)]
+    expected = [reference_greedy(engine.model, p, 6) for p in prompts]
+    results: dict[int, list[int]] = {}
+
+    def worker(i):
+        results[i] = engine.generate(prompts[i], max_new_tokens=6, ignore_eos=True).token_ids
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert [results[i] for i in range(6)] == expected
+
+
+def test_cancel_stops_generation_and_returns_every_block(engine):
+    ids = prompt_ids(engine, 30)
+    handle = engine.submit(ids, max_new_tokens=400, ignore_eos=True)
+    next(iter(handle))  # generation is under way
+    handle.cancel()
+    handle.cancel()  # twice: a no-op
+    result = handle.result(timeout=30)
+    assert result.finish_reason == "cancelled"
+    assert len(result.token_ids) < 400
+    handle.cancel()  # after completion: a no-op
+    assert engine.stats()["num_free_blocks"] == 128
+    assert engine.generate(ids, max_new_tokens=2).finish_reason in ("length", "eos")
+
+
+def test_deadline_returns_what_it_has(engine):
+    result = engine.generate(prompt_ids(engine, 10), max_new_tokens=480, ignore_eos=True, time_budget_ms=30)
+    assert result.finish_reason == "deadline"
+    assert len(result.token_ids) < 480
+    assert result.text == engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(engine):
+    v = engine.config.vocab_size
+    with pytest.raises(ValueError, match=rf"prompt token 1 is {v}, outside the vocabulary \[0, {v}\)"):
+        engine.submit([1, v, 2])
+    with pytest.raises(ValueError, match=r"prompt token 0 is -1, outside"):
+        engine.submit([-1])
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        engine.submit([])
+
+
+def test_prompt_longer_than_the_context(engine):
+    ids = prompt_ids(engine, 600)
+    with pytest.raises(
+        ValueError, match="the prompt has 600 tokens but the model's context is 512; shorten it"
+    ):
+        engine.submit(ids)
+    result = engine.generate(ids, max_new_tokens=4, ignore_eos=True, truncate_prompt=True)
+    assert result.num_prompt_tokens == 508  # the last 512 - 4 tokens
+    assert result.token_ids == reference_greedy(engine.model, ids[-508:], 4)
+
+
+def test_unknown_sampling_parameter_is_refused(engine):
+    with pytest.raises(TypeError, match="unknown sampling parameter"):
+        engine.submit([1, 2], max_tokens=3)
+
+
+def test_a_cache_too_small_for_a_request_gives_an_error_result(checkpoint):
+    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=2) as e:
+        result = e.generate(prompt_ids(e, 40))
+        assert result.finish_reason == "error"
+        assert "needs 3 KV-cache blocks" in result.error and "whole cache has 2 blocks" in result.error
+        assert e.generate(prompt_ids(e, 20), max_new_tokens=3).finish_reason in ("length", "eos")
+
+
+def test_a_cache_too_small_for_all_requests_queues_or_preempts_them(checkpoint):
+    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=5, max_batch_size=4) as e:
+        prompts = [prompt_ids(e, 30, seed=20 + i) for i in range(4)]  # 30 + 20 tokens = 4 blocks each
+        handles = [e.submit(p, max_new_tokens=20, ignore_eos=True) for p in prompts]
+        results = [h.result(timeout=120) for h in handles]
+        assert [r.finish_reason for r in results] == ["length"] * 4
+        assert [r.token_ids for r in results] == [reference_greedy(e.model, p, 20) for p in prompts]
+        assert e.stats()["num_preemptions"] >= 1  # the pool ran dry mid-decode: recomputed, same tokens
+        assert e.stats()["num_free_blocks"] == 5
+
+
+def test_an_exception_in_a_step_fails_that_request_and_the_engine_keeps_serving(engine, monkeypatch):
+    real = engine.runner.execute
+    calls = {"n": 0}
+
+    def flaky(scheduled, bm):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated kernel fault")
+        return real(scheduled, bm)
+
+    monkeypatch.setattr(engine.runner, "execute", flaky)
+    bad = engine.generate(prompt_ids(engine, 10), max_new_tokens=3)
+    assert bad.finish_reason == "error"
+    assert bad.error == "engine step failed: RuntimeError: simulated kernel fault"
+    good = engine.generate(prompt_ids(engine, 10), max_new_tokens=3, ignore_eos=True)
+    assert good.finish_reason == "length" and len(good.token_ids) == 3
+    assert engine.stats()["num_free_blocks"] == 128
+
+
+def test_seeded_sampling_is_reproducible(engine):
+    ids = prompt_ids(engine, 10)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True)
+    a = engine.generate(ids, params)
+    b = engine.generate(ids, params)
+    assert a.token_ids == b.token_ids
+
+
+def test_string_prompt_and_stats(engine):
+    result = engine.generate("def fibonacci(n):", max_new_tokens=3, ignore_eos=True)
+    assert result.num_prompt_tokens == len(engine.tokenizer.encode("def fibonacci(n):"))
+    stats = engine.stats()
+    assert stats["num_cache_blocks"] == 128 and stats["num_free_blocks"] == 128
+    assert stats["prompt_tokens"] >= result.num_prompt_tokens and stats["generated_tokens"] >= 3
+
+
+def test_closing_finishes_pending_requests_as_cancelled(checkpoint):
+    e = Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=64)
+    handle = e.submit(prompt_ids(e, 10), max_new_tokens=480, ignore_eos=True)
+    e.close()
+    e.close()
+    assert handle.result(timeout=10).finish_reason in ("cancelled", "length")
+    with pytest.raises(RuntimeError, match="the engine is closed"):
+        e.submit([1, 2])
