@@ -236,7 +236,9 @@ def _config(family: str, vocab_size: int, tie: bool, token_ids: dict[str, int], 
     return config
 
 
-def _float_weights(config: dict, tie: bool, gen: torch.Generator, qkv_bias: bool) -> dict[str, torch.Tensor]:
+def _float_weights(
+    config: dict, tie: bool, gen: torch.Generator, qkv_bias: bool, o_bias: bool
+) -> dict[str, torch.Tensor]:
     h, i_size, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     n_heads, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or h // n_heads
@@ -259,6 +261,8 @@ def _float_weights(config: dict, tie: bool, gen: torch.Generator, qkv_bias: bool
             weights[p + "self_attn.q_proj.bias"] = randn(n_heads * head_dim)
             weights[p + "self_attn.k_proj.bias"] = randn(n_kv * head_dim)
             weights[p + "self_attn.v_proj.bias"] = randn(n_kv * head_dim)
+        if o_bias:
+            weights[p + "self_attn.o_proj.bias"] = randn(h)
         weights[p + "post_attention_layernorm.weight"] = norm_weight()
         weights[p + "mlp.gate_proj.weight"] = randn(i_size, h)
         weights[p + "mlp.up_proj.weight"] = randn(i_size, h)
@@ -445,8 +449,9 @@ def make_tiny_checkpoint(
 
     config = _config(family, vocab_size, tie, token_ids, dtype, config_overrides)
     gen = torch.Generator().manual_seed(seed)
+    attention_bias = family == "llama" and config.get("attention_bias", False)  # Llama: q/k/v/o biases
     weights = _float_weights(
-        config, tie, gen, qkv_bias=(family == "qwen2" or config.get("attention_bias", False))
+        config, tie, gen, qkv_bias=family == "qwen2" or attention_bias, o_bias=attention_bias
     )
     weights = {name: t.to(dtype) for name, t in weights.items()}
     if quant is not None:
