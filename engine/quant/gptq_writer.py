@@ -37,7 +37,7 @@ def pack_linear(q: QuantizedWeight, bias: torch.Tensor | None = None) -> dict[st
         "qweight": pack_int32(q.codes, q.bits),  # (K * bits / 32, N)
         "qzeros": pack_int32((q.zeros - 1).t().contiguous(), q.bits).t().contiguous(),  # (G, N * bits / 32)
         "scales": q.scales.to(torch.float16).contiguous(),  # (G, N)
-        "g_idx": q.g_idx.to(torch.int32).contiguous(),  # (K,)
+        "g_idx": q.g_idx.to(torch.int32).clone(),  # (K,) own storage: fused parts share one g_idx
     }
     if bias is not None:
         tensors["bias"] = bias.to(torch.float16).contiguous()

@@ -6,14 +6,18 @@ Inside a layer the linears go in four stages, in the order data flows through th
 q/k/v (one shared input), o, gate/up (one shared input), down; a stage's inputs are taken after the
 stages before it were quantized. Memory stays at one layer's activations for the calibration set.
 
-How the model is driven (any module whose decoder layers are a ModuleList `.model.layers` or
-`.layers` and whose linears are named like Hugging Face's, e.g. the engine's families):
+How the engine's model (engine/models/base.py: `.layers`, each called as
+layer(positions, hidden, residual, attn, kv_cache_layer) -> (hidden, residual), with q/k/v fused
+into `self_attn.qkv_proj` and gate/up into `mlp.gate_up_proj`) is driven:
   1. the model runs on each calibration batch with a hook that records the first layer's arguments
      and stops the forward there;
-  2. a layer is called directly on recorded arguments; a pre-hook on a stage's first linear adds its
+  2. a layer is called directly on recorded arguments; a pre-hook on a stage's linear adds its
      input to the stage's Hessian and stops the layer there (no wasted compute on later stages);
   3. after its last stage the layer runs whole, and its output becomes the next layer's arguments.
-The quantized weights replace the float ones in place (dequantized, so plain matmuls compute them).
+A fused linear is quantized as one matrix (GPTQ treats rows independently given the shared Hessian,
+so this equals quantizing the parts one by one, with one act-order g_idx they can all share) and
+split back into the checkpoint's q/k/v and gate/up. The quantized weights replace the float ones in
+place (dequantized, so plain matmuls compute with them).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -40,12 +43,18 @@ from engine.quant.gptq_writer import (
 )
 from engine.quant.rtn import QuantizedWeight, QuantSpec, rtn_quantize
 
-# Module paths inside one decoder layer; each inner tuple shares one input.
-STAGES: tuple[tuple[str, ...], ...] = (
-    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    ("self_attn.o_proj",),
-    ("mlp.gate_proj", "mlp.up_proj"),
-    ("mlp.down_proj",),
+
+@dataclass(frozen=True)
+class Stage:
+    module: str  # path of the (possibly fused) linear inside a decoder layer
+    parts: tuple[str, ...]  # checkpoint names of its output-feature slices, in order
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    Stage("self_attn.o_proj", ("self_attn.o_proj",)),
+    Stage("mlp.gate_up_proj", ("mlp.gate_proj", "mlp.up_proj")),
+    Stage("mlp.down_proj", ("mlp.down_proj",)),
 )
 LAYERS_PREFIX = "model.layers"  # checkpoint name of the decoder layer list (Hugging Face layout)
 
@@ -56,33 +65,45 @@ class _Stop(Exception):
 
 @dataclass
 class LayerArgs:
-    args: tuple
-    kwargs: dict[str, Any]
+    args: tuple  # (positions, hidden, residual, attn, kv_cache_layer)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    for owner in (getattr(model, "model", None), model):
-        layers = getattr(owner, "layers", None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
-    raise TypeError(f"{type(model).__name__} has no decoder layer list at .model.layers or .layers")
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no decoder layer list at .layers")
+    return layers
 
 
-def next_layer_args(inputs: LayerArgs, output: Any) -> LayerArgs:
-    """The arguments of layer i + 1 from those of layer i and its output.
+def part_sizes(model: nn.Module, stage: Stage) -> list[int]:
+    """Output features of each checkpoint part of a stage's linear."""
+    c = model.config
+    return {
+        "self_attn.qkv_proj": [c.q_size, c.kv_size, c.kv_size],
+        "self_attn.o_proj": [c.hidden_size],
+        "mlp.gate_up_proj": [c.intermediate_size, c.intermediate_size],
+        "mlp.down_proj": [c.hidden_size],
+    }[stage.module]
 
-    A layer either returns the new hidden states (Hugging Face), or a tuple whose leading tensors
-    replace, in order, the leading tensor arguments it was given ((hidden, residual) style).
-    """
-    outputs = list(output) if isinstance(output, (tuple, list)) else [output]
-    outputs = [o for o in outputs if isinstance(o, torch.Tensor)]
-    if "hidden_states" in inputs.kwargs:
-        return LayerArgs(inputs.args, {**inputs.kwargs, "hidden_states": outputs[0]})
-    args = list(inputs.args)
-    tensor_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point()]
-    for slot, value in zip(tensor_slots, outputs, strict=False):
-        args[slot] = value
-    return LayerArgs(tuple(args), inputs.kwargs)
+
+def split_out_features(q: QuantizedWeight, sizes: Sequence[int]) -> list[QuantizedWeight]:
+    """Slices of a fused quantized linear along its output features (columns of codes (K, N))."""
+    assert sum(sizes) == q.codes.shape[1], (sizes, q.codes.shape)
+    out, start = [], 0
+    for n in sizes:
+        cols = slice(start, start + n)
+        out.append(
+            QuantizedWeight(q.codes[:, cols].contiguous(), q.scales[:, cols].contiguous(),
+                            q.zeros[:, cols].contiguous(), q.g_idx, q.bits, q.group_size)
+        )  # fmt: skip
+        start += n
+    return out
+
+
+def next_layer_args(inputs: LayerArgs, output: tuple[torch.Tensor, torch.Tensor]) -> LayerArgs:
+    positions, _hidden, _residual, attn, kv_cache_layer = inputs.args
+    hidden, residual = output
+    return LayerArgs((positions, hidden, residual, attn, kv_cache_layer))
 
 
 def capture_first_layer_args(model: nn.Module, batches: Sequence[torch.Tensor]) -> list[LayerArgs]:
@@ -90,7 +111,8 @@ def capture_first_layer_args(model: nn.Module, batches: Sequence[torch.Tensor]) 
     captured: list[LayerArgs] = []
 
     def record(_module, args, kwargs):
-        captured.append(LayerArgs(tuple(args), dict(kwargs)))
+        assert not kwargs, "decoder layers are called with positional arguments"
+        captured.append(LayerArgs(tuple(args)))
         raise _Stop
 
     handle = layer0.register_forward_pre_hook(record, with_kwargs=True)
@@ -106,8 +128,8 @@ def capture_first_layer_args(model: nn.Module, batches: Sequence[torch.Tensor]) 
     return captured
 
 
-def _stage_hessian(layer: nn.Module, first: str, inputs: Sequence[LayerArgs]) -> Hessian:
-    module = layer.get_submodule(first)
+def _stage_hessian(layer: nn.Module, path: str, inputs: Sequence[LayerArgs]) -> Hessian:
+    module = layer.get_submodule(path)
     hessian = Hessian(module.weight.shape[1], device=module.weight.device)
 
     def record(_module, args):
@@ -118,7 +140,7 @@ def _stage_hessian(layer: nn.Module, first: str, inputs: Sequence[LayerArgs]) ->
     try:
         for item in inputs:
             try:
-                layer(*item.args, **item.kwargs)
+                layer(*item.args)
             except _Stop:
                 pass
     finally:
@@ -147,20 +169,22 @@ def quantize_layers(
     inputs = capture_first_layer_args(model, batches) if method == "gptq" else []
     for index, layer in enumerate(layers):
         for stage in STAGES:
-            hessian = _stage_hessian(layer, stage[0], inputs) if method == "gptq" else None
-            for path in stage:
-                module = layer.get_submodule(path)
-                weight = module.weight.data  # (N, K)
-                if hessian is None:
-                    q = rtn_quantize(weight, spec)
-                else:
-                    q = gptq_quantize(weight, hessian.matrix, spec)
-                module.weight.data = q.dequantize().to(weight.device, weight.dtype)
-                results[f"{LAYERS_PREFIX}.{index}.{path}"] = q
-            del hessian
+            module = layer.get_submodule(stage.module)
+            weight = module.weight.data  # (N, K), parts side by side along N
+            if method == "gptq":
+                hessian = _stage_hessian(layer, stage.module, inputs)
+                q = gptq_quantize(weight, hessian.matrix, spec)
+                del hessian
+            else:
+                q = rtn_quantize(weight, spec)
+            module.weight.data = q.dequantize().to(weight.device, weight.dtype)
+            for part, part_q in zip(
+                stage.parts, split_out_features(q, part_sizes(model, stage)), strict=True
+            ):
+                results[f"{LAYERS_PREFIX}.{index}.{part}"] = part_q
         if method == "gptq" and index + 1 < len(layers):
             # The layer's output under its quantized weights is what the next layer will really see.
-            inputs = [next_layer_args(item, layer(*item.args, **item.kwargs)) for item in inputs]
+            inputs = [next_layer_args(item, layer(*item.args)) for item in inputs]
         if on_layer_done is not None:
             on_layer_done(index, len(layers))
     return results
@@ -266,6 +290,5 @@ def quantize_checkpoint(
 def _load_with_engine(src: Path, device: torch.device) -> nn.Module:
     from engine.loader import load_model
 
-    # float32 on the CPU (fast there, and exact Hessians); the checkpoint's own dtype on a GPU.
-    dtype = torch.float32 if device.type == "cpu" else None
-    return load_model(src, device=device, dtype=dtype)
+    # float32 on the CPU (fast there); the checkpoint's own half type on a GPU.
+    return load_model(src, device=device)
