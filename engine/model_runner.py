@@ -11,6 +11,7 @@ where CUDA-graph capture of the decode step plugs in (wrap or override it; same 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,8 @@ from engine.block_manager import BlockManager
 from engine.config import ModelConfig
 from engine.sampler import sample
 from engine.scheduler import ScheduledSequence
+
+log = logging.getLogger(__name__)
 
 CPU_DEFAULT_CACHE_BYTES = 512 * 2**20  # a laptop's default KV-cache budget
 GPU_CACHE_FRACTION = 0.8  # of the memory free after loading the model; the rest is for activations
@@ -118,7 +121,33 @@ class ModelRunner:
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
     ) -> torch.Tensor:
         """Decode step: input_ids, positions (num_seqs,) -> hidden (num_seqs, H). CUDA graphs hook here."""
+        graphs = self._decode_graphs()
+        if graphs is not None and graphs.can_run(attn):
+            try:
+                return graphs.run(input_ids, positions, attn)
+            except RuntimeError as exc:  # capture failed: eager decode from now on
+                graphs.disabled_reason = str(exc)
+                log.warning("CUDA graph decode disabled: %s", exc)
         return self.model.forward_paged(input_ids, positions, attn, self.kv_cache)
+
+    def _decode_graphs(self):
+        """engine/cuda_graph.py's per-bucket decode graphs, made on the first CUDA decode (None on CPU)."""
+        if self.device.type != "cuda":
+            return None
+        if not hasattr(self, "_graphs"):
+            from engine.cuda_graph import DecodeGraphs, graphs_supported
+
+            self._graphs = None
+            if graphs_supported():
+                cache_tokens = self.num_cache_blocks * self.block_size
+                max_seq_len = min(self.config.max_position_embeddings, cache_tokens)
+                self._graphs = DecodeGraphs(
+                    lambda ids, pos, attn: self.model.forward_paged(ids, pos, attn, self.kv_cache),
+                    device=self.device,
+                    block_size=self.block_size,
+                    max_seq_len=max_seq_len,
+                )
+        return self._graphs
 
     def release(self, request_id: int) -> None:
         """Forget a finished request's random stream."""

@@ -1,0 +1,249 @@
+"""GPU benchmark: copy bandwidth, per-kernel GB/s, decode tok/s (CUDA graph), prefill tok/s, TTFT
+after a cached prefix, peak VRAM, on random-weight GPTQ 4-bit g128 models at real shapes.
+
+    python bench/bench_gpu.py [--models llama3-8b,...] [--json out.json]    (or: exlsp bench)
+
+Every time is the median of many runs measured with CUDA events after warm-up; kernels too short
+to time alone are captured many times in one CUDA graph and the replay is divided by the count.
+The decode step is the engine's own model code (engine/models) driven through engine/cuda_graph.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gpu_shapes import build_model, random_packed  # noqa: E402
+from engine.attention_metadata import AttentionMetadata  # noqa: E402
+from engine.cuda_graph import DecodeGraphs  # noqa: E402
+from engine.models.base import dense_attention_metadata  # noqa: E402
+
+BLOCK_SIZE = 16
+CACHE_TOKENS = 16384
+
+
+def median_ms(fn, *, warmup: int = 3, iters: int = 20) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def graph_of(fn, repeats: int) -> torch.cuda.CUDAGraph:
+    """`repeats` calls of fn captured in one graph (after a warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            fn()
+    return graph
+
+
+def copy_bandwidth_gbs() -> float:
+    src = torch.randn(2**28, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / ms / 1e6  # bytes read + written
+
+
+def gemv_gbs(k: int, n: int, rows: int, dtype: torch.dtype, num_weights: int = 4, repeats: int = 10) -> dict:
+    """Fused GEMV on rotating weight sets (so L2 holds none of them) -> achieved GB/s."""
+    gen = torch.Generator(device="cuda").manual_seed(k + n)
+    weights = [
+        random_packed(k, n, bits=4, group_size=128, dtype=dtype, bias=False, gen=gen)
+        for _ in range(num_weights)
+    ]
+    x = torch.randn((rows, k), device="cuda", generator=gen).to(dtype)
+    out = torch.empty((rows, n), device="cuda", dtype=dtype)
+
+    def calls():
+        for w in weights:
+            torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
+
+    graph = graph_of(calls, repeats)
+    ms = median_ms(graph.replay) / (repeats * num_weights)
+    w = weights[0]
+    nbytes = sum(t.numel() * t.element_size() for t in (w.qweight, w.scales, w.zeros, x, out))
+    return {"us": ms * 1e3, "gbs": nbytes / ms / 1e6}
+
+
+def torch_int4_gbs(k: int, n: int, rows: int, num_weights: int = 4, repeats: int = 10) -> dict | str:
+    """torch's built-in int4 path (tinygemm, bf16) on the same shape, for comparison."""
+    try:
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        packs = []
+        for _ in range(num_weights):
+            w_u8 = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device="cuda", generator=gen)
+            packed = torch._convert_weight_to_int4pack(w_u8, 8)
+            sz = torch.rand((k // 128, n, 2), device="cuda", generator=gen).to(torch.bfloat16)
+            packs.append((packed, sz))
+        x = torch.randn((rows, k), device="cuda", generator=gen).to(torch.bfloat16)
+
+        def calls():
+            for packed, sz in packs:
+                torch._weight_int4pack_mm(x, packed, 128, sz)
+
+        graph = graph_of(calls, repeats)
+        ms = median_ms(graph.replay) / (repeats * num_weights)
+        nbytes = n * k // 2 + packs[0][1].numel() * 2 + x.numel() * 2 + rows * n * 2
+        return {"us": ms * 1e3, "gbs": nbytes / ms / 1e6}
+    except Exception as exc:  # the private API changes between torch versions
+        return f"unavailable: {type(exc).__name__}: {str(exc)[:120]}"
+
+
+def decode_metadata(ctx: int, device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """One sequence whose token at position ctx is new; its blocks are 0, 1, 2, ... of the cache."""
+    num_blocks = ctx // BLOCK_SIZE + 1
+    attn = AttentionMetadata(
+        query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device=device),
+        seq_lens=torch.tensor([ctx + 1], dtype=torch.int32, device=device),
+        block_tables=torch.arange(num_blocks, dtype=torch.int32, device=device).view(1, -1),
+        slot_mapping=torch.tensor([ctx], dtype=torch.int64, device=device),
+        max_query_len=1,
+        max_seq_len=ctx + 1,
+        block_size=BLOCK_SIZE,
+    )
+    return torch.tensor([7], device=device), torch.tensor([ctx], device=device), attn
+
+
+def first_token_id(model, kv_cache, ids, pos, attn) -> torch.Tensor:
+    hidden = model.forward_paged(ids, pos, attn, kv_cache)  # (T, H)
+    return model.compute_logits(hidden[-1:]).argmax(dim=-1)  # (1,)
+
+
+def time_decode(graphs: DecodeGraphs, ctx: int, steps: int = 50) -> tuple[float, float]:
+    """(ms per token with steps queued back to back, ms per token with the token read each step)."""
+    ids, pos, attn = decode_metadata(ctx, "cuda")
+    queued = median_ms(lambda: [graphs.run(ids, pos, attn) for _ in range(steps)], warmup=2, iters=7) / steps
+    synced = median_ms(lambda: graphs.run(ids, pos, attn).item(), warmup=3, iters=30)
+    return queued, synced
+
+
+def bench_model(name: str, *, contexts: list[int], full: bool, quant_lm_head: bool) -> dict:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base_bytes = torch.cuda.memory_allocated()
+    model = build_model(name, quant_lm_head=quant_lm_head)
+    torch.cuda.synchronize()
+    weight_bytes = torch.cuda.memory_allocated() - base_bytes
+    num_blocks = CACHE_TOKENS // BLOCK_SIZE + 4
+    kv_cache = model.allocate_kv_cache(num_blocks, BLOCK_SIZE)
+    kv_cache.normal_()  # never time on zeros
+    cache_bytes = kv_cache.numel() * kv_cache.element_size()
+    torch.cuda.reset_peak_memory_stats()
+    res: dict = {"model": name, "weights_GB": weight_bytes / 1e9, "cache_GB": cache_bytes / 1e9,
+                 "lm_head": "4-bit" if quant_lm_head else "fp16"}  # fmt: skip
+
+    def step(ids, pos, attn):
+        return model.compute_logits(model.forward_paged(ids, pos, attn, kv_cache)).argmax(dim=-1)
+
+    graphs = DecodeGraphs(step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS)
+    for ctx in contexts:
+        ms, synced = time_decode(graphs, ctx)
+        res[f"decode_ctx{ctx}_tok_s"] = 1e3 / ms
+        res[f"decode_ctx{ctx}_synced_tok_s"] = 1e3 / synced
+    if full:
+        for length in (2048, 8192):
+            ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
+            pos = torch.arange(length, device="cuda")
+            attn = dense_attention_metadata(1, length, BLOCK_SIZE, torch.device("cuda"))
+
+            ms = median_ms(
+                lambda a=attn, i=ids, p=pos: first_token_id(model, kv_cache, i, p, a), warmup=1, iters=5
+            )
+            res[f"prefill_{length}_tok_s"] = length * 1e3 / ms
+        # the cache now holds an 8k prefix in blocks 0..511: a 16-token suffix follows it
+        suffix = 16
+        prefix = 8192
+        nb = (prefix + suffix) // BLOCK_SIZE + 1
+        attn = AttentionMetadata(
+            query_start_loc=torch.tensor([0, suffix], dtype=torch.int32, device="cuda"),
+            seq_lens=torch.tensor([prefix + suffix], dtype=torch.int32, device="cuda"),
+            block_tables=torch.arange(nb, dtype=torch.int32, device="cuda").view(1, -1),
+            slot_mapping=torch.arange(prefix, prefix + suffix, device="cuda"),
+            max_query_len=suffix,
+            max_seq_len=prefix + suffix,
+            block_size=BLOCK_SIZE,
+        )
+        ids = torch.randint(0, model.config.vocab_size, (suffix,), device="cuda")
+        pos = torch.arange(prefix, prefix + suffix, device="cuda")
+
+        def first_token() -> float:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            first_token_id(model, kv_cache, ids, pos, attn).item()  # the token id reaches the host
+            return (time.perf_counter() - t0) * 1e3
+
+        for _ in range(3):
+            first_token()
+        res["ttft_16_after_8k_ms"] = statistics.median(first_token() for _ in range(20))
+    res["peak_vram_GB"] = (torch.cuda.max_memory_allocated() - base_bytes) / 1e9
+    res["peak_vram_GiB"] = res["peak_vram_GB"] * 1e9 / 2**30
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="llama3-8b,qwen2.5-coder-7b,qwen2.5-coder-1.5b")
+    parser.add_argument("--json", default=None, help="write all figures to this file")
+    parser.add_argument("--quick", action="store_true", help="decode at 2k only, no prefill/TTFT")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("exlsp bench: no CUDA device; GPU benchmarks need one", file=sys.stderr)
+        return 1
+    from engine.ops import cuda
+
+    if not cuda.ensure_loaded():
+        print(f"exlsp bench: kernels unavailable: {cuda.load_error()}", file=sys.stderr)
+        return 1
+    torch.set_grad_enabled(False)
+    report: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
+    report["copy_GBs"] = copy_bw = copy_bandwidth_gbs()
+    gemv = {}
+    for k, n in [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]:
+        for rows in (1, 8):
+            r = gemv_gbs(k, n, rows, torch.float16)
+            r["of_copy"] = r["gbs"] / copy_bw
+            gemv[f"{k}x{n}_m{rows}_fp16"] = r
+    gemv["4096x14336_m1_bf16"] = gemv_gbs(4096, 14336, 1, torch.bfloat16)
+    gemv["torch_int4_4096x14336_m1_bf16"] = torch_int4_gbs(4096, 14336, 1)
+    report["gemv"] = gemv
+    contexts = [2048] if args.quick else [32, 2048, 8192]
+    report["models"] = []
+    for i, name in enumerate(args.models.split(",")):
+        full = i == 0 and not args.quick
+        report["models"].append(bench_model(name, contexts=contexts, full=full, quant_lm_head=False))
+        if full:
+            report["models"].append(bench_model(name, contexts=contexts, full=False, quant_lm_head=True))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    print(f"\ncard: {report['card']}  torch {report['torch']}  copy bandwidth {copy_bw:.0f} GB/s")
+    for key, r in gemv.items():
+        print(
+            f"  gemv {key:34s} {r}"
+            if isinstance(r, str)
+            else f"  gemv {key:34s} {r['us']:8.1f} us {r['gbs']:7.0f} GB/s"
+        )
+    for m in report["models"]:
+        print("  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+// Paged decode attention, flash-decoding style: one new token per sequence attends to its whole
+// context in the paged KV cache. The context is split into partitions of `partition_size` tokens so
+// that even a single sequence spreads over many SMs; phase 2 merges the partitions' partial results.
+//
+// GQA: a block owns one KV head and all G query heads of its group, so each K/V vector is read from
+// memory once and used G times.
+// Grid of phase 1: (num_kv_heads, num_seqs, num_partitions); partitions past a sequence's length exit
+// after marking themselves empty, so a CUDA graph can be captured for the longest context.
+// Thread layout: D/8 lanes cover one token's head vector with 16-byte loads; a block of 4 warps works
+// on 4 * 32 / (D/8) tokens at a time.
+#include <cfloat>
+#include <cstdint>
+
+#include "dtype_utils.cuh"
+#include "kernels.h"
+
+namespace exlsp {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kUnroll = 4;  // tokens whose K/V loads are in flight together per thread
+
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+  constexpr int kLanesPerToken = D / 8;
+  constexpr int kTokensPerWarp = 32 / kLanesPerToken;
+  constexpr int kTokenGroups = kWarps * kTokensPerWarp;
+  extern __shared__ float scores[];  // (G, partition_size)
+  __shared__ float reduce_buf[kWarps][G][D];
+
+  const int kv_head = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int lane_in_token = lane % kLanesPerToken;
+  const int P = a.partition_size;
+
+  const int seq_len = a.seq_lens[seq];
+  const int start = part * P;
+  const int end = min(seq_len, start + P);
+  const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
+  const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
+  if (start >= end || end <= window_lo) {
+    if (threadIdx.x < G) {
+      a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
+      a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
+    }
+    return;
+  }
+  const int n = end - start;
+
+  const T* cache = static_cast<const T*>(a.kv_cache);
+  const size_t v_offset = (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
+  const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
+  auto vec_offset = [&](int t) -> size_t {
+    const int blk = block_table[t / a.block_size];
+    return (((size_t)blk * a.block_size + t % a.block_size) * a.num_kv_heads + kv_head) * D + lane_in_token * 8;
+  };
+
+  // q of the group's heads, this lane's 8 dims, pre-scaled.
+  float qf[G][8];
+  const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    load8_as_float(q + g * D + lane_in_token * 8, qf[g]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
+  }
+
+  // Phase 1: scores = q . k for every token of the partition. The loop bound is uniform per warp
+  // (the shuffles below need all 32 lanes); lanes past the end compute on nothing and store nothing.
+  const int lane_token = lane / kLanesPerToken;
+  for (int it = start + warp * kTokensPerWarp; it < end; it += kTokenGroups * kUnroll) {
+    uint4 kraw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = it + lane_token + u * kTokenGroups;
+      kraw[u] = t < end ? *reinterpret_cast<const uint4*>(cache + vec_offset(t)) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = it + lane_token + u * kTokenGroups;
+      const T* kv = reinterpret_cast<const T*>(&kraw[u]);
+      float dot[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        dot[g] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], to_float(kv[j]), dot[g]);
+#pragma unroll
+        for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+      }
+      if (lane_in_token == 0 && t < end) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
+      }
+    }
+  }
+  __syncthreads();
+
+  // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
+  for (int g = warp; g < G; g += kWarps) {
+    float m = -FLT_MAX;
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float l = 0.f;
+    for (int i = lane; i < n; i += 32) {
+      const float s = scores[g * P + i];
+      const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
+      scores[g * P + i] = p;
+      l += p;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+    if (lane == 0) {
+      a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
+      a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
+    }
+  }
+  __syncthreads();
+
+  // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's tokens.
+  float acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
+  }
+  for (int t0 = start + warp * kTokensPerWarp + lane / kLanesPerToken; t0 < end; t0 += kTokenGroups * kUnroll) {
+    uint4 vraw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kTokenGroups;
+      if (t < end) vraw[u] = *reinterpret_cast<const uint4*>(cache + v_offset + vec_offset(t));
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kTokenGroups;
+      if (t >= end) break;
+      const T* vv = reinterpret_cast<const T*>(&vraw[u]);
+      float vf[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = scores[g * P + (t - start)];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
+      }
+    }
+  }
+  // Sum over the token groups of a warp (lane bits above lane_in_token), then over warps.
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int off = kLanesPerToken; off < 32; off <<= 1) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], off);
+    }
+  }
+  if (lane < kLanesPerToken) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) reduce_buf[warp][g][lane * 8 + j] = acc[g][j];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += reduce_buf[w][g][d];
+    a.tmp_out[(part_index + (size_t)g * a.num_partitions) * D + d] = sum;
+  }
+}
+
+// Phase 2: one block per (query head, sequence), one thread per output dim.
+template <typename T>
+__global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
+  const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
+  const int D = a.head_dim;
+  const int seq_len = a.seq_lens[seq];
+  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
+  const size_t base = ((size_t)seq * a.num_q_heads + head) * a.num_partitions;
+  float m = -FLT_MAX;
+  for (int p = 0; p < used; ++p) {
+    if (a.tmp_sum[base + p] > 0.f) m = fmaxf(m, a.tmp_max[base + p]);
+  }
+  float num = 0.f, den = 0.f;
+  for (int p = 0; p < used; ++p) {
+    const float l = a.tmp_sum[base + p];
+    if (l > 0.f) {  // empty partitions hold no valid output
+      const float w = __expf(a.tmp_max[base + p] - m);
+      num += w * a.tmp_out[(base + p) * D + d];
+      den += w * l;
+    }
+  }
+  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + head) * D;
+  out[d] = from_float<T>(den > 0.f ? num / den : 0.f);
+}
+
+template <typename T, int D>
+cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
+  dim3 grid(a.num_kv_heads, a.num_seqs, a.num_partitions);
+  const size_t smem = sizeof(float) * G * a.partition_size;
+  switch (G) {
+#define EXLSP_ATTN_CASE(GG)                                                                       \
+  case GG:                                                                                        \
+    decode_attention_kernel<T, D, GG><<<grid, kThreads, smem, stream>>>(a);                       \
+    break;
+    EXLSP_ATTN_CASE(1)
+    EXLSP_ATTN_CASE(2)
+    EXLSP_ATTN_CASE(3)
+    EXLSP_ATTN_CASE(4)
+    EXLSP_ATTN_CASE(5)
+    EXLSP_ATTN_CASE(6)
+    EXLSP_ATTN_CASE(7)
+    EXLSP_ATTN_CASE(8)
+#undef EXLSP_ATTN_CASE
+    default:
+      return cudaErrorInvalidValue;
+  }
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  decode_attention_reduce_kernel<T><<<dim3(a.num_q_heads, a.num_seqs), D, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool decode_attention_supports(int head_dim, int group) {
+  return (head_dim == 64 || head_dim == 128) && group >= 1 && group <= 8;
+}
+
+cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream) {
+  if (a.num_seqs == 0) return cudaSuccess;
+  const int G = a.num_q_heads / a.num_kv_heads;
+  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 1024) return cudaErrorInvalidValue;
+  cudaError_t err = cudaErrorInvalidValue;
+  EXLSP_DISPATCH_DTYPE(dtype, T, {
+    err = a.head_dim == 64 ? launch_d<T, 64>(a, G, stream) : launch_d<T, 128>(a, G, stream);
+  });
+  return err;
+}
+
+}  // namespace exlsp

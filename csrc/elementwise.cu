@@ -1,0 +1,162 @@
+// Small fused element-wise kernels of the decoder layer: RMSNorm with the residual add, neox rotary
+// embedding fused with the K/V write into cache slots, and SiLU(gate) * up.
+#include <cstdint>
+
+#include "dtype_utils.cuh"
+#include "kernels.h"
+
+namespace exlsp {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < (int)(blockDim.x / 32); ++w) total += scratch[w];
+  return total;
+}
+
+// One block per token. The row is kept in registers between the sum of squares and the scaling
+// (hidden <= kNormThreads * 8 * kMaxVecs), so x and residual are each read once.
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+    rms_norm_kernel(const T* x, const T* residual, const T* __restrict__ weight, T* out, T* residual_out, int hidden,
+                    float eps) {
+  constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
+  __shared__ float scratch[kNormThreads / 32];
+  const size_t row = (size_t)blockIdx.x * hidden;
+  float v[kMaxVecs][8];
+  float sumsq = 0.f;
+#pragma unroll
+  for (int i = 0; i < kMaxVecs; ++i) {
+    const int col = (threadIdx.x + i * kNormThreads) * 8;
+    if (col < hidden) {
+      load8_as_float(x + row + col, v[i]);
+      if (residual) {
+        float r[8];
+        load8_as_float(residual + row + col, r);
+        // The new residual is rounded to the model dtype, as the reference stores it.
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[i][j] = to_float(from_float<T>(v[i][j] + r[j]));
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sumsq += v[i][j] * v[i][j];
+    }
+  }
+  __syncthreads();  // all reads of x/residual are done before anything aliasing them is written
+  const float inv_rms = rsqrtf(block_sum(sumsq, scratch) / hidden + eps);
+#pragma unroll
+  for (int i = 0; i < kMaxVecs; ++i) {
+    const int col = (threadIdx.x + i * kNormThreads) * 8;
+    if (col < hidden) {
+      if (residual_out) store8_from_float(residual_out + row + col, v[i]);
+      float w[8], o[8];
+      load8_as_float(weight + col, w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[j] = v[i][j] * inv_rms * w[j];
+      store8_from_float(out + row + col, o);
+    }
+  }
+}
+
+// One block per token; thread t handles rotary pair (t % (D/2)) of head t / (D/2), over q heads
+// then k heads, then copies v. Pairs (i, i + D/2) are rotated together (neox half split). A thread
+// reads its pair before writing it, so the outputs may alias the inputs.
+template <typename T, typename CS>
+__global__ void rotary_write_kv_kernel(RotaryArgs a) {
+  const int token = blockIdx.x;
+  const int half = a.head_dim / 2;
+  const int64_t slot = a.slot_mapping ? a.slot_mapping[token] : -1;
+  T* cache = static_cast<T*>(a.kv_cache);
+  const bool write_cache = cache && slot >= 0;
+  if (a.apply_rotary || write_cache) {
+    const CS* cs = a.apply_rotary ? static_cast<const CS*>(a.cos_sin) + a.positions[token] * a.head_dim : nullptr;
+    const int first_head = a.apply_rotary ? 0 : a.num_q_heads;  // K/V write only: skip q
+    const int num_pairs = (a.num_q_heads + a.num_kv_heads - first_head) * half;
+    for (int p = threadIdx.x; p < num_pairs; p += blockDim.x) {
+      const int head = first_head + p / half, i = p % half;
+      const bool is_k = head >= a.num_q_heads;
+      const int kv_head = head - a.num_q_heads;
+      const T* src = is_k ? static_cast<const T*>(a.k) + token * a.k_stride_token + (int64_t)kv_head * a.head_dim
+                          : static_cast<const T*>(a.q) + token * a.q_stride_token + (int64_t)head * a.head_dim;
+      float x1 = to_float(src[i]), x2 = to_float(src[i + half]);
+      if (a.apply_rotary) {
+        const float c = static_cast<float>(cs[i]), s = static_cast<float>(cs[i + half]);
+        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        T* dst = is_k ? static_cast<T*>(a.k_out) + ((int64_t)token * a.num_kv_heads + kv_head) * a.head_dim
+                      : static_cast<T*>(a.q_out) + ((int64_t)token * a.num_q_heads + head) * a.head_dim;
+        dst[i] = from_float<T>(y1);
+        dst[i + half] = from_float<T>(y2);
+        x1 = to_float(from_float<T>(y1));  // the cache holds exactly what k_out holds
+        x2 = to_float(from_float<T>(y2));
+      }
+      if (is_k && write_cache) {
+        T* dst = cache + (slot * a.num_kv_heads + kv_head) * a.head_dim;
+        dst[i] = from_float<T>(x1);
+        dst[i + half] = from_float<T>(x2);
+      }
+    }
+  }
+  if (write_cache) {
+    const T* v = static_cast<const T*>(a.v) + token * a.v_stride_token;
+    T* dst = cache + a.cache_half_elems + slot * a.num_kv_heads * a.head_dim;
+    for (int e = threadIdx.x; e < a.num_kv_heads * a.head_dim; e += blockDim.x) dst[e] = v[e];
+  }
+}
+
+template <typename T>
+__global__ void silu_and_mul_kernel(const T* __restrict__ x, T* __restrict__ out, int inter) {
+  const size_t row = blockIdx.y;
+  const int col = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (col >= inter) return;
+  float g[8], u[8], o[8];
+  load8_as_float(x + row * 2 * inter + col, g);
+  load8_as_float(x + row * 2 * inter + inter + col, u);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j] = g[j] / (1.f + __expf(-g[j])) * u[j];
+  store8_from_float(out + row * inter + col, o);
+}
+
+}  // namespace
+
+
+cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, const void* weight, void* out,
+                            void* residual_out, int num_tokens, int hidden, float eps, cudaStream_t stream) {
+  if (hidden % 8 != 0 || hidden > kNormThreads * 8 * 4) return cudaErrorInvalidValue;
+  EXLSP_DISPATCH_DTYPE(dtype, T, {
+    rms_norm_kernel<T><<<num_tokens, kNormThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
+        static_cast<T*>(residual_out), hidden, eps);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_t stream) {
+  if (a.num_tokens == 0) return cudaSuccess;
+  const int threads = 256;
+  EXLSP_DISPATCH_DTYPE(dtype, T, {
+    if (a.cos_sin_is_float)
+      rotary_write_kv_kernel<T, float><<<a.num_tokens, threads, 0, stream>>>(a);
+    else
+      rotary_write_kv_kernel<T, T><<<a.num_tokens, threads, 0, stream>>>(a);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream) {
+  if (I % 8 != 0) return cudaErrorInvalidValue;
+  if (M == 0) return cudaSuccess;
+  dim3 block(128);
+  dim3 grid((I / 8 + 127) / 128, M);
+  EXLSP_DISPATCH_DTYPE(dtype, T, {
+    silu_and_mul_kernel<T><<<grid, block, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(out), I);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace exlsp

@@ -1,0 +1,81 @@
+// Raw-pointer launchers of the exlsp CUDA kernels. No torch here: torch_bindings.cpp checks
+// dtypes/shapes and calls these on the current stream. Every launcher returns the launch's
+// cudaError_t (cudaGetLastError right after the launch) so the shim can raise with the op's name.
+//
+// Layouts (row-major, contiguous unless a stride is passed):
+//   activations x (M, K); outputs (M, N); model dtype is fp16 or bf16 (`Dtype`).
+//   qweight (K * bits / 32, N) int32, GPTQ packing along K, low bits first (engine/quant/layout.py);
+//   scales, zeros (K / group_size, N) in the model dtype (zeros already "true zeros").
+//   kv_cache_layer (2, num_blocks, block_size, num_kv_heads, head_dim).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace exlsp {
+
+enum class Dtype : int { kHalf = 0, kBFloat16 = 1 };
+
+// y (M, N) = x (M, K) @ dequant(W) (+ bias (N,)) (+ residual (M, N)). 1 <= M <= 8.
+cudaError_t launch_quant_gemv(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
+                              const void* zeros, const void* bias, const void* residual, void* out, int M,
+                              int K, int N, int bits, int group_size, cudaStream_t stream);
+
+// W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch.
+cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros,
+                              void* out, int K, int N, int bits, int group_size, cudaStream_t stream);
+
+// Flash-decoding over the paged cache, one new token per sequence. Phase 1 writes one partial
+// result per context partition (unnormalised output, running max, exp-sum), phase 2 merges them.
+// tmp_out (S, Hq, num_partitions, D) float32, tmp_max/tmp_sum (S, Hq, num_partitions) float32.
+struct DecodeAttentionArgs {
+  const void* q;           // (S, Hq, D)
+  const void* kv_cache;    // (2, num_blocks, block_size, Hkv, D)
+  const int32_t* block_tables;  // (S, max_blocks_per_seq)
+  const int32_t* seq_lens;      // (S,)
+  void* out;                    // (S, Hq, D)
+  float* tmp_out;
+  float* tmp_max;
+  float* tmp_sum;
+  int num_seqs, num_q_heads, num_kv_heads, head_dim;
+  int num_blocks, block_size, max_blocks_per_seq;
+  int partition_size, num_partitions;
+  int sliding_window;  // 0: none
+  float scale;
+  int64_t q_stride_token;  // elements between consecutive tokens of q (heads * D when contiguous)
+};
+cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream);
+bool decode_attention_supports(int head_dim, int group_size_q_per_kv);
+
+// out (T, H) = rmsnorm(x + residual) * weight; residual_out (T, H) = x + residual (or x) when
+// residual_out is not null. Any of out/residual_out may alias x or residual.
+cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, const void* weight, void* out,
+                            void* residual_out, int num_tokens, int hidden, float eps, cudaStream_t stream);
+
+// Neox (half-split) rotary embedding of q (T, Hq, D) and k (T, Hkv, D) into q_out, k_out (contiguous;
+// may alias the inputs). When kv_cache is not null, (rotated) k and v (T, Hkv, D) are also written to
+// their slots. With apply_rotary false only the K/V write happens (q, q_out, k_out unused).
+// cos_sin (max_pos, D): [cos(D/2) | sin(D/2)] in float32 or the model dtype (cos_sin_is_float).
+struct RotaryArgs {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* q_out;
+  void* k_out;
+  const int64_t* positions;  // (T,)
+  const void* cos_sin;
+  bool cos_sin_is_float;
+  void* kv_cache;               // (2, num_blocks, block_size, Hkv, D) or null
+  const int64_t* slot_mapping;  // (T,) or null; negative slots are skipped (padding)
+  int num_tokens, num_q_heads, num_kv_heads, head_dim;
+  int64_t q_stride_token, k_stride_token, v_stride_token;  // inputs; outputs are contiguous
+  int64_t cache_half_elems;  // num_blocks * block_size * Hkv * D: offset of the V half
+  bool apply_rotary;
+};
+cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_t stream);
+
+// out (M, I) = silu(x[:, :I]) * x[:, I:], x (M, 2I).
+cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream);
+
+}  // namespace exlsp

@@ -1,0 +1,316 @@
+// The torch-facing shim: schema of every torch.ops.exlsp op, dtype/shape/device checks with clear
+// messages, the device guard and the current stream, then one call into a raw-pointer launcher
+// (kernels.h). Callers allocate every output; ops return nothing.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "kernels.h"
+
+namespace exlsp {
+namespace {
+
+using at::Tensor;
+
+Dtype model_dtype(const Tensor& t, const char* op) {
+  if (t.scalar_type() == at::kHalf) return Dtype::kHalf;
+  if (t.scalar_type() == at::kBFloat16) return Dtype::kBFloat16;
+  TORCH_CHECK(false, "exlsp::", op, ": expected float16 or bfloat16, got ", t.scalar_type());
+}
+
+void check_cuda(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "exlsp::", op, ": ", name, " must be a CUDA tensor");
+  TORCH_CHECK(t.is_contiguous(), "exlsp::", op, ": ", name, " must be contiguous");
+}
+
+void check_same(const Tensor& t, const Tensor& like, const char* op, const char* name) {
+  check_cuda(t, op, name);
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "exlsp::", op, ": ", name, " has dtype ", t.scalar_type(),
+              ", expected ", like.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), "exlsp::", op, ": ", name, " is on ", t.device(), ", expected ",
+              like.device());
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "exlsp::", op, ": kernel launch failed: ", cudaGetErrorString(err));
+}
+
+const void* opt_ptr(const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+void quant_gemv(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
+                const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t bits,
+                int64_t group_size, Tensor& out) {
+  const char* op = "quant_gemv";
+  const Dtype dtype = model_dtype(x, op);
+  check_cuda(x, op, "x");
+  TORCH_CHECK(x.dim() == 2, "exlsp::quant_gemv: x must be (M, K), got ", x.sizes());
+  TORCH_CHECK(bits == 4 || bits == 8, "exlsp::quant_gemv: bits must be 4 or 8, got ", bits);
+  const int64_t M = x.size(0), K = x.size(1);
+  check_cuda(qweight, op, "qweight");
+  TORCH_CHECK(qweight.scalar_type() == at::kInt, "exlsp::quant_gemv: qweight must be int32");
+  const int64_t N = qweight.size(1);
+  TORCH_CHECK(qweight.size(0) * 32 / bits == K, "exlsp::quant_gemv: qweight ", qweight.sizes(), " does not pack K=", K,
+              " at ", bits, " bits");
+  TORCH_CHECK(N % 4 == 0, "exlsp::quant_gemv: out_features must be a multiple of 4, got ", N);
+  TORCH_CHECK(K % 8 == 0, "exlsp::quant_gemv: in_features must be a multiple of 8, got ", K);
+  TORCH_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
+              "exlsp::quant_gemv: bad group_size ", group_size, " for K=", K);
+  check_same(scales, x, op, "scales");
+  check_same(zeros, x, op, "zeros");
+  TORCH_CHECK(scales.size(0) == K / group_size && scales.size(1) == N, "exlsp::quant_gemv: scales ", scales.sizes(),
+              " do not match (K/group_size, N)");
+  if (bias) {
+    check_same(*bias, x, op, "bias");
+    TORCH_CHECK(bias->numel() == N, "exlsp::quant_gemv: bias must have N elements");
+  }
+  if (residual) {
+    check_same(*residual, x, op, "residual");
+    TORCH_CHECK(residual->size(0) == M && residual->size(1) == N, "exlsp::quant_gemv: residual must be (M, N)");
+  }
+  check_same(out, x, op, "out");
+  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "exlsp::quant_gemv: out must be (M, N) = (", M, ", ", N,
+              "), got ", out.sizes());
+  if (M == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(launch_quant_gemv(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
+                                 opt_ptr(bias), opt_ptr(residual), out.data_ptr(), (int)M, (int)K, (int)N, (int)bits,
+                                 (int)group_size, c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
+void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros, int64_t bits, int64_t group_size,
+                Tensor& out) {
+  const char* op = "dequantize";
+  const Dtype dtype = model_dtype(scales, op);
+  check_cuda(qweight, op, "qweight");
+  TORCH_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
+  TORCH_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got ", bits);
+  const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1);
+  TORCH_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
+              "exlsp::dequantize: bad group_size ", group_size, " for K=", K);
+  check_cuda(scales, op, "scales");
+  check_same(zeros, scales, op, "zeros");
+  check_same(out, scales, op, "out");
+  TORCH_CHECK(out.size(0) == K && out.size(1) == N, "exlsp::dequantize: out must be (K, N)");
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  check_launch(launch_dequantize(dtype, qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
+                                 out.data_ptr(), (int)K, (int)N, (int)bits, (int)group_size,
+                                 c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
+void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
+                            const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
+                            Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum) {
+  const char* op = "paged_attention_decode";
+  const Dtype dtype = model_dtype(q, op);
+  TORCH_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
+              "exlsp::paged_attention_decode: q must be a CUDA (num_seqs, Hq, D) tensor with contiguous heads");
+  check_same(kv_cache_layer, q, op, "kv_cache_layer");
+  TORCH_CHECK(kv_cache_layer.dim() == 5 && kv_cache_layer.size(0) == 2,
+              "exlsp::paged_attention_decode: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D)");
+  const int64_t S = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = kv_cache_layer.size(3);
+  TORCH_CHECK(kv_cache_layer.size(4) == D, "exlsp::paged_attention_decode: head_dim of q and cache differ");
+  TORCH_CHECK(Hq % Hkv == 0, "exlsp::paged_attention_decode: Hq must be a multiple of Hkv");
+  TORCH_CHECK(decode_attention_supports((int)D, (int)(Hq / Hkv)),
+              "exlsp::paged_attention_decode: unsupported head_dim ", D, " or group ", Hq / Hkv);
+  check_cuda(block_tables, op, "block_tables");
+  check_cuda(seq_lens, op, "seq_lens");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
+              "exlsp::paged_attention_decode: block_tables and seq_lens must be int32");
+  TORCH_CHECK(block_tables.size(0) >= S && seq_lens.size(0) >= S,
+              "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
+  TORCH_CHECK(partition_size > 0 && partition_size <= 1024 && partition_size % 8 == 0,
+              "exlsp::paged_attention_decode: partition_size must be in (0, 1024] and a multiple of 8");
+  check_same(out, q, op, "out");
+  TORCH_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
+  const int64_t P = tmp_max.size(-1);
+  TORCH_CHECK(tmp_out.scalar_type() == at::kFloat && tmp_max.scalar_type() == at::kFloat &&
+                  tmp_sum.scalar_type() == at::kFloat,
+              "exlsp::paged_attention_decode: scratch tensors must be float32");
+  TORCH_CHECK(tmp_out.numel() >= S * Hq * P * D && tmp_max.numel() >= S * Hq * P && tmp_sum.numel() >= S * Hq * P,
+              "exlsp::paged_attention_decode: scratch tensors too small");
+  if (S == 0) return;
+  DecodeAttentionArgs a{};
+  a.q = q.data_ptr();
+  a.kv_cache = kv_cache_layer.data_ptr();
+  a.block_tables = block_tables.data_ptr<int32_t>();
+  a.seq_lens = seq_lens.data_ptr<int32_t>();
+  a.out = out.data_ptr();
+  a.tmp_out = tmp_out.data_ptr<float>();
+  a.tmp_max = tmp_max.data_ptr<float>();
+  a.tmp_sum = tmp_sum.data_ptr<float>();
+  a.num_seqs = (int)S;
+  a.num_q_heads = (int)Hq;
+  a.num_kv_heads = (int)Hkv;
+  a.head_dim = (int)D;
+  a.num_blocks = (int)kv_cache_layer.size(1);
+  a.block_size = (int)kv_cache_layer.size(2);
+  a.max_blocks_per_seq = (int)block_tables.size(1);
+  a.partition_size = (int)partition_size;
+  a.num_partitions = (int)P;
+  a.sliding_window = (int)sliding_window;
+  a.scale = (float)scale;
+  a.q_stride_token = q.stride(0);
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_launch(launch_decode_attention(dtype, a, c10::cuda::getCurrentCUDAStream()), op);
+}
+
+void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tensor& weight, double eps, Tensor& out,
+              const std::optional<Tensor>& residual_out) {
+  const char* op = "rms_norm";
+  const Dtype dtype = model_dtype(x, op);
+  check_cuda(x, op, "x");
+  const int64_t H = x.size(-1), T = x.numel() / H;
+  TORCH_CHECK(H % 8 == 0 && H <= 8192, "exlsp::rms_norm: hidden size must be a multiple of 8 and <= 8192, got ", H);
+  check_same(weight, x, op, "weight");
+  TORCH_CHECK(weight.numel() == H, "exlsp::rms_norm: weight must have ", H, " elements");
+  if (residual) {
+    check_same(*residual, x, op, "residual");
+    TORCH_CHECK(residual->numel() == x.numel(), "exlsp::rms_norm: residual must have x's shape");
+  }
+  check_same(out, x, op, "out");
+  TORCH_CHECK(out.numel() == x.numel(), "exlsp::rms_norm: out must have x's shape");
+  if (residual_out) {
+    check_same(*residual_out, x, op, "residual_out");
+    TORCH_CHECK(residual_out->numel() == x.numel(), "exlsp::rms_norm: residual_out must have x's shape");
+  }
+  if (T == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(launch_rms_norm(dtype, x.data_ptr(), opt_ptr(residual), weight.data_ptr(), out.data_ptr(),
+                               residual_out ? residual_out->data_ptr() : nullptr, (int)T, (int)H, (float)eps,
+                               c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
+void check_heads(const Tensor& t, const Tensor& like, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2), "exlsp::", op, ": ", name,
+              " must be a CUDA (T, heads, D) tensor with contiguous heads (views of a fused qkv are fine)");
+  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "exlsp::", op, ": ", name,
+              " must share dtype and device with the others");
+}
+
+// The one entry of the rotary / K-V write kernel; q, q_out, k_out or the cache may be absent.
+void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tensor* v, const Tensor* positions,
+                    const Tensor* cos_sin_cache, Tensor* q_out, Tensor* k_out, Tensor* kv_cache_layer,
+                    const Tensor* slot_mapping) {
+  const Dtype dtype = model_dtype(k, op);
+  check_heads(k, k, op, "k");
+  const int64_t T = k.size(0), Hkv = k.size(1), D = k.size(2);
+  TORCH_CHECK(D % 2 == 0, "exlsp::", op, ": head_dim must be even, got ", D);
+  RotaryArgs a{};
+  a.k = k.data_ptr();
+  a.k_stride_token = k.stride(0);
+  a.num_tokens = (int)T;
+  a.num_kv_heads = (int)Hkv;
+  a.head_dim = (int)D;
+  a.apply_rotary = q != nullptr;
+  if (q) {
+    check_heads(*q, k, op, "q");
+    TORCH_CHECK(q->size(0) == T && q->size(2) == D, "exlsp::", op, ": q ", q->sizes(), " and k ", k.sizes(),
+                " disagree");
+    check_same(*q_out, k, op, "q_out");
+    check_same(*k_out, k, op, "k_out");
+    TORCH_CHECK(q_out->sizes() == q->sizes() && k_out->sizes() == k.sizes(), "exlsp::", op,
+                ": q_out/k_out must have the shapes of q/k");
+    check_cuda(*positions, op, "positions");
+    TORCH_CHECK(positions->scalar_type() == at::kLong && positions->numel() == T, "exlsp::", op,
+                ": positions must be int64 (T,)");
+    check_cuda(*cos_sin_cache, op, "cos_sin_cache");
+    TORCH_CHECK(cos_sin_cache->dim() == 2 && cos_sin_cache->size(1) == D, "exlsp::", op,
+                ": cos_sin_cache must be (max_pos, head_dim)");
+    a.cos_sin_is_float = cos_sin_cache->scalar_type() == at::kFloat;
+    TORCH_CHECK(a.cos_sin_is_float || cos_sin_cache->scalar_type() == k.scalar_type(), "exlsp::", op,
+                ": cos_sin_cache must be float32 or the model dtype");
+    a.q = q->data_ptr();
+    a.q_stride_token = q->stride(0);
+    a.num_q_heads = (int)q->size(1);
+    a.q_out = q_out->data_ptr();
+    a.k_out = k_out->data_ptr();
+    a.positions = positions->data_ptr<int64_t>();
+    a.cos_sin = cos_sin_cache->data_ptr();
+  }
+  if (kv_cache_layer) {
+    check_heads(*v, k, op, "v");
+    TORCH_CHECK(v->size(0) == T && v->size(1) == Hkv && v->size(2) == D, "exlsp::", op, ": v must have k's shape");
+    check_same(*kv_cache_layer, k, op, "kv_cache_layer");
+    TORCH_CHECK(kv_cache_layer->dim() == 5 && kv_cache_layer->size(0) == 2 && kv_cache_layer->size(3) == Hkv &&
+                    kv_cache_layer->size(4) == D,
+                "exlsp::", op, ": kv_cache_layer must be (2, num_blocks, block_size, Hkv, D), got ",
+                kv_cache_layer->sizes());
+    check_cuda(*slot_mapping, op, "slot_mapping");
+    TORCH_CHECK(slot_mapping->scalar_type() == at::kLong && slot_mapping->numel() == T, "exlsp::", op,
+                ": slot_mapping must be int64 (T,)");
+    a.v = v->data_ptr();
+    a.v_stride_token = v->stride(0);
+    a.kv_cache = kv_cache_layer->data_ptr();
+    a.slot_mapping = slot_mapping->data_ptr<int64_t>();
+    a.cache_half_elems = kv_cache_layer->numel() / 2;
+  }
+  if (T == 0) return;
+  const c10::cuda::CUDAGuard guard(k.device());
+  check_launch(launch_rotary_write_kv(dtype, a, c10::cuda::getCurrentCUDAStream()), op);
+}
+
+void rotary(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& cos_sin_cache, Tensor& q_out,
+            Tensor& k_out) {
+  rotary_kv_impl("rotary", &q, k, nullptr, &positions, &cos_sin_cache, &q_out, &k_out, nullptr, nullptr);
+}
+
+void write_kv(const Tensor& k, const Tensor& v, Tensor& kv_cache_layer, const Tensor& slot_mapping) {
+  rotary_kv_impl("write_kv", nullptr, k, &v, nullptr, nullptr, nullptr, nullptr, &kv_cache_layer, &slot_mapping);
+}
+
+void rotary_write_kv(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                     const Tensor& cos_sin_cache, Tensor& kv_cache_layer, const Tensor& slot_mapping, Tensor& q_out,
+                     Tensor& k_out) {
+  rotary_kv_impl("rotary_write_kv", &q, k, &v, &positions, &cos_sin_cache, &q_out, &k_out, &kv_cache_layer,
+                 &slot_mapping);
+}
+
+void silu_and_mul(const Tensor& x, Tensor& out) {
+  const char* op = "silu_and_mul";
+  const Dtype dtype = model_dtype(x, op);
+  check_cuda(x, op, "x");
+  const int64_t I2 = x.size(-1), M = x.numel() / I2;
+  TORCH_CHECK(I2 % 16 == 0, "exlsp::silu_and_mul: last dim must be 2 * I with I a multiple of 8, got ", I2);
+  check_same(out, x, op, "out");
+  TORCH_CHECK(out.numel() == M * I2 / 2, "exlsp::silu_and_mul: out must be (M, I)");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(launch_silu_and_mul(dtype, x.data_ptr(), out.data_ptr(), (int)M, (int)(I2 / 2),
+                                   c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
+}  // namespace
+}  // namespace exlsp
+
+TORCH_LIBRARY(exlsp, m) {
+  m.def(
+      "quant_gemv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, int bits, "
+      "int group_size, Tensor(a!) out) -> ()");
+  m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
+  m.def(
+      "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
+      "int sliding_window, int partition_size, Tensor(a!) out, Tensor(b!) tmp_out, Tensor(c!) tmp_max, "
+      "Tensor(d!) tmp_sum) -> ()");
+  m.def("rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out) -> ()");
+  m.def(
+      "rotary(Tensor q, Tensor k, Tensor positions, Tensor cos_sin_cache, Tensor(a!) q_out, Tensor(b!) k_out) -> ()");
+  m.def("write_kv(Tensor k, Tensor v, Tensor(a!) kv_cache_layer, Tensor slot_mapping) -> ()");
+  m.def(
+      "rotary_write_kv(Tensor q, Tensor k, Tensor v, Tensor positions, Tensor cos_sin_cache, "
+      "Tensor(a!) kv_cache_layer, Tensor slot_mapping, Tensor(b!) q_out, Tensor(c!) k_out) -> ()");
+  m.def("silu_and_mul(Tensor x, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
+  m.impl("quant_gemv", &exlsp::quant_gemv);
+  m.impl("dequantize", &exlsp::dequantize);
+  m.impl("paged_attention_decode", &exlsp::paged_attention_decode);
+  m.impl("rms_norm", &exlsp::rms_norm);
+  m.impl("rotary", &exlsp::rotary);
+  m.impl("write_kv", &exlsp::write_kv);
+  m.impl("rotary_write_kv", &exlsp::rotary_write_kv);
+  m.impl("silu_and_mul", &exlsp::silu_and_mul);
+}

@@ -1,0 +1,133 @@
+"""The decode step captured as CUDA graphs, one per batch-size bucket (1, 2, 4, 8).
+
+A decode step launches a few hundred small kernels; replaying a graph turns them into one launch,
+so the CPU no longer paces the GPU. Graphs read their inputs from static buffers: each step copies
+its ids, positions, slots, sequence lengths and block tables into them and replays the graph of the
+smallest bucket that fits; rows past the batch are padding (sequence length 0, slot -1: the
+kernels read and write nothing for them).
+
+The attention metadata captured in a graph carries the longest context the graph will see
+(`max_seq_len`), so the decode attention kernel's partition grid covers it; partitions past a
+sequence's real length exit at once.
+
+Requires the CUDA ops (engine/ops/cuda.py): the reference ops synchronize with the host and cannot
+be captured. Capture happens lazily, the first time a bucket is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from engine.attention_metadata import AttentionMetadata
+
+log = logging.getLogger(__name__)
+
+BUCKETS = (1, 2, 4, 8)
+
+# step(input_ids (B,), positions (B,), attn) -> any tensor whose first axis is the batch
+StepFn = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
+
+
+def bucket_for(num_seqs: int, buckets: tuple[int, ...] = BUCKETS) -> int | None:
+    """Smallest bucket holding num_seqs rows, or None when the batch is larger than every bucket."""
+    return next((b for b in buckets if b >= num_seqs), None)
+
+
+class DecodeGraphs:
+    def __init__(
+        self,
+        step: StepFn,
+        *,
+        device: torch.device,
+        block_size: int,
+        max_seq_len: int,
+        buckets: tuple[int, ...] = BUCKETS,
+    ) -> None:
+        self.step = step
+        self.block_size = block_size
+        self.max_seq_len = max_seq_len
+        self.buckets = tuple(sorted(buckets))
+        self.max_blocks_per_seq = -(-max_seq_len // block_size)
+        rows = self.buckets[-1]
+        self.input_ids = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((rows,), -1, dtype=torch.int64, device=device)
+        self.seq_lens = torch.zeros(rows, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros((rows, self.max_blocks_per_seq), dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = torch.cuda.graph_pool_handle()
+        self.disabled_reason: str | None = None
+
+    def can_run(self, attn: AttentionMetadata) -> bool:
+        return (
+            self.disabled_reason is None
+            and attn.is_decode
+            and bucket_for(attn.num_seqs, self.buckets) is not None
+            and attn.max_seq_len <= self.max_seq_len
+            and attn.block_tables.shape[1] <= self.max_blocks_per_seq
+        )
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> torch.Tensor:
+        """One decode step through the bucket's graph; returns the step's output rows [:num_seqs]
+        (a view of a static buffer, valid until the next replay)."""
+        n = attn.num_seqs
+        bucket = bucket_for(n, self.buckets)
+        assert bucket is not None and self.can_run(attn)
+        self._load_inputs(input_ids, positions, attn)
+        entry = self._graphs.get(bucket)
+        if entry is None:
+            entry = self._capture(bucket)
+        graph, out = entry
+        graph.replay()
+        return out[:n]
+
+    def _load_inputs(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> None:
+        n, width = attn.num_seqs, attn.block_tables.shape[1]
+        self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        self.positions[:n].copy_(positions, non_blocking=True)
+        self.slot_mapping[:n].copy_(attn.slot_mapping, non_blocking=True)
+        self.seq_lens[:n].copy_(attn.seq_lens, non_blocking=True)
+        self.block_tables[:n, :width].copy_(attn.block_tables, non_blocking=True)
+        # padding rows: nothing to read, nothing to write
+        self.input_ids[n:].zero_()
+        self.positions[n:].zero_()
+        self.slot_mapping[n:].fill_(-1)
+        self.seq_lens[n:].zero_()
+
+    def _static_metadata(self, rows: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            query_start_loc=self.query_start_loc[: rows + 1],
+            seq_lens=self.seq_lens[:rows],
+            block_tables=self.block_tables[:rows],
+            slot_mapping=self.slot_mapping[:rows],
+            max_query_len=1,
+            max_seq_len=self.max_seq_len,
+            block_size=self.block_size,
+        )
+
+    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        attn = self._static_metadata(bucket)
+        ids, pos = self.input_ids[:bucket], self.positions[:bucket]
+        # warm up on a side stream (lazy inits, cuBLAS workspaces) before capturing
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.step(ids, pos, attn)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.step(ids, pos, attn)
+        self._graphs[bucket] = (graph, out)
+        log.info("captured the decode step for batch bucket %d", bucket)
+        return graph, out
+
+
+def graphs_supported() -> bool:
+    """Graphs need the CUDA attention kernel: the reference synchronizes with the host."""
+    from engine import ops
+
+    return torch.cuda.is_available() and ops.backend_report().get("paged_attention") == "cuda"

@@ -1,0 +1,252 @@
+"""The CUDA backend of the ops seam: loads torch.ops.exlsp (engine/ops/build.py) and wraps each kernel
+in a function with the reference's signature (engine/ops/reference.py).
+
+Wrappers allocate the outputs (the kernels never do) and fall back to the reference for inputs a
+kernel does not cover (float32 models, odd shapes, unsupported head sizes), so a CUDA call never
+fails where the reference would succeed. `op_table()` is the contract with engine/ops/__init__.py.
+
+Prefill attention is a first version: each sequence's K/V are gathered from the paged cache and
+handed to torch's scaled_dot_product_attention (flash / memory-efficient kernels), causal aligned to
+the bottom right (new tokens see every cached token and themselves).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention_metadata import AttentionMetadata
+from engine.ops import reference
+from engine.quant.layout import PackedWeight
+
+MODEL_DTYPES = (torch.float16, torch.bfloat16)
+GEMV_MAX_ROWS = 16  # up to here the fused GEMV (one weight pass per 8 rows) beats dequantize + GEMM
+MAX_PARTITIONS = 256  # decode attention: partitions per sequence before the partition grows
+
+_state: dict[str, object] = {}
+
+
+def load_error() -> str | None:
+    """Why the kernels are unavailable (None when loaded or not yet tried)."""
+    err = _state.get("error")
+    return None if err is None else str(err)
+
+
+def ensure_loaded() -> bool:
+    """Build/load the library once per process; one warning when that fails."""
+    if "loaded" not in _state:
+        from engine.ops import build
+
+        try:
+            build.load()
+            _state["loaded"] = hasattr(torch.ops.exlsp, "quant_gemv")
+        except build.BuildError as exc:
+            _state["loaded"] = False
+            _state["error"] = exc
+            warnings.warn(
+                f"exlsp CUDA kernels unavailable, using the torch reference ops: {exc}", stacklevel=3
+            )
+    return bool(_state["loaded"])
+
+
+def op_table() -> dict[str, Callable]:
+    """Op name -> CUDA implementation, for the ops whose kernels are loaded ({} when none are)."""
+    if not ensure_loaded():
+        return {}
+    return {
+        "rms_norm": rms_norm,
+        "apply_rotary": apply_rotary,
+        "write_kv": write_kv,
+        "paged_attention": paged_attention,
+        "quant_linear": quant_linear,
+        "silu_and_mul": silu_and_mul,
+        "prepare_quant_weight": prepare_quant_weight,
+    }
+
+
+def _is_model_dtype(*tensors: torch.Tensor) -> bool:
+    dtype = tensors[0].dtype
+    return dtype in MODEL_DTYPES and all(t.dtype == dtype and t.is_cuda for t in tensors)
+
+
+def _heads_contiguous(t: torch.Tensor) -> bool:
+    return t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
+
+
+def rms_norm(x, weight, eps, residual=None):
+    hidden = x.shape[-1]
+    others = (weight,) if residual is None else (weight, residual)
+    if not _is_model_dtype(x, *others) or hidden % 8 or hidden > 8192:
+        return reference.rms_norm(x, weight, eps, residual)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    if residual is None:
+        torch.ops.exlsp.rms_norm(x, None, weight, eps, out, None)
+        return out, x
+    new_residual = torch.empty_like(x)
+    torch.ops.exlsp.rms_norm(x, residual.contiguous(), weight, eps, out, new_residual)
+    return out, new_residual
+
+
+def apply_rotary(q, k, positions, cos_sin_cache):
+    if not (_is_model_dtype(q, k) and _heads_contiguous(q) and _heads_contiguous(k) and q.shape[2] % 2 == 0):
+        return reference.apply_rotary(q, k, positions, cos_sin_cache)
+    q_out, k_out = (
+        torch.empty(q.shape, dtype=q.dtype, device=q.device),
+        torch.empty(k.shape, dtype=k.dtype, device=k.device),
+    )
+    torch.ops.exlsp.rotary(q, k, positions.long(), cos_sin_cache, q_out, k_out)
+    return q_out, k_out
+
+
+def write_kv(k, v, kv_cache_layer, slot_mapping):
+    if not (_is_model_dtype(k, v, kv_cache_layer) and _heads_contiguous(k) and _heads_contiguous(v)):
+        return reference.write_kv(k, v, kv_cache_layer, slot_mapping)
+    torch.ops.exlsp.write_kv(k, v, kv_cache_layer, slot_mapping.long())
+
+
+def partition_size_for(max_seq_len: int) -> int:
+    """Smallest of 128, 256, ... tokens per partition that keeps at most MAX_PARTITIONS partitions:
+    small partitions spread a single short sequence over many SMs; the cap bounds the merge."""
+    size = 128
+    while size < 1024 and -(-max_seq_len // size) > MAX_PARTITIONS:
+        size *= 2
+    return size
+
+
+def decode_attention(
+    q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window
+):
+    """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache."""
+    num_seqs, num_heads, head_dim = q.shape
+    part = partition_size_for(max(1, max_seq_len))
+    num_partitions = -(-max(1, max_seq_len) // part)
+    out = torch.empty_like(q)
+    tmp_out = torch.empty(
+        (num_seqs, num_heads, num_partitions, head_dim), dtype=torch.float32, device=q.device
+    )
+    tmp_max = torch.empty((num_seqs, num_heads, num_partitions), dtype=torch.float32, device=q.device)
+    tmp_sum = torch.empty_like(tmp_max)
+    torch.ops.exlsp.paged_attention_decode(
+        q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
+        out, tmp_out, tmp_max, tmp_sum,
+    )  # fmt: skip
+    return out
+
+
+def _decode_supported(q: torch.Tensor, kv_cache_layer: torch.Tensor) -> bool:
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = kv_cache_layer.shape[3]
+    return (
+        head_dim in (64, 128)
+        and num_heads % num_kv_heads == 0
+        and 1 <= num_heads // num_kv_heads <= 8
+        and q.stride(2) == 1
+        and q.stride(1) == head_dim
+    )
+
+
+def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+    if not _is_model_dtype(q, kv_cache_layer):
+        return reference.paged_attention(q, kv_cache_layer, attn, scale, sliding_window)
+    if attn.is_decode and q.shape[0] == attn.num_seqs and _decode_supported(q, kv_cache_layer):
+        return decode_attention(
+            q,
+            kv_cache_layer,
+            attn.block_tables.int(),
+            attn.seq_lens.int(),
+            attn.max_seq_len,
+            scale,
+            sliding_window,
+        )
+    return prefill_attention(q, kv_cache_layer, attn, scale, sliding_window)
+
+
+def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+    """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    out = torch.empty_like(q)
+    query_start_loc = attn.query_start_loc.tolist()
+    seq_lens = attn.seq_lens.tolist()
+    for i, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[i], query_start_loc[i + 1]
+        num_new = end - start
+        if num_new == 0:
+            continue
+        k, v = reference.gather_kv(kv_cache_layer, attn.block_tables[i], seq_len)  # (L, Hkv, D) each
+        qh = q[start:end].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
+        kh = k.transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
+        vh = v.transpose(0, 1).unsqueeze(0)
+        if sliding_window is not None and sliding_window < seq_len:
+            mask = reference.causal_mask(num_new, seq_len, sliding_window, q.device)
+        elif num_new == seq_len:
+            mask = None
+        else:
+            mask = causal_lower_right(num_new, seq_len)
+        o = F.scaled_dot_product_attention(
+            qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+        )  # (1, Hq, Tq, D)
+        out[start:end] = o[0].transpose(0, 1)
+    return out
+
+
+def _gemv_ok(x: torch.Tensor, w: PackedWeight) -> bool:
+    return (
+        x.dtype in MODEL_DTYPES
+        and w.scales.dtype == x.dtype
+        and w.zeros.dtype == x.dtype
+        and (w.bias is None or w.bias.dtype == x.dtype)
+        and w.out_features % 4 == 0
+        and w.in_features % 8 == 0
+        and w.group_size % (32 // w.bits) == 0
+        and w.qweight.is_cuda
+    )
+
+
+def quant_linear(x, w: PackedWeight):
+    if not _gemv_ok(x, w):
+        return reference.quant_linear(x, w)
+    if w.perm is not None:
+        x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
+    x = x.contiguous()
+    num_rows = x.shape[0]
+    if num_rows <= GEMV_MAX_ROWS:
+        out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
+        torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, w.bias, None, w.bits, w.group_size, out)
+        return out
+    weight = dequantize(w)  # (K, N) scratch, freed after the product
+    out = x @ weight
+    if w.bias is not None:
+        out += w.bias
+    return out
+
+
+def dequantize(w: PackedWeight) -> torch.Tensor:
+    weight = torch.empty((w.in_features, w.out_features), dtype=w.scales.dtype, device=w.qweight.device)
+    torch.ops.exlsp.dequantize(w.qweight, w.scales, w.zeros, w.bits, w.group_size, weight)
+    return weight
+
+
+def silu_and_mul(x):
+    if not _is_model_dtype(x) or x.shape[-1] % 16:
+        return reference.silu_and_mul(x)
+    x = x.contiguous()
+    out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
+    torch.ops.exlsp.silu_and_mul(x, out)
+    return out
+
+
+def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
+    """Make every tensor contiguous (the kernels read 16-byte vectors); the layout stays canonical."""
+
+    def c(t):
+        return None if t is None else t.contiguous()
+
+    return PackedWeight(
+        w.bits, w.group_size, w.in_features, w.out_features,
+        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias),
+    )  # fmt: skip

@@ -1,0 +1,116 @@
+"""Paged attention on the GPU: the flash-decoding kernel and the prefill path, against the reference
+(float32 math over the same paged cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.attention_metadata import AttentionMetadata
+from engine.ops import reference
+from tests.kernels.gpu import DTYPES, REL_TOL, exlsp_ops, generator, gpu, poisoned, rel_err
+
+pytestmark = gpu
+
+BLOCK_SIZE = 16
+
+
+def paged_batch(seq_lens, query_lens, num_kv_heads, head_dim, dtype, seed, extra_blocks=7):
+    """A random cache whose blocks are handed out in shuffled order, and its metadata."""
+    gen = generator(seed)
+    blocks_per_seq = [-(-n // BLOCK_SIZE) for n in seq_lens]
+    num_blocks = sum(blocks_per_seq) + extra_blocks
+    cache = torch.randn((2, num_blocks, BLOCK_SIZE, num_kv_heads, head_dim), generator=gen, device="cuda").to(
+        dtype
+    )
+    order = torch.randperm(num_blocks, generator=gen, device="cuda").tolist()
+    width = max(blocks_per_seq)
+    tables, slots, taken = [], [], 0
+    for seq_len, query_len, nb in zip(seq_lens, query_lens, blocks_per_seq, strict=True):
+        table = order[taken : taken + nb]
+        taken += nb
+        tables.append(table + [0] * (width - nb))
+        slots += [
+            table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(seq_len - query_len, seq_len)
+        ]
+    starts = [0]
+    for q in query_lens:
+        starts.append(starts[-1] + q)
+    attn = AttentionMetadata(
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device="cuda"),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device="cuda"),
+        block_tables=torch.tensor(tables, dtype=torch.int32, device="cuda"),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device="cuda"),
+        max_query_len=max(query_lens),
+        max_seq_len=max(seq_lens),
+        block_size=BLOCK_SIZE,
+    )
+    return cache, attn
+
+
+# (seq_lens, Hq, Hkv, D, sliding_window)
+DECODE_CASES = {
+    "one-token": ([1], 8, 8, 128, None),
+    "llama3-8b-gqa4": ([1, 17, 300, 2049], 32, 8, 128, None),
+    "qwen-7b-gqa7": ([5000, 33], 28, 4, 128, None),
+    "qwen-1.5b-gqa6-d128": ([129, 700], 12, 2, 128, None),
+    "d64-mha": ([64, 65, 1000], 4, 4, 64, None),
+    "gqa8-long": ([9000], 8, 1, 64, None),
+    "sliding-window": ([40, 1500, 2100], 16, 4, 128, 100),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", DECODE_CASES.values(), ids=DECODE_CASES.keys())
+def test_decode_kernel_matches_reference(case, dtype):
+    from engine.ops import cuda
+
+    seq_lens, hq, hkv, d, window = case
+    cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, dtype, seed=sum(seq_lens) + hq)
+    q = torch.randn((len(seq_lens), hq, d), generator=generator(1), device="cuda").to(dtype)
+    scale = d**-0.5
+    ref = reference.paged_attention(q, cache, attn, scale, window)
+
+    part = cuda.partition_size_for(attn.max_seq_len)
+    num_parts = -(-attn.max_seq_len // part)
+    out = poisoned(q.shape, dtype)
+    tmp_out = poisoned((len(seq_lens), hq, num_parts, d), torch.float32)
+    tmp_max, tmp_sum = poisoned(tmp_out.shape[:3], torch.float32), poisoned(tmp_out.shape[:3], torch.float32)
+    exlsp_ops().paged_attention_decode(
+        q, cache, attn.block_tables, attn.seq_lens, scale, window or 0, part, out, tmp_out, tmp_max, tmp_sum
+    )
+    assert rel_err(out, ref) <= REL_TOL
+    assert rel_err(cuda.paged_attention(q, cache, attn, scale, window), ref) <= REL_TOL
+
+
+def test_decode_kernel_with_more_partitions_than_the_context_needs():
+    """As under a CUDA graph captured for a longer context: unused partitions must not leak in."""
+    from engine.ops import cuda
+
+    exlsp_ops()
+    cache, attn = paged_batch([37, 300], [1, 1], 2, 128, torch.float16, seed=5)
+    q = torch.randn((2, 8, 128), generator=generator(6), device="cuda").half()
+    ref = reference.paged_attention(q, cache, attn, 0.1, None)
+    out = cuda.decode_attention(q, cache, attn.block_tables, attn.seq_lens, 40000, 0.1, None)
+    assert rel_err(out, ref) <= REL_TOL
+
+
+# (seq_lens, query_lens, Hq, Hkv, D, sliding_window)
+PREFILL_CASES = {
+    "fresh-prompts": ([50, 300], [50, 300], 8, 2, 128, None),
+    "suffix-after-cached-prefix": ([1000, 64], [16, 64], 32, 8, 128, None),
+    "mixed-decode-and-prefill": ([200, 31], [1, 7], 4, 4, 64, None),
+    "sliding-window": ([500], [120], 8, 2, 64, 64),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", PREFILL_CASES.values(), ids=PREFILL_CASES.keys())
+def test_prefill_attention_matches_reference(case, dtype):
+    from engine.ops import cuda
+
+    seq_lens, query_lens, hq, hkv, d, window = case
+    cache, attn = paged_batch(seq_lens, query_lens, hkv, d, dtype, seed=sum(seq_lens))
+    q = torch.randn((sum(query_lens), hq, d), generator=generator(2), device="cuda").to(dtype)
+    ref = reference.paged_attention(q, cache, attn, d**-0.5, window)
+    assert rel_err(cuda.paged_attention(q, cache, attn, d**-0.5, window), ref) <= REL_TOL

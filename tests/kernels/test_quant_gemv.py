@@ -1,0 +1,95 @@
+"""Quantized GEMV (1-16 rows) and the dequantize kernel of the prefill GEMM, against float64 math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.quant.layout import dense_weight, dequantize
+from tests.kernels.gpu import (
+    DTYPES,
+    REL_TOL,
+    exlsp_ops,
+    generator,
+    gpu,
+    poisoned,
+    random_packed_weight,
+    rel_err,
+)
+
+pytestmark = gpu
+
+# (K, N, group_size): real layer shapes (4096 x 14336 is Llama-3-8B's gate/up), a single group, a narrow
+# layer that takes the smallest column tile, and N not a multiple of the widest tile.
+SHAPES = [(4096, 14336, 128), (4096, 1024, 128), (512, 4100, 512), (1024, 96, 32), (14336, 4096, 128)]
+
+
+def reference(x: torch.Tensor, w) -> torch.Tensor:
+    """y = x @ W + bias in float64, W in the original input order (act-order undone)."""
+    y = x.double() @ dense_weight(w, torch.float64)
+    return y if w.bias is None else y + w.bias.double()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 13])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemv_matches_float64_reference(dtype, bits, rows, shape):
+    k, n, group_size = shape
+    seed = k * 31 + n * 7 + rows * 3 + bits + (dtype == torch.bfloat16)
+    w = random_packed_weight(
+        k, n, bits=bits, group_size=group_size, dtype=dtype, bias=rows % 2 == 1, seed=seed
+    )
+    x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").to(dtype)
+    out = poisoned((rows, n), dtype)
+    exlsp_ops().quant_gemv(x, w.qweight, w.scales, w.zeros, w.bias, None, bits, group_size, out)
+    assert rel_err(out, reference(x, w)) <= REL_TOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemv_residual_epilogue_adds_the_residual(dtype):
+    w = random_packed_weight(1024, 512, bits=4, group_size=128, dtype=dtype, seed=3)
+    x = torch.randn((3, 1024), generator=generator(4), device="cuda").to(dtype)
+    residual = torch.randn((3, 512), generator=generator(5), device="cuda").to(dtype)
+    out = poisoned((3, 512), dtype)
+    exlsp_ops().quant_gemv(x, w.qweight, w.scales, w.zeros, None, residual, 4, 128, out)
+    assert rel_err(out, reference(x, w) + residual.double()) <= REL_TOL
+
+
+@pytest.mark.parametrize("rows", [1, 8, 16, 40])
+def test_quant_linear_act_order_permutes_the_activation(rows):
+    """The public op: act-order weight, GEMV for few rows, dequantize + matmul for many."""
+    from engine.ops import cuda
+
+    exlsp_ops()
+    w = random_packed_weight(
+        2048, 768, bits=4, group_size=128, dtype=torch.float16, act_order=True, bias=True, seed=9
+    )
+    x = torch.randn((rows, 2048), generator=generator(10), device="cuda").half()
+    assert rel_err(cuda.quant_linear(x, w), reference(x, w)) <= REL_TOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantize_equals_the_layout_reference(dtype, bits):
+    w = random_packed_weight(1024, 384, bits=bits, group_size=64, dtype=dtype, seed=bits)
+    out = poisoned((1024, 384), dtype)
+    exlsp_ops().dequantize(w.qweight, w.scales, w.zeros, bits, 64, out)
+    # integer codes and zeros: (q - z) is exact, one rounding of the product, as in the reference
+    assert torch.equal(out, dequantize(w))
+
+
+def test_gemv_rejects_float32_with_a_clear_message():
+    w = random_packed_weight(256, 64, bits=4, group_size=128, dtype=torch.float16)
+    x = torch.randn((1, 256), device="cuda")
+    out = torch.empty((1, 64), device="cuda")
+    with pytest.raises(RuntimeError, match="exlsp::quant_gemv: expected float16 or bfloat16"):
+        exlsp_ops().quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
+
+
+def test_gemv_rejects_a_wrong_output_shape():
+    w = random_packed_weight(256, 64, bits=4, group_size=128, dtype=torch.float16)
+    x = torch.randn((2, 256), device="cuda").half()
+    out = torch.empty((2, 60), device="cuda").half()
+    with pytest.raises(RuntimeError, match=r"out must be \(M, N\) = \(2, 64\)"):
+        exlsp_ops().quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
