@@ -265,3 +265,24 @@ def test_closing_finishes_pending_requests_as_cancelled(checkpoint):
     assert handle.result(timeout=10).finish_reason in ("cancelled", "length")
     with pytest.raises(RuntimeError, match="the engine is closed"):
         e.submit([1, 2])
+
+
+def test_streamed_chunks_never_split_a_multibyte_character(engine, monkeypatch):
+    import engine.model_runner as model_runner
+
+    text = "é → 😀 数据"
+    forced = engine.tokenizer.encode(text)
+    assert any("\ufffd" in engine.tokenizer.decode([t]) for t in forced)  # characters span tokens
+    position = {"i": 0}
+
+    def forced_sample(logits, params, generators=None, prev_token_ids=None):
+        token = forced[position["i"]]
+        position["i"] += 1
+        return torch.tensor([token])
+
+    monkeypatch.setattr(model_runner, "sample", forced_sample)
+    handle = engine.submit(prompt_ids(engine, 5), max_new_tokens=len(forced), ignore_eos=True)
+    chunks = [c.text for c in handle]
+    assert all("\ufffd" not in c for c in chunks)
+    assert "" in chunks  # a token that ended mid-character released no text
+    assert "".join(chunks) == handle.result().text == text
