@@ -234,7 +234,9 @@ class Engine:
             self._stats["step_errors"] += 1
             victims = [i.seq for i in out.scheduled] if out is not None else list(self.scheduler.running)
             message = f"engine step failed: {type(exc).__name__}: {exc}"
-            self._deliver(self.scheduler.fail(victims, message))
+            self.scheduler.fail(victims, message)
+            # Every victim is finished now, some perhaps normally before the fault: answer them all.
+            self._deliver([seq for seq in victims if seq.request_id in self._handles])
 
     def _stream(self, seq: EngineSequence) -> None:
         chunk = seq.take_stream_chunk()

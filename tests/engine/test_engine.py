@@ -222,23 +222,26 @@ def test_a_cache_too_small_for_all_requests_queues_or_preempts_them(checkpoint):
         assert e.stats()["num_free_blocks"] == 5
 
 
-def test_an_exception_in_a_step_fails_that_request_and_the_engine_keeps_serving(engine, monkeypatch):
-    real = engine.runner.execute
+@pytest.mark.parametrize("where", ["runner", "scheduler"])
+def test_an_exception_in_a_step_fails_that_request_and_the_engine_keeps_serving(engine, monkeypatch, where):
+    owner, name = (engine.runner, "execute") if where == "runner" else (engine.scheduler, "update")
+    real = getattr(owner, name)
     calls = {"n": 0}
 
-    def flaky(scheduled, bm):
+    def flaky(*args):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise RuntimeError("simulated kernel fault")
-        return real(scheduled, bm)
+            raise RuntimeError("simulated fault")
+        return real(*args)
 
-    monkeypatch.setattr(engine.runner, "execute", flaky)
+    monkeypatch.setattr(owner, name, flaky)
     bad = engine.generate(prompt_ids(engine, 10), max_new_tokens=3)
     assert bad.finish_reason == "error"
-    assert bad.error == "engine step failed: RuntimeError: simulated kernel fault"
+    assert bad.error == "engine step failed: RuntimeError: simulated fault"
     good = engine.generate(prompt_ids(engine, 10), max_new_tokens=3, ignore_eos=True)
     assert good.finish_reason == "length" and len(good.token_ids) == 3
     assert engine.stats()["num_free_blocks"] == 128
+    assert engine.stats()["step_errors"] == 1
 
 
 def test_seeded_sampling_is_reproducible(engine):
