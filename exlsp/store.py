@@ -153,9 +153,14 @@ def looks_like_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-def resolve_model(name_or_path: str | Path | None, store: Store) -> Path:
+def resolve_model(name_or_path: str | Path | None, store: Store | None = None) -> Path:
     """The checkpoint folder a `--model` value means: an existing checkpoint folder, else a store name;
-    None means the default model. Errors say what exists and what to run."""
+    None means the default model. Errors say what exists and what to run. Without `store`, the store
+    of this user (the caller is an edge: the CLI or the server)."""
+    if store is None:
+        import os
+
+        store = Store(data_dir(os.environ))
     if name_or_path is None:
         if store.has(DEFAULT_MODEL_NAME):
             return store.path(DEFAULT_MODEL_NAME)

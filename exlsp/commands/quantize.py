@@ -1,0 +1,103 @@
+"""`exlsp quantize SRC DST`: GPTQ (or RTN) quantize a float checkpoint into a GPTQ checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "GPTQ-quantize a float checkpoint (folder or store name) into DST"
+
+# Calibration size: the GPU default is the usual GPTQ set; on a CPU a smaller one keeps a 0.5B
+# model under 15 minutes on 2 cores (see bench/RESULTS.md for what it costs in quality).
+CALIB_DEFAULTS = {"cuda": (128, 512), "cpu": (32, 256)}  # device type -> (samples, tokens each)
+
+
+def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
+    """The quantization options, shared with `exlsp import` and `exlsp pull`."""
+    parser.add_argument("--bits", type=int, choices=(4, 8), default=4, help="bits per weight (default 4)")
+    parser.add_argument(
+        "--group-size", type=int, default=128, help="inputs per scale group; -1 for one group"
+    )
+    parser.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                        help="quantize columns by descending Hessian diagonal (default on)")  # fmt: skip
+    sym = parser.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)")
+    sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid (a zero per group)")
+    parser.add_argument(
+        "--damp", type=float, default=0.01, help="Hessian dampening, fraction of its mean diagonal"
+    )
+    parser.add_argument("--method", choices=("gptq", "rtn"), default="gptq", help="gptq, or the rtn baseline")
+    parser.add_argument("--calib", nargs="+", type=Path, metavar="PATH",
+                        help="source files or folders for calibration (default: the Python standard library)")  # fmt: skip
+    parser.add_argument(
+        "--calib-samples", type=int, help="calibration samples (default: 128 on CUDA, 32 on CPU)"
+    )
+    parser.add_argument(
+        "--calib-tokens", type=int, help="tokens per sample (default: 512 on CUDA, 256 on CPU)"
+    )
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="float checkpoint folder or model store name")
+    parser.add_argument("dst", metavar="DST", type=Path, help="output folder (refused if it exists)")
+    add_quant_arguments(parser)
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+
+
+def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bool) -> dict:
+    """Run the quantizer as the options say; returns the facts a manifest records."""
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from engine.quant.calibration import CalibrationConfig, default_calibration_roots, find_source_files
+    from engine.quant.quantize_model import quantize_checkpoint
+    from engine.quant.rtn import QuantSpec
+    from exlsp.evaluate import eval_file_paths
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    samples, tokens = CALIB_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    calib = CalibrationConfig(args.calib_samples or samples, args.calib_tokens or tokens)
+    spec = QuantSpec(bits=args.bits, group_size=args.group_size, sym=args.sym, act_order=args.act_order,
+                     damp_percent=args.damp)  # fmt: skip
+    files = []
+    if args.method == "gptq":
+        roots = args.calib or default_calibration_roots()
+        files = find_source_files(roots, exclude=eval_file_paths())
+    started = time.monotonic()
+    with tqdm(desc=f"{args.method} {args.bits}-bit", unit="layer", file=sys.stderr) as bar:
+
+        def on_layer(index: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        quantize_checkpoint(src, dst, spec, method=args.method, calib_files=files, calib=calib,
+                            device=device, force=force, on_layer_done=on_layer)  # fmt: skip
+    return {
+        "method": args.method,
+        "act_order": spec.act_order,
+        "sym": spec.sym,
+        "damp": spec.damp_percent,
+        "calibration": "default (Python standard library)"
+        if not args.calib
+        else [str(p) for p in args.calib],
+        "calibration_samples": [calib.num_samples, calib.seq_len_tokens],
+        "quantize_seconds": round(time.monotonic() - started, 1),
+        "device": str(device),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from exlsp.commands.models import report_errors
+    from exlsp.store import resolve_model
+
+    with report_errors("quantize"):
+        src = resolve_model(args.src)
+        facts = quantize_from_args(args, src, args.dst, args.force)
+        print(f"wrote {args.dst} ({facts['method']}, {args.bits}-bit, group size {args.group_size}, "
+              f"{facts['quantize_seconds']} s)")  # fmt: skip
+        return 0
+    return 1
