@@ -162,16 +162,20 @@ class FakeServer:
         return None
 
     def on_exlsp_status(self, params, msg_id):
+        # The shape of exlsp/server.py's ExlspServer.status().
         return {
             "state": "ready",
+            "error": None,
             "model": "fake",
             "device": "cpu",
-            "backend": "reference",
-            "fim": True,
-            "cacheHitRate": 0.5,
-            "latency": {"p50": 12, "p95": 30},
-            "accepted": self.accepted,
-            "shown": self.shown,
+            "backend": {"quant_linear": "reference", "paged_attention": "reference"},
+            "fim": "fill-in-the-middle: qwen template, plain layout",
+            "completions": {
+                "shown": self.shown,
+                "accepted": self.accepted,
+                "prefixCacheHitRate": 0.5,
+                "latencyMs": {"p50": 12.0, "p95": 30.0, "count": self.shown},
+            },
         }
 
     @staticmethod

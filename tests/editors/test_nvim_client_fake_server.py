@@ -192,7 +192,7 @@ def test_checkhealth_reports_server_model_and_fim(nvim, project):
     report = "\n".join(nvim.lines())
     assert "server command:" in report
     assert "model loaded: fake on cpu" in report
-    assert "fill-in-the-middle tokens available" in report
+    assert "fill-in-the-middle: qwen template, plain layout" in report
 
 
 @pytest.mark.parametrize("key", ["<M-l>", "<M-Right>"])

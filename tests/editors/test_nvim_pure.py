@@ -103,11 +103,14 @@ def test_status_lines_format_the_exlsp_status_answer(nvim):
             "state": "ready",
             "model": "tiny",
             "device": "cpu",
-            "backend": "reference",
-            "prefixCacheHitRate": 0.75,
-            "latencyMs": {"p50": 41.5, "p95": 90},
-            "accepted": 3,
-            "shown": 10,
+            "backend": {"quant_linear": "reference", "paged_attention": "reference"},
+            "fim": "fill-in-the-middle: qwen template, repo-level layout",
+            "completions": {
+                "prefixCacheHitRate": 0.75,
+                "latencyMs": {"p50": 41.5, "p95": 90},
+                "accepted": 3,
+                "shown": 10,
+            },
         },
     )
     assert lines == [
@@ -118,4 +121,11 @@ def test_status_lines_format_the_exlsp_status_answer(nvim):
         "  cache hits: 75%",
         "  latency:    p50 41.5 ms, p95 90 ms",
         "  accepted:   3 of 10 shown",
+        "  fill-in-the-middle: qwen template, repo-level layout",
     ]
+
+
+def test_backend_summary_names_one_backend_or_counts_a_mix(nvim):
+    summary = "return require('exlsp.status').backend_summary(...)"
+    assert nvim.lua(summary, {"a": "cuda", "b": "cuda"}) == "cuda"
+    assert nvim.lua(summary, {"a": "cuda", "b": "reference", "c": "cuda"}) == "cuda x2, reference x1"

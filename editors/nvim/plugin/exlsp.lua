@@ -7,13 +7,10 @@ vim.g.loaded_exlsp = true
 vim.api.nvim_create_user_command("ExlspChat", function(args)
   local exlsp = require("exlsp")
   local bufnr = vim.api.nvim_get_current_buf()
-  local range = nil
-  if args.range > 0 then
-    range = require("exlsp.chat").line_range(bufnr, args.line1, args.line2)
-  end
+  local lines = args.range > 0 and { args.line1, args.line2 } or nil
   local function send(message)
     if message and message ~= "" then
-      exlsp.chat(message, bufnr, range)
+      exlsp.chat(message, bufnr, lines)
     end
   end
   if args.args ~= "" then

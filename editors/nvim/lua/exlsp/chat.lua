@@ -8,6 +8,9 @@ local M = {}
 local next_token = 0
 local chat_bufnr = nil
 
+-- The title of the server's own chat progress (exlsp/handlers/actions.py).
+M.progress_title = "exlsp chat"
+
 -- Counters the tests read: progress reports received, chats finished.
 M.stats = { reports = 0, finished = 0 }
 
@@ -46,7 +49,7 @@ end
 ---@class exlsp.ChatRequest
 ---@field message string
 ---@field bufnr integer source buffer (for its uri)
----@field range table|nil LSP range of the selection
+---@field lines integer[]|nil first and last line (1-based) of the selection
 
 ---@param request exlsp.ChatRequest
 ---@param window string
@@ -60,7 +63,10 @@ function M.send(request, window)
   if vim.api.nvim_buf_get_name(request.bufnr) ~= "" then
     argument.uri = vim.uri_from_bufnr(request.bufnr)
   end
-  argument.range = request.range
+  if request.lines then
+    local encoding = client.offset_encoding or "utf-16"
+    argument.range = M.line_range(request.bufnr, request.lines[1], request.lines[2], encoding)
+  end
 
   local bufnr = open_buffer(window)
   append(bufnr, { "## You", "", request.message, "", "## exlsp", "" })
@@ -70,18 +76,27 @@ function M.send(request, window)
   next_token = next_token + 1
   local token = ("exlsp-chat-%d-%d"):format(vim.uv.os_getpid(), next_token)
   local group = vim.api.nvim_create_augroup("exlsp_chat_" .. token, { clear = true })
+  -- The server may stream under our workDoneToken or under a token it creates itself
+  -- (window/workDoneProgress/create) whose begin title is "exlsp chat": adopt the first such.
+  local server_token = nil
   vim.api.nvim_create_autocmd("LspProgress", {
     group = group,
-    pattern = "report",
     callback = function(args)
       local params = args.data and args.data.params
-      if not params or params.token ~= token or type(params.value) ~= "table" then
+      if not params or args.data.client_id ~= client.id or type(params.value) ~= "table" then
         return
       end
-      local piece = params.value.message
-      if type(piece) == "string" and piece ~= "" then
+      local value = params.value
+      if value.kind == "begin" and value.title == M.progress_title and params.token ~= token then
+        server_token = server_token or params.token
+        return
+      end
+      if value.kind ~= "report" or (params.token ~= token and params.token ~= server_token) then
+        return
+      end
+      if type(value.message) == "string" and value.message ~= "" then
         M.stats.reports = M.stats.reports + 1
-        streamed = streamed .. piece
+        streamed = streamed .. value.message
         set_answer(bufnr, answer_row, streamed)
       end
     end,
@@ -106,21 +121,24 @@ function M.send(request, window)
   end, request.bufnr)
 end
 
---- Length of a line in UTF-16 code units (LSP's default position encoding).
-function M.utf16_length(line)
-  if vim.fn.has("nvim-0.11") == 1 then
-    return vim.str_utfindex(line, "utf-16")
+--- Length of a line in the position encoding the server chose ("utf-8", "utf-16", "utf-32").
+function M.encoded_length(line, encoding)
+  if encoding == "utf-8" then
+    return #line
   end
-  local _, utf16 = vim.str_utfindex(line)
-  return utf16
+  if vim.fn.has("nvim-0.11") == 1 then
+    return vim.str_utfindex(line, encoding)
+  end
+  local utf32, utf16 = vim.str_utfindex(line)
+  return encoding == "utf-32" and utf32 or utf16
 end
 
 --- The LSP range of lines line1..line2 (1-based, inclusive) of a buffer, whole lines.
-function M.line_range(bufnr, line1, line2)
+function M.line_range(bufnr, line1, line2, encoding)
   local last = vim.api.nvim_buf_get_lines(bufnr, line2 - 1, line2, false)[1] or ""
   return {
     start = { line = line1 - 1, character = 0 },
-    ["end"] = { line = line2 - 1, character = M.utf16_length(last) },
+    ["end"] = { line = line2 - 1, character = M.encoded_length(last, encoding or "utf-16") },
   }
 end
 

@@ -40,16 +40,19 @@ function M.check()
     return
   end
   if status.state == "ready" or status.state == "busy" then
-    health.ok("model loaded: " .. tostring(status.model) .. " on " .. tostring(status.device))
-  elseif status.state == "error" then
-    health.error("model failed to load: " .. tostring(status.error or status.model))
+    local model = status.model ~= vim.NIL and status.model or "the configured model"
+    health.ok("model loaded: " .. tostring(model) .. " on " .. tostring(status.device))
+  elseif status.state == "failed" or status.state == "error" then
+    health.error("model failed to load: " .. tostring(status.error))
+    return
   else
-    health.warn("model state: " .. tostring(status.state))
+    health.warn("model state: " .. tostring(status.state) .. " (still loading?)")
   end
-  if status.fim == true then
-    health.ok("fill-in-the-middle tokens available")
-  elseif status.fim == false then
-    health.error("the model has no fill-in-the-middle tokens: inline completions are off")
+  local fim = status.fim
+  if fim == true or (type(fim) == "string" and fim:find("^fill%-in%-the%-middle")) then
+    health.ok(type(fim) == "string" and fim or "fill-in-the-middle tokens available")
+  elseif fim == false or type(fim) == "string" then
+    health.error(type(fim) == "string" and fim or "the model has no fill-in-the-middle tokens")
   else
     health.info("the server did not report FIM support")
   end

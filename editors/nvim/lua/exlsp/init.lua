@@ -55,10 +55,13 @@ end
 
 ---@param message string
 ---@param bufnr integer
----@param range table|nil
-function M.chat(message, bufnr, range)
+---@param lines integer[]|nil first and last line (1-based) of a selection to ask about
+function M.chat(message, bufnr, lines)
   local window = M.options and M.options.chat_window or config.defaults.chat_window
-  require("exlsp.chat").send({ message = message, bufnr = bufnr, range = range }, window)
+  require("exlsp.chat").send(
+    { message = message, bufnr = bufnr or vim.api.nvim_get_current_buf(), lines = lines },
+    window
+  )
 end
 
 function M.status()

@@ -7,16 +7,41 @@ local M = {}
 -- Latest loading progress seen ("" when none or finished).
 local loading = ""
 
---- Lines that :ExlspStatus shows for an `exlsp/status` answer.
+--- The kernel backend in a word: the server reports one backend per op; one name when they agree.
+---@param backend any
+---@return string|nil
+function M.backend_summary(backend)
+  if type(backend) ~= "table" then
+    return backend ~= nil and backend ~= vim.NIL and tostring(backend) or nil
+  end
+  local names = {}
+  for _, name in pairs(backend) do
+    names[tostring(name)] = (names[tostring(name)] or 0) + 1
+  end
+  local keys = vim.tbl_keys(names)
+  table.sort(keys)
+  if #keys == 1 then
+    return keys[1]
+  end
+  local parts = {}
+  for _, name in ipairs(keys) do
+    parts[#parts + 1] = ("%s x%d"):format(name, names[name])
+  end
+  return table.concat(parts, ", ")
+end
+
+--- Lines that :ExlspStatus shows for an `exlsp/status` answer. Counters may sit at the top level
+--- (issue 3's names: cacheHitRate, latency) or under `completions` (the server's: latencyMs,
+--- prefixCacheHitRate).
 ---@param status table
 ---@return string[]
 function M.format(status)
-  -- Key names as issue 3 lists them, or as exlsp/status.py's counters spell them.
-  local latency = status.latency or status.latencyMs
+  local counters = type(status.completions) == "table" and status.completions or status
+  local latency = counters.latency or counters.latencyMs
   latency = type(latency) == "table" and latency or {}
-  local hit_rate = status.cacheHitRate
+  local hit_rate = counters.cacheHitRate
   if hit_rate == nil then
-    hit_rate = status.prefixCacheHitRate
+    hit_rate = counters.prefixCacheHitRate
   end
   local function value(v, unit)
     if v == nil or v == vim.NIL then
@@ -25,17 +50,27 @@ function M.format(status)
     if type(v) == "number" and unit == "%" then
       return ("%.0f%%"):format(v * 100)
     end
+    if type(v) == "number" and v ~= math.floor(v) then
+      return ("%.1f%s"):format(v, unit or "")
+    end
     return tostring(v) .. (unit or "")
   end
-  return {
+  local lines = {
     "exlsp " .. value(status.state),
     "  model:      " .. value(status.model),
     "  device:     " .. value(status.device),
-    "  backend:    " .. value(status.backend),
+    "  backend:    " .. value(M.backend_summary(status.backend)),
     "  cache hits: " .. value(hit_rate, "%"),
     "  latency:    p50 " .. value(latency.p50, " ms") .. ", p95 " .. value(latency.p95, " ms"),
-    "  accepted:   " .. value(status.accepted) .. " of " .. value(status.shown) .. " shown",
+    "  accepted:   " .. value(counters.accepted) .. " of " .. value(counters.shown) .. " shown",
   }
+  if type(status.fim) == "string" then
+    lines[#lines + 1] = "  " .. status.fim
+  end
+  if type(status.error) == "string" then
+    lines[#lines + 1] = "  error: " .. status.error
+  end
+  return lines
 end
 
 --- Asks the server for its status; `callback(err, status)`.
