@@ -3,7 +3,11 @@ run inside a real Neovim so they see the same vim.* API as in use."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+
+from tests.editors.nvim_harness import PLUGIN_DIR
 
 
 @pytest.mark.parametrize(
@@ -129,3 +133,15 @@ def test_backend_summary_names_one_backend_or_counts_a_mix(nvim):
     summary = "return require('exlsp.status').backend_summary(...)"
     assert nvim.lua(summary, {"a": "cuda", "b": "cuda"}) == "cuda"
     assert nvim.lua(summary, {"a": "cuda", "b": "reference", "c": "cuda"}) == "cuda x2, reference x1"
+
+
+def test_help_file_documents_every_option_and_builds_its_tags(nvim, tmp_path):
+    doc = (PLUGIN_DIR / "doc" / "exlsp.txt").read_text()
+    options = nvim.lua("return vim.tbl_keys(require('exlsp.config').defaults)")
+    # Options whose default is nil are absent from the table; the settings map names them.
+    options += nvim.lua("return vim.tbl_keys(require('exlsp.config').setting_keys)")
+    undocumented = sorted(o for o in set(options) if not re.search(rf"^  {o}\b", doc, re.MULTILINE))
+    assert undocumented == []
+    (tmp_path / "exlsp.txt").write_text(doc)
+    nvim.command(f"helptags {tmp_path}")
+    assert "*:ExlspChat*" in doc and ":ExlspChat" in (tmp_path / "tags").read_text()
