@@ -52,14 +52,23 @@ def resolve_model_path(name_or_path: str | None) -> Path:
     return path
 
 
-def default_engine_factory(model_override: str | None = None, **engine_kwargs: Any) -> EngineFactory:
-    def build(settings: Settings) -> Any:
-        path = resolve_model_path(model_override or settings.model)
+class DefaultEngineFactory:
+    """settings -> Engine for the model named on the command line or in the settings."""
+
+    def __init__(self, model_override: str | None = None, **engine_kwargs: Any):
+        self.model_override = model_override
+        self.engine_kwargs = engine_kwargs
+        self.model_path: Path | None = None  # what the last build resolved the model to
+
+    def __call__(self, settings: Settings) -> Any:
+        self.model_path = resolve_model_path(self.model_override or settings.model)
         from engine import Engine  # first torch import of the process
 
-        return Engine(path, device=settings.device, **engine_kwargs)
+        return Engine(self.model_path, device=settings.device, **self.engine_kwargs)
 
-    return build
+
+def default_engine_factory(model_override: str | None = None, **engine_kwargs: Any) -> DefaultEngineFactory:
+    return DefaultEngineFactory(model_override, **engine_kwargs)
 
 
 def open_engine(model: str | None, device: str | None = None, **engine_kwargs: Any) -> Any:
@@ -179,7 +188,7 @@ class ExlspServer(LanguageServer):
         return {
             "state": self.bridge.state.value,
             "error": self.bridge.error,
-            "model": str(getattr(engine, "model_path", None) or self.settings.model or "") or None,
+            "model": str(getattr(self.engine_factory, "model_path", None) or self.settings.model or "") or None,
             "device": str(getattr(engine, "device", None) or self.settings.device or "") or None,
             "backend": backend,
             "fim": self.fim_message,

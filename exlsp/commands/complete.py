@@ -39,8 +39,9 @@ def parse_location(text: str) -> tuple[Path, int, int]:
 def run(args: argparse.Namespace) -> int:
     from exlsp.documents import Document
     from exlsp.handlers.completion import cursor_context, fim_input
+    from exlsp.handlers.lifecycle import budgets
     from exlsp.postprocess import postprocess
-    from exlsp.prompt import Budgets, PromptBuilder
+    from exlsp.prompt import PromptBuilder
     from exlsp.server import open_engine
     from exlsp.settings import Settings
 
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         print(f"exlsp: model loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
         builder = PromptBuilder(engine.tokenizer)
-        budgets = Budgets(settings.prefix_tokens, settings.suffix_tokens, settings.extra_context_tokens)
-        prompt = builder.build(fim_input(doc, offset, settings, path=path.name), budgets)
+        fitted = budgets(settings, engine.config.max_position_embeddings)
+        prompt = builder.build(fim_input(doc, offset, settings, path=path.name), fitted)
         cursor = cursor_context(doc.text, offset)
         result = engine.generate(
             list(prompt.token_ids),
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=settings.temperature,
             stop_token_ids=prompt.stop_token_ids,
             stop=("\n",) if cursor.mid_line else (),
+            truncate_prompt=True,
         )
     finally:
         engine.close()

@@ -24,6 +24,7 @@ from exlsp.actions import (
     tests_file_name,
 )
 from exlsp.chat import chat_messages, parse_chat_request, prompt_text
+from exlsp.handlers import plain
 
 log = logging.getLogger("exlsp")
 CHAT_COMMAND = "exlsp.chat"
@@ -141,7 +142,8 @@ def register(server) -> None:
 
     @server.feature(types.CODE_ACTION_RESOLVE)
     async def resolve_code_action(ls, action: types.CodeAction) -> types.CodeAction:
-        data = action.data if isinstance(action.data, dict) else {}
+        data = plain(action.data)
+        data = data if isinstance(data, dict) else {}
         kind = KINDS.get(data.get("action"))
         doc = ls.documents.get(data.get("uri", ""))
         if kind is None or doc is None:
@@ -210,6 +212,7 @@ def register(server) -> None:
 
     @server.command(SHOW_ANSWER_COMMAND)
     async def show_answer(ls, *args) -> bool:
+        args = plain(list(args))
         uri = args[0] if args and isinstance(args[0], str) else None
         text = ls.answers.get(uri or "")
         if text is None:
@@ -224,7 +227,7 @@ def register(server) -> None:
 
     @server.command(CHAT_COMMAND)
     async def chat(ls, *args) -> dict:
-        request = parse_chat_request(list(args))
+        request = parse_chat_request(plain(list(args)))
         selection, path, language_id = None, None, ""
         if request.uri is not None:
             doc = ls.documents.get(request.uri)

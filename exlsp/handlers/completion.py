@@ -124,7 +124,8 @@ async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None
         repo_name=ls.ignore.roots[0].name if ls.ignore.roots else "",
         context=ls.ring.select(exclude_uri=doc.uri),
     )
-    prompt = ls.prompt_builder.build(fim, budgets(ls.settings))
+    max_context = getattr(getattr(ls.bridge.engine, "config", None), "max_position_embeddings", None)
+    prompt = ls.prompt_builder.build(fim, budgets(ls.settings, max_context))
     s = ls.settings
     params = SamplingParams(
         max_new_tokens=s.max_tokens,
@@ -133,6 +134,7 @@ async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None
         stop_token_ids=prompt.stop_token_ids,
         stop=("\n",) if cursor.mid_line else (),
         priority=Priority.COMPLETION,
+        truncate_prompt=True,  # a last resort: the budgets already fit the context
     )
     counters.num_generations += 1
     handle_box: list = []

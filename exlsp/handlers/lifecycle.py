@@ -9,6 +9,7 @@ import time
 from lsprotocol import types
 
 from exlsp.bridge import EngineBridge, EngineState
+from exlsp.handlers import plain
 from exlsp.prompt import Budgets, PromptBuilder, fim_status
 from exlsp.settings import CONFIG_FILE_NAME, SECTION
 
@@ -37,13 +38,26 @@ async def pull_configuration(ls) -> None:
     except Exception as exc:
         ls.log(f"exlsp: workspace/configuration failed: {exc}", types.MessageType.Warning)
         return
-    value = values[0] if values else None
+    value = plain(values[0]) if values else None
     ls.layers["client"] = value if isinstance(value, dict) else {}
     ls.apply_settings()
 
 
-def budgets(settings) -> Budgets:
-    return Budgets(settings.prefix_tokens, settings.suffix_tokens, settings.extra_context_tokens)
+HEADER_SLACK_TOKENS = 64  # repo name, file path and FIM markers
+
+
+def budgets(settings, max_context_tokens: int | None = None) -> Budgets:
+    """The prompt budgets from the settings, scaled down to fit the model's context window."""
+    b = Budgets(settings.prefix_tokens, settings.suffix_tokens, settings.extra_context_tokens)
+    if max_context_tokens is None:
+        return b
+    room = max(16, max_context_tokens - settings.max_tokens - HEADER_SLACK_TOKENS)
+    total = b.prefix_tokens + b.suffix_tokens + b.context_tokens
+    if total <= room:
+        return b
+    return Budgets(
+        max(8, b.prefix_tokens * room // total), b.suffix_tokens * room // total, b.context_tokens * room // total
+    )
 
 
 def on_engine_done(ls, bridge: EngineBridge) -> None:
@@ -128,7 +142,7 @@ def register(server) -> None:
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls, params: types.DidChangeConfigurationParams) -> None:
-        raw = params.settings
+        raw = plain(params.settings)
         if isinstance(raw, dict) and raw:
             ls.layers["client"] = raw.get(SECTION, raw) if isinstance(raw.get(SECTION), dict) else raw
             ls.apply_settings()
