@@ -289,3 +289,16 @@ def test_streamed_chunks_never_split_a_multibyte_character(engine, monkeypatch):
     assert all("\ufffd" not in c for c in chunks)
     assert "" in chunks  # a token that ended mid-character released no text
     assert "".join(chunks) == handle.result().text == text
+
+
+def test_cache_size_from_tokens_blocks_or_the_default(checkpoint):
+    with Engine(checkpoint, device="cpu", block_size=BS, cache_tokens=100) as e:
+        assert e.stats()["num_cache_blocks"] == 7  # ceil(100 / 16)
+    with Engine(checkpoint, device="cpu", block_size=BS) as e:
+        c = e.config
+        # CPU default: max_batch_size (8) full contexts of 512 tokens = 8 * 32 blocks (well under the cap)
+        assert e.stats()["num_cache_blocks"] == 256
+        assert tuple(e.runner.kv_cache.shape) == (c.num_layers, 2, 256, BS, c.num_kv_heads, c.head_dim)
+        assert e.runner.kv_cache.dtype == torch.float32
+    with pytest.raises(ValueError, match="give num_cache_blocks or cache_tokens, not both"):
+        Engine(checkpoint, device="cpu", num_cache_blocks=4, cache_tokens=64)
