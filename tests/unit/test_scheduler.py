@@ -170,6 +170,20 @@ def test_deadline_returns_what_it_has():
     assert seq.result().text == "def"
 
 
+def test_a_request_past_its_deadline_while_queued_finishes_without_running():
+    s = scheduler(max_batch_size=1)
+    busy = make(1, 3, s.clock, max_new_tokens=100)
+    queued = make(2, 3, s.clock, first=50, max_new_tokens=5, time_budget_ms=10)
+    s.add(busy)
+    s.add(queued)
+    step(s)
+    s.clock.now_s += 0.010
+    out, done = step(s)
+    assert done == [queued] and queued.finish_reason == "deadline"
+    assert queued.output_token_ids == [] and queued.result().text == ""
+    assert [i.seq.request_id for i in out.scheduled] == [1]
+
+
 def test_eos_and_stop_token_ids_end_the_output_without_appearing_in_it():
     s = scheduler()
     a = make(1, 3, s.clock, max_new_tokens=10)
