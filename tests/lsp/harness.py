@@ -29,8 +29,12 @@ CONTEXT_TOKENS = 4096
 def make_code_model(folder: Path, *, fim: bool = True) -> Path:
     from safetensors.torch import load_file, save_file
 
-    path = make_tiny_checkpoint(folder, family="qwen2", seed=SEED, fim=fim, max_position_embeddings=CONTEXT_TOKENS)
-    special = [t["id"] for t in json.loads((path / "tokenizer.json").read_text())["added_tokens"] if t.get("special")]
+    path = make_tiny_checkpoint(
+        folder, family="qwen2", seed=SEED, fim=fim, max_position_embeddings=CONTEXT_TOKENS
+    )
+    special = [
+        t["id"] for t in json.loads((path / "tokenizer.json").read_text())["added_tokens"] if t.get("special")
+    ]
     weights = load_file(str(path / "model.safetensors"))
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         if name in weights:
@@ -39,7 +43,9 @@ def make_code_model(folder: Path, *, fim: bool = True) -> Path:
     return path
 
 
-def server_config(model: Path | str, home: Path, *extra: str, script: list[str] | None = None) -> ClientServerConfig:
+def server_config(
+    model: Path | str, home: Path, *extra: str, script: list[str] | None = None
+) -> ClientServerConfig:
     env = {
         **os.environ,
         "EXLSP_CONFIG_DIR": str(home / "config"),
@@ -47,7 +53,34 @@ def server_config(model: Path | str, home: Path, *extra: str, script: list[str] 
         "EXLSP_DATA_DIR": str(home / "data"),
     }
     command = script or [sys.executable, "-m", "exlsp.cli", "serve"]
-    return ClientServerConfig(server_command=[*command, "--model", str(model), *extra], server_env=env)
+    return ClientServerConfig(
+        server_command=[*command, "--model", str(model), *extra], server_env=env, client_factory=make_client
+    )
+
+
+def _plain_result_hook(obj, cls):
+    return cls(**obj)  # keep custom results (exlsp/status) as JSON dicts: "*" is not a field name
+
+
+def _converter():
+    from pygls.protocol import JsonRPCResponseMessage, default_converter
+
+    converter = default_converter()
+    converter.register_structure_hook(JsonRPCResponseMessage, _plain_result_hook)
+    return converter
+
+
+def make_client() -> LanguageClient:
+    from pytest_lsp.client import register_lsp_features
+
+    client = LanguageClient(converter_factory=_converter)
+    register_lsp_features(client)
+    return client
+
+
+def request(client: LanguageClient, method: str, params: Any, msg_id: str) -> asyncio.Future:
+    """Send a request with a known id (to cancel it later); returns a future of its result."""
+    return asyncio.ensure_future(client.protocol.send_request_async(method, params, msg_id=msg_id))
 
 
 def capabilities(client_name: str, *, inline: bool = False) -> types.ClientCapabilities:
@@ -120,7 +153,9 @@ def type_text(client: LanguageClient, uri: str, line: int, character: int, text:
     client.text_document_did_change(
         types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=_versions[uri]),
-            content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=text)],
+            content_changes=[
+                types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=text)
+            ],
         )
     )
 
@@ -133,7 +168,9 @@ def inline_params(uri: str, line: int, character: int) -> types.InlineCompletion
     )
 
 
-async def inline(client: LanguageClient, uri: str, line: int, character: int) -> list[types.InlineCompletionItem]:
+async def inline(
+    client: LanguageClient, uri: str, line: int, character: int
+) -> list[types.InlineCompletionItem]:
     result = await client.text_document_inline_completion_async(inline_params(uri, line, character))
     if result is None:
         return []
@@ -141,7 +178,9 @@ async def inline(client: LanguageClient, uri: str, line: int, character: int) ->
 
 
 async def set_settings(client: LanguageClient, **settings: Any) -> None:
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"exlsp": settings}))
+    client.workspace_did_change_configuration(
+        types.DidChangeConfigurationParams(settings={"exlsp": settings})
+    )
     await wait_for(client, lambda s: all(s["settings"][_snake(k)] == v for k, v in settings.items()))
 
 
@@ -149,3 +188,29 @@ def _snake(name: str) -> str:
     from exlsp.settings import camel_to_snake
 
     return camel_to_snake(name)
+
+
+def reference_suggestion(
+    engine, text: str, offset: int, *, path: str, repo_name: str, **settings: Any
+) -> str | None:
+    """The suggestion computed in this process through the same pure pipeline, for equality tests."""
+    from engine.request import SamplingParams
+    from exlsp.documents import Document
+    from exlsp.handlers.completion import cursor_context, fim_input
+    from exlsp.handlers.lifecycle import budgets
+    from exlsp.postprocess import postprocess
+    from exlsp.prompt import PromptBuilder
+    from exlsp.settings import Settings
+
+    s = Settings(**settings)
+    doc = Document(uri="file:///ref", language_id="python", version=1, text=text)
+    fim = fim_input(doc, offset, s, path=path, repo_name=repo_name)
+    prompt = PromptBuilder(engine.tokenizer).build(fim, budgets(s, engine.config.max_position_embeddings))
+    cursor = cursor_context(text, offset)
+    params = SamplingParams(
+        max_new_tokens=s.max_tokens,
+        stop_token_ids=prompt.stop_token_ids,
+        stop=("\n",) if cursor.mid_line else (),
+        truncate_prompt=True,
+    )
+    return postprocess(engine.generate(list(prompt.token_ids), params).text, cursor)

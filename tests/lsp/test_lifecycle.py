@@ -62,7 +62,8 @@ async def test_a_model_that_fails_to_load_is_reported_and_the_server_keeps_answe
         assert await harness.inline(client, uri, 1, 0) == []
         completion = await client.text_document_completion_async(
             types.CompletionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=1, character=0)
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=1, character=0),
             )
         )
         assert list(completion.items) == []
