@@ -8,6 +8,8 @@ Figures (greedy, float32, torch threads fixed, best of --repeats, the two sides 
   decode tok/s           one request: output tokens after the first / time after the first token
   decode tok/s batch N   N requests at once, all output tokens after the first / the same time
   transformers forward   one bare forward over the prompt: the floor under its generate's prefill
+  time to first token    cold, and for the same prompt plus two tokens right after it ran (the next
+                         keystroke in an editor: the engine's prefix cache serves all but one block)
 Both sides run the same checkpoint (a Qwen2-shaped model built here, hidden 256, 4 layers) with the
 same prompts. transformers' decode time is generate(n tokens) minus generate(1 token).
 """
@@ -70,7 +72,7 @@ class EngineSide:
         from engine import Engine
 
         self.engine = Engine(
-            folder, device="cpu", enable_prefix_cache=False, prefill_chunk_tokens=args.prompt_tokens,
+            folder, device="cpu", prefill_chunk_tokens=args.prompt_tokens,
             max_batch_size=max(8, args.batch), cache_tokens=args.batch * 2048,
         )  # fmt: skip
         self.engine.generate(prompts(self.engine.config.vocab_size, 1, 32, 0)[0], max_new_tokens=4)  # warm up
@@ -79,6 +81,12 @@ class EngineSide:
         t0 = time.perf_counter()
         self.engine.generate(ids, max_new_tokens=1)
         return time.perf_counter() - t0
+
+    def keystroke_s(self, ids: list[int]) -> float:
+        """Time to first token of `ids` plus two tokens, right after `ids` ran: the editor's next
+        keystroke, served from the prefix cache."""
+        self.engine.generate(ids, max_new_tokens=1)
+        return self.prefill_s(ids + ids[:2])
 
     def decode_s(self, batch: list[list[int]], num_tokens: int) -> float:
         """Time from the first request's first token to the last request's end."""
@@ -134,6 +142,7 @@ def measure(folder: Path, args) -> dict[str, float]:
         n = args.decode_tokens
         runs = (
             ("engine prefill", ours.prefill_s, (long,)),
+            ("engine keystroke", ours.keystroke_s, (prompts(vocab, 1, args.prompt_tokens, 4000 + r)[0],)),
             ("transformers prefill", theirs.prefill_s, (long,)),
             ("transformers forward", theirs.forward_s, (long,)),
             ("engine decode 1", ours.decode_s, (one, n)),
@@ -153,6 +162,9 @@ def measure(folder: Path, args) -> dict[str, float]:
         "engine decode 1": d / best["engine decode 1"],
         "transformers decode 1": d / best["transformers decode 1"],
         "engine decode batch": args.batch * d / best["engine decode batch"],
+        "engine keystroke ms": 1000 * best["engine keystroke"],
+        "engine prefill ms": 1000 * best["engine prefill"],
+        "transformers prefill ms": 1000 * best["transformers prefill"],
         "transformers decode batch": args.batch * d / best["transformers decode batch"],
     }
 
@@ -187,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         (f"transformers generate CPU greedy decode tok/s ({shape}, batch 1)", f["transformers decode 1"]),
         (f"engine CPU greedy decode tok/s ({shape}, {b} requests at once)", f["engine decode batch"]),
         (f"transformers generate CPU greedy decode tok/s ({shape}, batch {b})", f["transformers decode batch"]),
+        (f"engine CPU time to first token ms ({shape}, {p}-token prompt, cold)", f["engine prefill ms"]),
+        (f"transformers generate CPU time to first token ms ({shape}, {p}-token prompt)", f["transformers prefill ms"]),
+        (f"engine CPU time to first token ms ({shape}, same {p} tokens + 2: prefix-cache hit)",
+         f["engine keystroke ms"]),
     ]  # fmt: skip
     where, when, rev = machine(), datetime.date.today().isoformat(), commit()
-    lines = [f"| {name} | {value:.0f} | {where} | {when} | {rev} |" for name, value in rows]
+    lines = [f"| {name} | {value:.0f} | {where} | {when} | {rev} |" if value >= 100 else
+             f"| {name} | {value:.1f} | {where} | {when} | {rev} |" for name, value in rows]  # fmt: skip
     print("\n".join(lines))
     if args.write:
         results = REPO / "bench" / "RESULTS.md"
