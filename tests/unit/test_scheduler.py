@@ -263,9 +263,9 @@ def test_a_second_request_with_the_same_prefix_reports_cached_tokens():
     assert b.num_cached_tokens == 8 and b.result().num_cached_tokens == 8
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
-    num_blocks=st.integers(4, 24),
+    num_blocks=st.integers(3, 16),
     block_size=st.sampled_from([2, 4]),
     chunk=st.integers(1, 12),
     max_batch=st.integers(1, 4),
