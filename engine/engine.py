@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import operator
 import threading
 import time
 from collections import deque
@@ -169,11 +170,16 @@ class Engine:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=True)
         else:
-            ids = list(prompt)
             vocab = self.config.vocab_size
-            for i, t in enumerate(ids):
-                if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab:
+            ids = []
+            for i, t in enumerate(prompt):
+                try:
+                    token_id = operator.index(t)  # int, numpy or 0-d torch integers; not floats
+                except TypeError:
+                    raise ValueError(f"prompt token {i} is {t!r}, not an integer token id") from None
+                if isinstance(t, bool) or not 0 <= token_id < vocab:
                     raise ValueError(f"prompt token {i} is {t!r}, outside the vocabulary [0, {vocab})")
+                ids.append(token_id)
         if not ids:
             raise ValueError("the prompt is empty: give at least one token")
         max_len = self.config.max_position_embeddings

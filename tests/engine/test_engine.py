@@ -185,6 +185,9 @@ def test_token_ids_outside_the_vocabulary_are_refused(engine):
         engine.submit([-1])
     with pytest.raises(ValueError, match="the prompt is empty"):
         engine.submit([])
+    with pytest.raises(ValueError, match=r"prompt token 1 is 2.0, not an integer token id"):
+        engine.submit([1, 2.0])
+    assert engine.submit(torch.tensor([3, 4])).result().num_prompt_tokens == 2  # 0-d tensors are fine
 
 
 def test_prompt_longer_than_the_context(engine):
