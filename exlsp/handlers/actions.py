@@ -173,15 +173,18 @@ def register(server) -> None:
                 types.ShowMessageParams(type=types.MessageType.Error, message=f"exlsp: {exc}")
             )
             return action
-        if kind.result == "replace":
-            new_code = keep_indentation(code, extract_code(answer))
+        new_code = keep_indentation(code, extract_code(answer))
+        if kind.result != "prose" and not new_code.strip():
+            # An empty edit would delete the user's code: show what the model said instead.
+            ls.log(f"exlsp: {kind.name}: the model returned no code", types.MessageType.Warning)
+        elif kind.result == "replace":
             if code.endswith("\n") and not new_code.endswith("\n"):
                 new_code += "\n"
             action.edit = types.WorkspaceEdit(
                 changes={doc.uri: [types.TextEdit(range=_range_of(doc, start, end), new_text=new_code)]}
             )
             return action
-        if kind.result == "new_file" and _supports_create_file(ls):
+        elif kind.result == "new_file" and _supports_create_file(ls):
             target = _new_file_uri(doc.uri, code)
             if target is not None:
                 zero = types.Position(line=0, character=0)

@@ -56,7 +56,9 @@ def budgets(settings, max_context_tokens: int | None = None) -> Budgets:
     if total <= room:
         return b
     return Budgets(
-        max(8, b.prefix_tokens * room // total), b.suffix_tokens * room // total, b.context_tokens * room // total
+        max(8, b.prefix_tokens * room // total),
+        b.suffix_tokens * room // total,
+        b.context_tokens * room // total,
     )
 
 
