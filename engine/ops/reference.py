@@ -11,11 +11,14 @@ Layouts:
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from engine.attention_metadata import AttentionMetadata
-from engine.quant.layout import PackedWeight, quant_linear_reference
+from engine.quant.layout import PackedWeight, dequantize, quant_linear_reference
 
 
 def rms_norm(
@@ -89,14 +92,19 @@ def causal_mask(
 def attention_dense(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """q (Tq, Hq, D), k and v (L, Hkv, D), mask (Tq, L) -> (Tq, Hq, D); GQA by repeating K/V heads."""
-    group = q.shape[1] // k.shape[1]
-    k = k.float().repeat_interleave(group, dim=1)  # (L, Hq, D)
-    v = v.float().repeat_interleave(group, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * scale  # (Hq, Tq, L)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return torch.einsum("hqk,khd->qhd", probs, v).to(q.dtype)
+    """q (Tq, Hq, D), k and v (L, Hkv, D), mask (Tq, L) -> (Tq, Hq, D). GQA: query head h reads
+    K/V head h // (Hq / Hkv); the group's queries are stacked so each K/V head is read once."""
+    num_queries, num_heads, head_dim = q.shape
+    seq_len, num_kv_heads = k.shape[0], k.shape[1]
+    group = num_heads // num_kv_heads
+    qg = q.float().view(num_queries, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # (Hkv, G, Tq, D)
+    qg = qg.reshape(num_kv_heads, group * num_queries, head_dim)
+    scores = qg @ k.float().permute(1, 2, 0) * scale  # (Hkv, G * Tq, L)
+    scores = scores.view(num_kv_heads, group, num_queries, seq_len).masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(num_kv_heads, group * num_queries, seq_len)
+    out = probs @ v.float().transpose(0, 1)  # (Hkv, G * Tq, D)
+    out = out.view(num_kv_heads, group, num_queries, head_dim).permute(2, 0, 1, 3)  # (Tq, Hkv, G, D)
+    return out.reshape(num_queries, num_heads, head_dim).to(q.dtype)
 
 
 def paged_attention(
@@ -121,9 +129,21 @@ def paged_attention(
     return out
 
 
+@dataclass
+class DequantizedWeight(PackedWeight):
+    """A PackedWeight with its dequantized rows kept beside it (CPU only, see prepare_quant_weight)."""
+
+    sorted_dense: torch.Tensor | None = None  # (K, N) = dequantize(self), rows in group order
+
+
 def quant_linear(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     """x (M, K) @ dequantized W (K, N) + bias -> (M, N)."""
-    return quant_linear_reference(x, w)
+    if not isinstance(w, DequantizedWeight):
+        return quant_linear_reference(x, w)
+    if w.perm is not None:
+        x = x.index_select(-1, w.perm)
+    y = x @ w.sorted_dense.to(x.dtype)
+    return y if w.bias is None else y + w.bias.to(y.dtype)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -133,5 +153,10 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
-    """Hook for a backend to derive its own tile layout once at load; the reference needs none."""
-    return w
+    """Once per weight and device. On the CPU, dequantize once and keep the float rows: unpacking
+    every call would cost several times the matmul, and a CPU has memory to spare for a model small
+    enough to run on it. Elsewhere (a GPU without built kernels) keep only the packed form."""
+    if w.qweight.device.type != "cpu" or isinstance(w, DequantizedWeight):
+        return w
+    fields = {f.name: getattr(w, f.name) for f in dataclasses.fields(PackedWeight)}
+    return DequantizedWeight(**fields, sorted_dense=dequantize(w))

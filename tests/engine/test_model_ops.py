@@ -77,3 +77,23 @@ def test_backend_report_names_every_op():
     assert set(report.values()) <= {"cuda", "reference"}
     if not torch.cuda.is_available():
         assert set(report.values()) == {"reference"}
+
+
+def test_prepared_cpu_weight_dequantizes_once_and_computes_the_same():
+    gen = torch.Generator().manual_seed(3)
+    k, n = 64, 16
+    w = PackedWeight(
+        bits=4,
+        group_size=32,
+        in_features=k,
+        out_features=n,
+        qweight=pack_int32(torch.randint(0, 16, (k, n), generator=gen), 4),
+        scales=torch.rand(2, n, generator=gen),
+        zeros=torch.full((2, n), 8.0),
+        perm=torch.randperm(k, generator=gen),
+        bias=None,
+    )
+    prepared = ops.prepare_quant_weight(w)
+    assert ops.prepare_quant_weight(prepared) is prepared
+    x = torch.randn(5, k, generator=gen)
+    torch.testing.assert_close(ops.quant_linear(x, prepared), ops.quant_linear(x, w))
