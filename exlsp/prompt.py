@@ -143,6 +143,7 @@ class Prompt:
     num_prefix_tokens: int
     num_suffix_tokens: int
     template: str  # "qwen/repo", "codellama/plain", "none", ...
+    context_paths: tuple[str, ...] = ()  # files whose chunks made it into the prompt
 
 
 _LINE_COMMENT = {
@@ -251,6 +252,9 @@ class PromptBuilder:
 
     def context_tokens(self, fim: FimInput, budget: int) -> list[int]:
         """Extra chunks that fit the budget, in caller priority, laid out in a stable order."""
+        return [t for _, ids in self._select_context(fim, budget) for t in ids]
+
+    def _select_context(self, fim: FimInput, budget: int) -> list[tuple[ContextChunk, tuple[int, ...]]]:
         repo = self.template is not None and self.template.repo_level
         comment = line_comment(fim.language_id)
         chosen: list[tuple[ContextChunk, tuple[int, ...]]] = []
@@ -265,14 +269,15 @@ class PromptBuilder:
             chosen.append((chunk, ids))
             total += len(ids)
         chosen.sort(key=lambda item: (item[0].path, item[0].start_line))
-        return [t for _, ids in chosen for t in ids]
+        return chosen
 
     # -- whole prompt -------------------------------------------------------------------------
 
     def build(self, fim: FimInput, budgets: Budgets | None = None) -> Prompt:
         b = budgets or self.budgets
         t = self.template
-        context = self.context_tokens(fim, b.context_tokens) if b.context_tokens > 0 else []
+        selected = self._select_context(fim, b.context_tokens) if b.context_tokens > 0 else []
+        context = [t for _, ids in selected for t in ids]
         prefix = self.prefix_tokens(fim.prefix, fim.first_line, b.prefix_tokens)
         if t is not None and t.repo_level:
             head = [t.repo_name_id, *self.encode(f"{fim.repo_name}\n"), *context]
@@ -297,6 +302,7 @@ class PromptBuilder:
             num_prefix_tokens=len(prefix),
             num_suffix_tokens=len(suffix),
             template=name,
+            context_paths=tuple(dict.fromkeys(chunk.path for chunk, _ in selected)),
         )
 
 

@@ -103,6 +103,7 @@ class ExlspServer(LanguageServer):
         self.answers: dict[str, str] = {}  # answer document uri -> text (prose code-action results)
         self.background: set[asyncio.Task] = set()
         self.client_supports_inline = False
+        self.last_prompt: dict | None = None  # shape of the newest completion prompt, for the status
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -188,7 +189,8 @@ class ExlspServer(LanguageServer):
         return {
             "state": self.bridge.state.value,
             "error": self.bridge.error,
-            "model": str(getattr(self.engine_factory, "model_path", None) or self.settings.model or "") or None,
+            "model": str(getattr(self.engine_factory, "model_path", None) or self.settings.model or "")
+            or None,
             "device": str(getattr(engine, "device", None) or self.settings.device or "") or None,
             "backend": backend,
             "fim": self.fim_message,
@@ -198,6 +200,7 @@ class ExlspServer(LanguageServer):
             "completions": self.counters.snapshot(),
             "settings": {k: (dict(v) if k == "enable" else v) for k, v in asdict(self.settings).items()},
             "openDocuments": len(self.documents),
+            "lastPrompt": self.last_prompt,
         }
 
 

@@ -126,6 +126,14 @@ async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None
     )
     max_context = getattr(getattr(ls.bridge.engine, "config", None), "max_position_embeddings", None)
     prompt = ls.prompt_builder.build(fim, budgets(ls.settings, max_context))
+    ls.last_prompt = {
+        "template": prompt.template,
+        "numTokens": len(prompt.token_ids),
+        "numContextTokens": prompt.num_context_tokens,
+        "numPrefixTokens": prompt.num_prefix_tokens,
+        "numSuffixTokens": prompt.num_suffix_tokens,
+        "contextPaths": list(prompt.context_paths),
+    }
     s = ls.settings
     params = SamplingParams(
         max_new_tokens=s.max_tokens,
