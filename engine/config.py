@@ -178,6 +178,10 @@ def parse_quant_config(raw: dict[str, Any]) -> QuantConfig:
             f"quantization method {method!r} is not supported (supported: gptq); "
             "re-quantize with `exlsp quantize` or use a float checkpoint"
         )
+    if raw.get("is_marlin_format"):
+        raise UnsupportedModelError(
+            "GPTQ checkpoint in Marlin's repacked format is not supported: use the plain GPTQ checkpoint"
+        )
     bits = raw.get("bits")
     if bits not in (4, 8):
         raise UnsupportedModelError(f"GPTQ bits={bits!r} is not supported (supported: 4, 8)")

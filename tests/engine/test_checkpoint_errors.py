@@ -156,6 +156,10 @@ def test_unsupported_quantization(folder):
     assert "quantization method 'awq' is not supported (supported: gptq)" in load_error(folder)
     edit_config(folder, quantization_config={"quant_method": "gptq", "bits": 3, "group_size": 128})
     assert "GPTQ bits=3 is not supported (supported: 4, 8)" in load_error(folder)
+    edit_config(
+        folder, quantization_config={"quant_method": "gptq", "bits": 4, "checkpoint_format": "marlin"}
+    )
+    assert "GPTQ checkpoint_format 'marlin' is not supported (supported: gptq, gptq_v2)" in load_error(folder)
 
 
 def test_token_ids_outside_the_vocabulary_and_too_long_inputs(folder):
