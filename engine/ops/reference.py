@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from engine.attention_metadata import AttentionMetadata
 from engine.quant.layout import PackedWeight, dequantize, quant_linear_reference
 
+QUERY_CHUNK_TOKENS = 256  # paged_attention: queries per score matrix
+
 
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
@@ -78,11 +80,26 @@ def gather_kv(
 def causal_mask(
     query_len: int, seq_len: int, sliding_window: int | None, device: torch.device
 ) -> torch.Tensor:
-    """(query_len, seq_len) bool, True where the query may attend. Query i sits at position
-    seq_len - query_len + i; it sees keys at positions <= its own and, with a window, the
-    `sliding_window` most recent of them (itself included), as transformers masks."""
-    q_pos = torch.arange(seq_len - query_len, seq_len, device=device).unsqueeze(1)  # (Tq, 1)
-    k_pos = torch.arange(seq_len, device=device).unsqueeze(0)  # (1, L)
+    """(query_len, seq_len) bool for the last query_len of seq_len tokens attending to all of them."""
+    return causal_mask_between(seq_len - query_len, query_len, 0, seq_len, sliding_window, device)
+
+
+def causal_mask_between(
+    first_query_pos: int,
+    num_queries: int,
+    first_key_pos: int,
+    num_keys: int,
+    sliding_window: int | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """(num_queries, num_keys) bool, True where a query may attend. Queries sit at consecutive
+    positions from first_query_pos, keys from first_key_pos; a query sees keys at positions <= its
+    own and, with a window, only the `sliding_window` most recent of them (itself included), as
+    transformers masks."""
+    q_pos = torch.arange(first_query_pos, first_query_pos + num_queries, device=device).unsqueeze(
+        1
+    )  # (Tq, 1)
+    k_pos = torch.arange(first_key_pos, first_key_pos + num_keys, device=device).unsqueeze(0)  # (1, L)
     allowed = k_pos <= q_pos
     if sliding_window is not None:
         allowed &= q_pos - k_pos < sliding_window
@@ -123,9 +140,21 @@ def paged_attention(
         start, end = query_start_loc[i], query_start_loc[i + 1]
         if end == start:
             continue
-        k, v = gather_kv(kv_cache_layer, attn.block_tables[i], seq_len)
-        mask = causal_mask(end - start, seq_len, sliding_window, q.device)
-        out[start:end] = attention_dense(q[start:end], k, v, mask, scale)
+        k, v = gather_kv(kv_cache_layer, attn.block_tables[i], seq_len)  # (L, Hkv, D) each
+        first_pos = seq_len - (end - start)  # position of the sequence's first new token
+        # Queries in chunks bound the (Hq, chunk, L) scores of a long prefill; each chunk reads only
+        # the keys it can see (none after its last query, none before its window).
+        for chunk_start in range(start, end, QUERY_CHUNK_TOKENS):
+            chunk_end = min(chunk_start + QUERY_CHUNK_TOKENS, end)
+            q_first = first_pos + chunk_start - start
+            q_last = q_first + chunk_end - chunk_start - 1
+            k_first = 0 if sliding_window is None else max(0, q_first - sliding_window + 1)
+            mask = causal_mask_between(
+                q_first, chunk_end - chunk_start, k_first, q_last + 1 - k_first, sliding_window, q.device
+            )
+            out[chunk_start:chunk_end] = attention_dense(
+                q[chunk_start:chunk_end], k[k_first : q_last + 1], v[k_first : q_last + 1], mask, scale
+            )
     return out
 
 

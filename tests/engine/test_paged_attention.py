@@ -85,6 +85,17 @@ def test_paged_attention_equals_dense_causal_attention(block_size, num_heads, nu
         torch.testing.assert_close(out[starts[i] : starts[i + 1]], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sliding_window", [None, 100])
+def test_long_prefill_split_into_query_chunks(sliding_window):
+    gen = torch.Generator().manual_seed(2)
+    batch = [(40, 600), (0, 1)]  # 600 new tokens: three query chunks of the reference
+    kv_cache_layer, attn, seq_kv = build_batch(batch, 16, 2, 8, gen)
+    q = torch.randn(601, 4, 8, generator=gen)
+    out = ops.paged_attention(q, kv_cache_layer, attn, 0.3, sliding_window)
+    torch.testing.assert_close(out[:600], dense_causal_attention(q[:600], *seq_kv[0], 0.3, sliding_window))
+    torch.testing.assert_close(out[600:], dense_causal_attention(q[600:], *seq_kv[1], 0.3, sliding_window))
+
+
 def test_decode_only_batch():
     gen = torch.Generator().manual_seed(1)
     batch = [(9, 1), (1, 1), (31, 1)]
