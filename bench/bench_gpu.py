@@ -62,8 +62,11 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() * 4 / ms / 1e6  # bytes read + written
 
 
-def gemv_gbs(k: int, n: int, rows: int, dtype: torch.dtype, num_weights: int = 4, repeats: int = 10) -> dict:
-    """Fused GEMV on rotating weight sets (so L2 holds none of them) -> achieved GB/s."""
+def gemv_gbs(
+    k: int, n: int, rows: int, dtype: torch.dtype, *, tc: bool = True, num_weights: int = 4, repeats: int = 10
+) -> dict:
+    """Fused GEMV (tensor-core or CUDA-core kernel) on rotating weight sets (so L2 holds none of
+    them) -> achieved GB/s."""
     gen = torch.Generator(device="cuda").manual_seed(k + n)
     weights = [
         random_packed(k, n, bits=4, group_size=128, dtype=dtype, bias=False, gen=gen)
@@ -74,7 +77,10 @@ def gemv_gbs(k: int, n: int, rows: int, dtype: torch.dtype, num_weights: int = 4
 
     def calls():
         for w in weights:
-            torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
+            if tc:
+                torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out)
+            else:
+                torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
 
     graph = graph_of(calls, repeats)
     ms = median_ms(graph.replay) / (repeats * num_weights)
@@ -135,7 +141,24 @@ def time_decode(graphs: DecodeGraphs, ctx: int, steps: int = 50) -> tuple[float,
     return queued, synced
 
 
-def bench_model(name: str, *, contexts: list[int], full: bool, quant_lm_head: bool) -> dict:
+def profile_decode(model, kv_cache, ctx: int = 2048, steps: int = 5) -> str:
+    """Per-kernel GPU time of eager decode steps (same kernels and grids as the graph replays)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids, pos, attn = decode_metadata(ctx, "cuda")
+    for _ in range(2):
+        first_token_id(model, kv_cache, ids, pos, attn)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            first_token_id(model, kv_cache, ids, pos, attn)
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+
+
+def bench_model(
+    name: str, *, contexts: list[int], full: bool, quant_lm_head: bool, profile_to: Path | None = None
+) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base_bytes = torch.cuda.memory_allocated()
@@ -153,6 +176,8 @@ def bench_model(name: str, *, contexts: list[int], full: bool, quant_lm_head: bo
     def step(ids, pos, attn):
         return model.compute_logits(model.forward_paged(ids, pos, attn, kv_cache)).argmax(dim=-1)
 
+    if profile_to is not None:
+        profile_to.write_text(profile_decode(model, kv_cache))
     graphs = DecodeGraphs(step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS)
     for ctx in contexts:
         ms, synced = time_decode(graphs, ctx)
@@ -203,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="llama3-8b,qwen2.5-coder-7b,qwen2.5-coder-1.5b")
     parser.add_argument("--json", default=None, help="write all figures to this file")
     parser.add_argument("--quick", action="store_true", help="decode at 2k only, no prefill/TTFT")
+    parser.add_argument(
+        "--profile", default=None, help="write a per-kernel profile of the first model's decode here"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("exlsp bench: no CUDA device; GPU benchmarks need one", file=sys.stderr)
@@ -217,18 +245,23 @@ def main(argv: list[str] | None = None) -> int:
     report["copy_GBs"] = copy_bw = copy_bandwidth_gbs()
     gemv = {}
     for k, n in [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]:
-        for rows in (1, 8):
+        for rows in (1, 8, 16):
             r = gemv_gbs(k, n, rows, torch.float16)
             r["of_copy"] = r["gbs"] / copy_bw
-            gemv[f"{k}x{n}_m{rows}_fp16"] = r
-    gemv["4096x14336_m1_bf16"] = gemv_gbs(4096, 14336, 1, torch.bfloat16)
+            gemv[f"tc_{k}x{n}_m{rows}_fp16"] = r
+    for rows in (1, 8):
+        gemv[f"cudacore_4096x14336_m{rows}_fp16"] = gemv_gbs(4096, 14336, rows, torch.float16, tc=False)
+    gemv["tc_4096x14336_m1_bf16"] = gemv_gbs(4096, 14336, 1, torch.bfloat16)
     gemv["torch_int4_4096x14336_m1_bf16"] = torch_int4_gbs(4096, 14336, 1)
     report["gemv"] = gemv
     contexts = [2048] if args.quick else [32, 2048, 8192]
     report["models"] = []
     for i, name in enumerate(args.models.split(",")):
         full = i == 0 and not args.quick
-        report["models"].append(bench_model(name, contexts=contexts, full=full, quant_lm_head=False))
+        profile_to = Path(args.profile) if args.profile and i == 0 else None
+        report["models"].append(
+            bench_model(name, contexts=contexts, full=full, quant_lm_head=False, profile_to=profile_to)
+        )
         if full:
             report["models"].append(bench_model(name, contexts=contexts, full=False, quant_lm_head=True))
     if args.json:

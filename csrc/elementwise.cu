@@ -86,7 +86,7 @@ __global__ void rotary_write_kv_kernel(RotaryArgs a) {
                           : static_cast<const T*>(a.q) + token * a.q_stride_token + (int64_t)head * a.head_dim;
       float x1 = to_float(src[i]), x2 = to_float(src[i + half]);
       if (a.apply_rotary) {
-        const float c = static_cast<float>(cs[i]), s = static_cast<float>(cs[i + half]);
+        const float c = to_float(cs[i]), s = to_float(cs[i + half]);
         const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
         T* dst = is_k ? static_cast<T*>(a.k_out) + ((int64_t)token * a.num_kv_heads + kv_head) * a.head_dim
                       : static_cast<T*>(a.q_out) + ((int64_t)token * a.num_q_heads + head) * a.head_dim;

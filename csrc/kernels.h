@@ -22,6 +22,13 @@ cudaError_t launch_quant_gemv(Dtype dtype, const void* x, const int32_t* qweight
                               const void* zeros, const void* bias, const void* residual, void* out, int M,
                               int K, int N, int bits, int group_size, cudaStream_t stream);
 
+// The same product on the tensor cores for 1 <= M (chunks of 16 rows), 4-bit only, integer zeros;
+// quant_gemv_tc_supports says which shapes it takes (quant_gemv_tc.cu).
+bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
+cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
+                                 const void* zeros, const void* bias, const void* residual, void* out, int M, int K,
+                                 int N, int group_size, cudaStream_t stream);
+
 // W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch.
 cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros,
                               void* out, int K, int N, int bits, int group_size, cudaStream_t stream);

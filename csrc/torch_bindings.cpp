@@ -5,6 +5,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+#include <cstdio>
+#include <string>
+
 #include "kernels.h"
 
 namespace exlsp {
@@ -12,64 +16,92 @@ namespace {
 
 using at::Tensor;
 
+// Error messages are formatted with snprintf: streaming integers into TORCH_CHECK's message crashed
+// (SIGSEGV) in this extension on the GPU machine's torch 2.11 build, while plain strings worked.
+std::string to_str(const char* v) { return v; }
+std::string to_str(const std::string& v) { return v; }
+std::string to_str(int64_t v) { return std::to_string(v); }
+std::string to_str(int v) { return std::to_string(v); }
+std::string to_str(at::ScalarType v) { return c10::toString(v); }
+std::string to_str(const c10::Device& v) { return v.str(); }
+std::string to_str(at::IntArrayRef v) {
+  std::string r = "(";
+  for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
+  return r + ")";
+}
+
+#define EXLSP_CHECK(cond, ...)                          \
+  do {                                                  \
+    if (!(cond)) {                                      \
+      char exlsp_msg_[512];                             \
+      std::snprintf(exlsp_msg_, sizeof(exlsp_msg_), __VA_ARGS__); \
+      TORCH_CHECK(false, exlsp_msg_);                   \
+    }                                                   \
+  } while (0)
+
 Dtype model_dtype(const Tensor& t, const char* op) {
   if (t.scalar_type() == at::kHalf) return Dtype::kHalf;
   if (t.scalar_type() == at::kBFloat16) return Dtype::kBFloat16;
-  TORCH_CHECK(false, "exlsp::", op, ": expected float16 or bfloat16, got ", t.scalar_type());
+  EXLSP_CHECK(false, "exlsp::%s: expected float16 or bfloat16, got %s", to_str(op).c_str(), to_str(t.scalar_type()).c_str());
+  return Dtype::kHalf;  // unreachable
 }
 
 void check_cuda(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), "exlsp::", op, ": ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.is_contiguous(), "exlsp::", op, ": ", name, " must be contiguous");
+  EXLSP_CHECK(t.is_cuda(), "exlsp::%s: %s must be a CUDA tensor", to_str(op).c_str(), to_str(name).c_str());
+  EXLSP_CHECK(t.is_contiguous(), "exlsp::%s: %s must be contiguous", to_str(op).c_str(), to_str(name).c_str());
 }
 
 void check_same(const Tensor& t, const Tensor& like, const char* op, const char* name) {
   check_cuda(t, op, name);
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "exlsp::", op, ": ", name, " has dtype ", t.scalar_type(),
-              ", expected ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), "exlsp::", op, ": ", name, " is on ", t.device(), ", expected ",
-              like.device());
+  EXLSP_CHECK(t.scalar_type() == like.scalar_type(), "exlsp::%s: %s has dtype %s, expected %s", to_str(op).c_str(), to_str(name).c_str(), to_str(t.scalar_type()).c_str(), to_str(like.scalar_type()).c_str());
+  EXLSP_CHECK(t.device() == like.device(), "exlsp::%s: %s is on %s, expected %s", to_str(op).c_str(), to_str(name).c_str(), to_str(t.device()).c_str(), to_str(like.device()).c_str());
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, "exlsp::", op, ": kernel launch failed: ", cudaGetErrorString(err));
+  EXLSP_CHECK(err == cudaSuccess, "exlsp::%s: kernel launch failed: %s", to_str(op).c_str(), to_str(cudaGetErrorString(err)).c_str());
 }
 
 const void* opt_ptr(const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+// Shared checks of both GEMV ops; returns (M, K, N).
+std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales,
+                                  const Tensor& zeros, const std::optional<Tensor>& bias,
+                                  const std::optional<Tensor>& residual, int64_t bits, int64_t group_size,
+                                  const Tensor& out) {
+  check_cuda(x, op, "x");
+  EXLSP_CHECK(x.dim() == 2, "exlsp::%s: x must be (M, K), got %s", to_str(op).c_str(), to_str(x.sizes()).c_str());
+  EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::%s: bits must be 4 or 8, got %s", to_str(op).c_str(), to_str(bits).c_str());
+  const int64_t M = x.size(0), K = x.size(1);
+  check_cuda(qweight, op, "qweight");
+  EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::%s: qweight must be int32", to_str(op).c_str());
+  const int64_t N = qweight.size(1);
+  EXLSP_CHECK(qweight.size(0) * 32 / bits == K, "exlsp::%s: qweight %s does not pack K=%s at %s bits", to_str(op).c_str(), to_str(qweight.sizes()).c_str(), to_str(K).c_str(), to_str(bits).c_str());
+  EXLSP_CHECK(N % 4 == 0, "exlsp::%s: out_features must be a multiple of 4, got %s", to_str(op).c_str(), to_str(N).c_str());
+  EXLSP_CHECK(K % 8 == 0, "exlsp::%s: in_features must be a multiple of 8, got %s", to_str(op).c_str(), to_str(K).c_str());
+  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0, "exlsp::%s: bad group_size %s for K=%s", to_str(op).c_str(), to_str(group_size).c_str(), to_str(K).c_str());
+  check_same(scales, x, op, "scales");
+  check_same(zeros, x, op, "zeros");
+  EXLSP_CHECK(scales.size(0) == K / group_size && scales.size(1) == N, "exlsp::%s: scales %s do not match (K/group_size, N)", to_str(op).c_str(), to_str(scales.sizes()).c_str());
+  EXLSP_CHECK(zeros.sizes() == scales.sizes(), "exlsp::%s: zeros must have the shape of scales", to_str(op).c_str());
+  if (bias) {
+    check_same(*bias, x, op, "bias");
+    EXLSP_CHECK(bias->numel() == N, "exlsp::%s: bias must have N elements", to_str(op).c_str());
+  }
+  if (residual) {
+    check_same(*residual, x, op, "residual");
+    EXLSP_CHECK(residual->size(0) == M && residual->size(1) == N, "exlsp::%s: residual must be (M, N)", to_str(op).c_str());
+  }
+  check_same(out, x, op, "out");
+  EXLSP_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N, "exlsp::%s: out must be (M, N) = (%s, %s), got %s", to_str(op).c_str(), to_str(M).c_str(), to_str(N).c_str(), to_str(out.sizes()).c_str());
+  return {M, K, N};
+}
 
 void quant_gemv(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                 const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t bits,
                 int64_t group_size, Tensor& out) {
   const char* op = "quant_gemv";
   const Dtype dtype = model_dtype(x, op);
-  check_cuda(x, op, "x");
-  TORCH_CHECK(x.dim() == 2, "exlsp::quant_gemv: x must be (M, K), got ", x.sizes());
-  TORCH_CHECK(bits == 4 || bits == 8, "exlsp::quant_gemv: bits must be 4 or 8, got ", bits);
-  const int64_t M = x.size(0), K = x.size(1);
-  check_cuda(qweight, op, "qweight");
-  TORCH_CHECK(qweight.scalar_type() == at::kInt, "exlsp::quant_gemv: qweight must be int32");
-  const int64_t N = qweight.size(1);
-  TORCH_CHECK(qweight.size(0) * 32 / bits == K, "exlsp::quant_gemv: qweight ", qweight.sizes(), " does not pack K=", K,
-              " at ", bits, " bits");
-  TORCH_CHECK(N % 4 == 0, "exlsp::quant_gemv: out_features must be a multiple of 4, got ", N);
-  TORCH_CHECK(K % 8 == 0, "exlsp::quant_gemv: in_features must be a multiple of 8, got ", K);
-  TORCH_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
-              "exlsp::quant_gemv: bad group_size ", group_size, " for K=", K);
-  check_same(scales, x, op, "scales");
-  check_same(zeros, x, op, "zeros");
-  TORCH_CHECK(scales.size(0) == K / group_size && scales.size(1) == N, "exlsp::quant_gemv: scales ", scales.sizes(),
-              " do not match (K/group_size, N)");
-  if (bias) {
-    check_same(*bias, x, op, "bias");
-    TORCH_CHECK(bias->numel() == N, "exlsp::quant_gemv: bias must have N elements");
-  }
-  if (residual) {
-    check_same(*residual, x, op, "residual");
-    TORCH_CHECK(residual->size(0) == M && residual->size(1) == N, "exlsp::quant_gemv: residual must be (M, N)");
-  }
-  check_same(out, x, op, "out");
-  TORCH_CHECK(out.size(0) == M && out.size(1) == N, "exlsp::quant_gemv: out must be (M, N) = (", M, ", ", N,
-              "), got ", out.sizes());
+  const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, bits, group_size, out);
   if (M == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(launch_quant_gemv(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
@@ -78,20 +110,35 @@ void quant_gemv(const Tensor& x, const Tensor& qweight, const Tensor& scales, co
                op);
 }
 
+// Tensor-core variant: 4-bit, integer zeros (the caller knows; the kernel does not check values).
+void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
+                   const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
+                   Tensor& out) {
+  const char* op = "quant_gemv_tc";
+  const Dtype dtype = model_dtype(x, op);
+  const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
+  EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size), "exlsp::quant_gemv_tc: needs K, N and group_size multiples of 32, got K=%s N=%s group_size=%s", to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
+  if (M == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
+                                    zeros.data_ptr(), opt_ptr(bias), opt_ptr(residual), out.data_ptr(), (int)M, (int)K,
+                                    (int)N, (int)group_size, c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
 void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros, int64_t bits, int64_t group_size,
                 Tensor& out) {
   const char* op = "dequantize";
   const Dtype dtype = model_dtype(scales, op);
   check_cuda(qweight, op, "qweight");
-  TORCH_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
-  TORCH_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got ", bits);
+  EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
+  EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got %s", to_str(bits).c_str());
   const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1);
-  TORCH_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
-              "exlsp::dequantize: bad group_size ", group_size, " for K=", K);
+  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0, "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());
   check_cuda(scales, op, "scales");
   check_same(zeros, scales, op, "zeros");
   check_same(out, scales, op, "out");
-  TORCH_CHECK(out.size(0) == K && out.size(1) == N, "exlsp::dequantize: out must be (K, N)");
+  EXLSP_CHECK(out.size(0) == K && out.size(1) == N, "exlsp::dequantize: out must be (K, N)");
   const c10::cuda::CUDAGuard guard(qweight.device());
   check_launch(launch_dequantize(dtype, qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
                                  out.data_ptr(), (int)K, (int)N, (int)bits, (int)group_size,
@@ -104,32 +151,24 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
                             Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum) {
   const char* op = "paged_attention_decode";
   const Dtype dtype = model_dtype(q, op);
-  TORCH_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
-              "exlsp::paged_attention_decode: q must be a CUDA (num_seqs, Hq, D) tensor with contiguous heads");
+  EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2), "exlsp::paged_attention_decode: q must be a CUDA (num_seqs, Hq, D) tensor with contiguous heads");
   check_same(kv_cache_layer, q, op, "kv_cache_layer");
-  TORCH_CHECK(kv_cache_layer.dim() == 5 && kv_cache_layer.size(0) == 2,
-              "exlsp::paged_attention_decode: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D)");
+  EXLSP_CHECK(kv_cache_layer.dim() == 5 && kv_cache_layer.size(0) == 2, "exlsp::paged_attention_decode: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D)");
   const int64_t S = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = kv_cache_layer.size(3);
-  TORCH_CHECK(kv_cache_layer.size(4) == D, "exlsp::paged_attention_decode: head_dim of q and cache differ");
-  TORCH_CHECK(Hq % Hkv == 0, "exlsp::paged_attention_decode: Hq must be a multiple of Hkv");
-  TORCH_CHECK(decode_attention_supports((int)D, (int)(Hq / Hkv)),
-              "exlsp::paged_attention_decode: unsupported head_dim ", D, " or group ", Hq / Hkv);
+  EXLSP_CHECK(kv_cache_layer.size(4) == D, "exlsp::paged_attention_decode: head_dim of q and cache differ");
+  EXLSP_CHECK(Hq % Hkv == 0, "exlsp::paged_attention_decode: Hq must be a multiple of Hkv");
+  EXLSP_CHECK(decode_attention_supports((int)D, (int)(Hq / Hkv)), "exlsp::paged_attention_decode: unsupported head_dim %s or group %s", to_str(D).c_str(), to_str(Hq / Hkv).c_str());
   check_cuda(block_tables, op, "block_tables");
   check_cuda(seq_lens, op, "seq_lens");
-  TORCH_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
-              "exlsp::paged_attention_decode: block_tables and seq_lens must be int32");
-  TORCH_CHECK(block_tables.size(0) >= S && seq_lens.size(0) >= S,
-              "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
-  TORCH_CHECK(partition_size > 0 && partition_size <= 1024 && partition_size % 8 == 0,
-              "exlsp::paged_attention_decode: partition_size must be in (0, 1024] and a multiple of 8");
+  EXLSP_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt, "exlsp::paged_attention_decode: block_tables and seq_lens must be int32");
+  EXLSP_CHECK(block_tables.size(0) >= S && seq_lens.size(0) >= S, "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
+  EXLSP_CHECK(partition_size > 0 && partition_size <= 1024 && partition_size % 8 == 0, "exlsp::paged_attention_decode: partition_size must be in (0, 1024] and a multiple of 8");
   check_same(out, q, op, "out");
-  TORCH_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
+  EXLSP_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
   const int64_t P = tmp_max.size(-1);
-  TORCH_CHECK(tmp_out.scalar_type() == at::kFloat && tmp_max.scalar_type() == at::kFloat &&
-                  tmp_sum.scalar_type() == at::kFloat,
-              "exlsp::paged_attention_decode: scratch tensors must be float32");
-  TORCH_CHECK(tmp_out.numel() >= S * Hq * P * D && tmp_max.numel() >= S * Hq * P && tmp_sum.numel() >= S * Hq * P,
-              "exlsp::paged_attention_decode: scratch tensors too small");
+  EXLSP_CHECK(tmp_out.scalar_type() == at::kFloat && tmp_max.scalar_type() == at::kFloat &&
+                  tmp_sum.scalar_type() == at::kFloat, "exlsp::paged_attention_decode: scratch tensors must be float32");
+  EXLSP_CHECK(tmp_out.numel() >= S * Hq * P * D && tmp_max.numel() >= S * Hq * P && tmp_sum.numel() >= S * Hq * P, "exlsp::paged_attention_decode: scratch tensors too small");
   if (S == 0) return;
   DecodeAttentionArgs a{};
   a.q = q.data_ptr();
@@ -162,18 +201,18 @@ void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tens
   const Dtype dtype = model_dtype(x, op);
   check_cuda(x, op, "x");
   const int64_t H = x.size(-1), T = x.numel() / H;
-  TORCH_CHECK(H % 8 == 0 && H <= 8192, "exlsp::rms_norm: hidden size must be a multiple of 8 and <= 8192, got ", H);
+  EXLSP_CHECK(H % 8 == 0 && H <= 8192, "exlsp::rms_norm: hidden size must be a multiple of 8 and <= 8192, got %s", to_str(H).c_str());
   check_same(weight, x, op, "weight");
-  TORCH_CHECK(weight.numel() == H, "exlsp::rms_norm: weight must have ", H, " elements");
+  EXLSP_CHECK(weight.numel() == H, "exlsp::rms_norm: weight must have %s elements", to_str(H).c_str());
   if (residual) {
     check_same(*residual, x, op, "residual");
-    TORCH_CHECK(residual->numel() == x.numel(), "exlsp::rms_norm: residual must have x's shape");
+    EXLSP_CHECK(residual->numel() == x.numel(), "exlsp::rms_norm: residual must have x's shape");
   }
   check_same(out, x, op, "out");
-  TORCH_CHECK(out.numel() == x.numel(), "exlsp::rms_norm: out must have x's shape");
+  EXLSP_CHECK(out.numel() == x.numel(), "exlsp::rms_norm: out must have x's shape");
   if (residual_out) {
     check_same(*residual_out, x, op, "residual_out");
-    TORCH_CHECK(residual_out->numel() == x.numel(), "exlsp::rms_norm: residual_out must have x's shape");
+    EXLSP_CHECK(residual_out->numel() == x.numel(), "exlsp::rms_norm: residual_out must have x's shape");
   }
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -184,10 +223,8 @@ void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tens
 }
 
 void check_heads(const Tensor& t, const Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2), "exlsp::", op, ": ", name,
-              " must be a CUDA (T, heads, D) tensor with contiguous heads (views of a fused qkv are fine)");
-  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "exlsp::", op, ": ", name,
-              " must share dtype and device with the others");
+  EXLSP_CHECK(t.is_cuda() && t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2), "exlsp::%s: %s must be a CUDA (T, heads, D) tensor with contiguous heads (views of a fused qkv are fine)", to_str(op).c_str(), to_str(name).c_str());
+  EXLSP_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "exlsp::%s: %s must share dtype and device with the others", to_str(op).c_str(), to_str(name).c_str());
 }
 
 // The one entry of the rotary / K-V write kernel; q, q_out, k_out or the cache may be absent.
@@ -197,7 +234,7 @@ void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tens
   const Dtype dtype = model_dtype(k, op);
   check_heads(k, k, op, "k");
   const int64_t T = k.size(0), Hkv = k.size(1), D = k.size(2);
-  TORCH_CHECK(D % 2 == 0, "exlsp::", op, ": head_dim must be even, got ", D);
+  EXLSP_CHECK(D % 2 == 0, "exlsp::%s: head_dim must be even, got %s", to_str(op).c_str(), to_str(D).c_str());
   RotaryArgs a{};
   a.k = k.data_ptr();
   a.k_stride_token = k.stride(0);
@@ -207,21 +244,16 @@ void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tens
   a.apply_rotary = q != nullptr;
   if (q) {
     check_heads(*q, k, op, "q");
-    TORCH_CHECK(q->size(0) == T && q->size(2) == D, "exlsp::", op, ": q ", q->sizes(), " and k ", k.sizes(),
-                " disagree");
+    EXLSP_CHECK(q->size(0) == T && q->size(2) == D, "exlsp::%s: q %s and k %s disagree", to_str(op).c_str(), to_str(q->sizes()).c_str(), to_str(k.sizes()).c_str());
     check_same(*q_out, k, op, "q_out");
     check_same(*k_out, k, op, "k_out");
-    TORCH_CHECK(q_out->sizes() == q->sizes() && k_out->sizes() == k.sizes(), "exlsp::", op,
-                ": q_out/k_out must have the shapes of q/k");
+    EXLSP_CHECK(q_out->sizes() == q->sizes() && k_out->sizes() == k.sizes(), "exlsp::%s: q_out/k_out must have the shapes of q/k", to_str(op).c_str());
     check_cuda(*positions, op, "positions");
-    TORCH_CHECK(positions->scalar_type() == at::kLong && positions->numel() == T, "exlsp::", op,
-                ": positions must be int64 (T,)");
+    EXLSP_CHECK(positions->scalar_type() == at::kLong && positions->numel() == T, "exlsp::%s: positions must be int64 (T,)", to_str(op).c_str());
     check_cuda(*cos_sin_cache, op, "cos_sin_cache");
-    TORCH_CHECK(cos_sin_cache->dim() == 2 && cos_sin_cache->size(1) == D, "exlsp::", op,
-                ": cos_sin_cache must be (max_pos, head_dim)");
+    EXLSP_CHECK(cos_sin_cache->dim() == 2 && cos_sin_cache->size(1) == D, "exlsp::%s: cos_sin_cache must be (max_pos, head_dim)", to_str(op).c_str());
     a.cos_sin_is_float = cos_sin_cache->scalar_type() == at::kFloat;
-    TORCH_CHECK(a.cos_sin_is_float || cos_sin_cache->scalar_type() == k.scalar_type(), "exlsp::", op,
-                ": cos_sin_cache must be float32 or the model dtype");
+    EXLSP_CHECK(a.cos_sin_is_float || cos_sin_cache->scalar_type() == k.scalar_type(), "exlsp::%s: cos_sin_cache must be float32 or the model dtype", to_str(op).c_str());
     a.q = q->data_ptr();
     a.q_stride_token = q->stride(0);
     a.num_q_heads = (int)q->size(1);
@@ -232,15 +264,12 @@ void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tens
   }
   if (kv_cache_layer) {
     check_heads(*v, k, op, "v");
-    TORCH_CHECK(v->size(0) == T && v->size(1) == Hkv && v->size(2) == D, "exlsp::", op, ": v must have k's shape");
+    EXLSP_CHECK(v->size(0) == T && v->size(1) == Hkv && v->size(2) == D, "exlsp::%s: v must have k's shape", to_str(op).c_str());
     check_same(*kv_cache_layer, k, op, "kv_cache_layer");
-    TORCH_CHECK(kv_cache_layer->dim() == 5 && kv_cache_layer->size(0) == 2 && kv_cache_layer->size(3) == Hkv &&
-                    kv_cache_layer->size(4) == D,
-                "exlsp::", op, ": kv_cache_layer must be (2, num_blocks, block_size, Hkv, D), got ",
-                kv_cache_layer->sizes());
+    EXLSP_CHECK(kv_cache_layer->dim() == 5 && kv_cache_layer->size(0) == 2 && kv_cache_layer->size(3) == Hkv &&
+                    kv_cache_layer->size(4) == D, "exlsp::%s: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D), got %s", to_str(op).c_str(), to_str(kv_cache_layer->sizes()).c_str());
     check_cuda(*slot_mapping, op, "slot_mapping");
-    TORCH_CHECK(slot_mapping->scalar_type() == at::kLong && slot_mapping->numel() == T, "exlsp::", op,
-                ": slot_mapping must be int64 (T,)");
+    EXLSP_CHECK(slot_mapping->scalar_type() == at::kLong && slot_mapping->numel() == T, "exlsp::%s: slot_mapping must be int64 (T,)", to_str(op).c_str());
     a.v = v->data_ptr();
     a.v_stride_token = v->stride(0);
     a.kv_cache = kv_cache_layer->data_ptr();
@@ -273,9 +302,9 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
   const Dtype dtype = model_dtype(x, op);
   check_cuda(x, op, "x");
   const int64_t I2 = x.size(-1), M = x.numel() / I2;
-  TORCH_CHECK(I2 % 16 == 0, "exlsp::silu_and_mul: last dim must be 2 * I with I a multiple of 8, got ", I2);
+  EXLSP_CHECK(I2 % 16 == 0, "exlsp::silu_and_mul: last dim must be 2 * I with I a multiple of 8, got %s", to_str(I2).c_str());
   check_same(out, x, op, "out");
-  TORCH_CHECK(out.numel() == M * I2 / 2, "exlsp::silu_and_mul: out must be (M, I)");
+  EXLSP_CHECK(out.numel() == M * I2 / 2, "exlsp::silu_and_mul: out must be (M, I)");
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(launch_silu_and_mul(dtype, x.data_ptr(), out.data_ptr(), (int)M, (int)(I2 / 2),
                                    c10::cuda::getCurrentCUDAStream()),
@@ -288,6 +317,9 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 TORCH_LIBRARY(exlsp, m) {
   m.def(
       "quant_gemv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, int bits, "
+      "int group_size, Tensor(a!) out) -> ()");
+  m.def(
+      "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
       "int group_size, Tensor(a!) out) -> ()");
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
   m.def(
@@ -306,6 +338,7 @@ TORCH_LIBRARY(exlsp, m) {
 
 TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
   m.impl("quant_gemv", &exlsp::quant_gemv);
+  m.impl("quant_gemv_tc", &exlsp::quant_gemv_tc);
   m.impl("dequantize", &exlsp::dequantize);
   m.impl("paged_attention_decode", &exlsp::paged_attention_decode);
   m.impl("rms_norm", &exlsp::rms_norm);

@@ -138,7 +138,7 @@ def load_model(
     dtype = choose_dtype(dtype, config, device)
     with CheckpointReader(folder) as reader:
         model = model_class(config.model_type)(config, WeightLoader(reader, config, dtype, device))
-    return model.eval()
+    return model.to(device).eval()  # buffers built at construction (the rotary table) follow the weights
 
 
 def check_checkpoint_folder(path: str | Path) -> Path:

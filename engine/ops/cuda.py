@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,10 @@ from engine.ops import reference
 from engine.quant.layout import PackedWeight
 
 MODEL_DTYPES = (torch.float16, torch.bfloat16)
-GEMV_MAX_ROWS = 16  # up to here the fused GEMV (one weight pass per 8 rows) beats dequantize + GEMM
-MAX_PARTITIONS = 256  # decode attention: partitions per sequence before the partition grows
+GEMV_MAX_ROWS = 16  # CUDA-core GEMV (one weight pass per 8 rows) up to here, then dequantize + GEMM
+TC_GEMV_MAX_ROWS = 48  # tensor-core GEMV (one weight pass per 16 rows) up to here
+MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequence fills the GPU...
+MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
 
 _state: dict[str, object] = {}
 
@@ -111,7 +114,7 @@ def write_kv(k, v, kv_cache_layer, slot_mapping):
 def partition_size_for(max_seq_len: int) -> int:
     """Smallest of 128, 256, ... tokens per partition that keeps at most MAX_PARTITIONS partitions:
     small partitions spread a single short sequence over many SMs; the cap bounds the merge."""
-    size = 128
+    size = MIN_PARTITION
     while size < 1024 and -(-max_seq_len // size) > MAX_PARTITIONS:
         size *= 2
     return size
@@ -165,13 +168,24 @@ def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_w
     return prefill_attention(q, kv_cache_layer, attn, scale, sliding_window)
 
 
+_last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None
+
+
+def _host_lists(attn: AttentionMetadata) -> tuple[list[int], list[int]]:
+    """query_start_loc and seq_lens on the host, read once per forward pass: every layer gets the
+    same metadata object, and a device->host copy per layer would stall the CPU at every layer."""
+    global _last_host_lists
+    if _last_host_lists is None or _last_host_lists[0] is not attn:
+        _last_host_lists = (attn, attn.query_start_loc.tolist(), attn.seq_lens.tolist())
+    return _last_host_lists[1], _last_host_lists[2]
+
+
 def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
     """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
     from torch.nn.attention.bias import causal_lower_right
 
     out = torch.empty_like(q)
-    query_start_loc = attn.query_start_loc.tolist()
-    seq_lens = attn.seq_lens.tolist()
+    query_start_loc, seq_lens = _host_lists(attn)
     for i, seq_len in enumerate(seq_lens):
         start, end = query_start_loc[i], query_start_loc[i + 1]
         num_new = end - start
@@ -194,6 +208,28 @@ def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding
     return out
 
 
+@dataclass
+class PreparedWeight(PackedWeight):
+    """The canonical PackedWeight plus what the kernels need to know about its values, found once at
+    load (the check reads the zeros back: a device sync that must not happen per call)."""
+
+    integer_zeros: bool = False  # the tensor-core GEMV needs (q - zero) exact in fp16/bf16
+
+
+def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
+    """Contiguous tensors (the kernels read 16-byte vectors) and the integer-zeros flag; the layout
+    stays canonical, so no second copy of the weight exists."""
+
+    def c(t):
+        return None if t is None else t.contiguous()
+
+    integer_zeros = bool(torch.equal(w.zeros, w.zeros.round())) and bool((w.zeros.abs() <= 256).all())
+    return PreparedWeight(
+        w.bits, w.group_size, w.in_features, w.out_features,
+        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros,
+    )  # fmt: skip
+
+
 def _gemv_ok(x: torch.Tensor, w: PackedWeight) -> bool:
     return (
         x.dtype in MODEL_DTYPES
@@ -207,6 +243,17 @@ def _gemv_ok(x: torch.Tensor, w: PackedWeight) -> bool:
     )
 
 
+def _tc_ok(w: PackedWeight) -> bool:
+    k, n = w.in_features, w.out_features
+    return (
+        getattr(w, "integer_zeros", False)
+        and w.bits == 4
+        and k % 32 == 0
+        and n % 32 == 0
+        and w.group_size % 32 == 0
+    )
+
+
 def quant_linear(x, w: PackedWeight):
     if not _gemv_ok(x, w):
         return reference.quant_linear(x, w)
@@ -214,6 +261,10 @@ def quant_linear(x, w: PackedWeight):
         x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
     x = x.contiguous()
     num_rows = x.shape[0]
+    if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
+        out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
+        torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out)
+        return out
     if num_rows <= GEMV_MAX_ROWS:
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
         torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, w.bias, None, w.bits, w.group_size, out)
@@ -238,15 +289,3 @@ def silu_and_mul(x):
     out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
     torch.ops.exlsp.silu_and_mul(x, out)
     return out
-
-
-def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
-    """Make every tensor contiguous (the kernels read 16-byte vectors); the layout stays canonical."""
-
-    def c(t):
-        return None if t is None else t.contiguous()
-
-    return PackedWeight(
-        w.bits, w.group_size, w.in_features, w.out_features,
-        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias),
-    )  # fmt: skip

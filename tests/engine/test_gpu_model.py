@@ -50,8 +50,9 @@ def kernels():
 def test_cuda_logits_match_the_cpu_reference(tmp_path, kernels, case):
     family, kwargs, overrides = case
     folder = make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides)
-    ids = torch.randint(0, 600, (2, 70), generator=torch.Generator().manual_seed(1))
-    ref = engine.load_model(folder, device="cpu", dtype=torch.float32)(ids)
+    ref_model = engine.load_model(folder, device="cpu", dtype=torch.float32)
+    ids = torch.randint(0, ref_model.config.vocab_size, (2, 70), generator=torch.Generator().manual_seed(1))
+    ref = ref_model(ids)
     out = engine.load_model(folder, device="cuda", dtype=torch.float16)(ids.cuda())
     assert rel_err(out.cpu(), ref) <= 1e-2
 
@@ -64,12 +65,13 @@ def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case):
     counted and may be at most a few."""
     family, kwargs, overrides = case
     folder = make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides)
-    prompt = torch.randint(0, 600, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    ref = engine.load_model(folder, device="cpu", dtype=torch.float32)
+    gen = torch.Generator().manual_seed(2)
+    prompt = torch.randint(0, ref.config.vocab_size, (40,), generator=gen).tolist()
     with engine.Engine(folder, device="cuda", dtype=torch.float16, cache_tokens=2048) as eng:
         result = eng.generate(prompt, max_new_tokens=NUM_TOKENS, temperature=0.0, ignore_eos=True)
     tokens = result.token_ids
     assert len(tokens) == NUM_TOKENS, result
-    ref = engine.load_model(folder, device="cpu", dtype=torch.float32)
     logits = ref(torch.tensor([prompt + tokens]))[
         0, len(prompt) - 1 : -1
     ]  # (32, V): what predicts each token

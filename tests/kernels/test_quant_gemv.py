@@ -93,3 +93,35 @@ def test_gemv_rejects_a_wrong_output_shape():
     out = torch.empty((2, 60), device="cuda").half()
     with pytest.raises(RuntimeError, match=r"out must be \(M, N\) = \(2, 64\)"):
         exlsp_ops().quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
+
+
+TC_SHAPES = [(4096, 14336, 128), (4096, 1024, 128), (14336, 4096, 128), (512, 96, 32), (256, 4096, 256)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 16, 40])
+@pytest.mark.parametrize("shape", TC_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_tensor_core_gemv_matches_float64_reference(dtype, rows, shape):
+    k, n, group_size = shape
+    seed = k * 13 + n * 5 + rows + (dtype == torch.bfloat16)
+    w = random_packed_weight(k, n, bits=4, group_size=group_size, dtype=dtype, bias=rows % 2 == 0, seed=seed)
+    x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").to(dtype)
+    out = poisoned((rows, n), dtype)
+    exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, group_size, out)
+    assert rel_err(out, reference(x, w)) <= REL_TOL
+
+
+@pytest.mark.parametrize("fractional_zeros", [False, True])
+def test_prepared_weight_routes_by_zero_values(fractional_zeros):
+    """Integer zeros take the tensor-core kernel; fractional ones (exact only in float32) the CUDA-core one.
+    Both give the reference's answer."""
+    from engine.ops import cuda
+
+    exlsp_ops()
+    w = random_packed_weight(1024, 512, bits=4, group_size=128, dtype=torch.float16, seed=21)
+    if fractional_zeros:
+        w.zeros = w.zeros + 0.25
+    prepared = cuda.prepare_quant_weight(w)
+    assert prepared.integer_zeros is not fractional_zeros
+    x = torch.randn((4, 1024), generator=generator(22), device="cuda").half()
+    assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
