@@ -138,7 +138,11 @@ def load_model(
     dtype = choose_dtype(dtype, config, device)
     with CheckpointReader(folder) as reader:
         model = model_class(config.model_type)(config, WeightLoader(reader, config, dtype, device))
-    return model.to(device).eval()  # buffers built at construction (the rotary table) follow the weights
+    model = model.to(device).eval()  # buffers built at construction (the rotary table) follow the weights
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.packed()  # backend preparation now, never inside a later CUDA graph capture
+    return model
 
 
 def check_checkpoint_folder(path: str | Path) -> Path:

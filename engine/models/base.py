@@ -111,7 +111,7 @@ class CausalLM(nn.Module):
         self.embed_tokens = Embedding(weights.tensor("model.embed_tokens.weight", (v, h)))
         self.rotary = RotaryEmbedding(
             config.head_dim, config.rope_theta, config.rope_scaling, config.max_position_embeddings
-        )
+        ).to(self.embed_tokens.weight.device)  # the table is built on the CPU; it lives beside the weights
         self.layers = nn.ModuleList(
             DecoderLayer(config, layer, weights, self.rotary) for layer in range(config.num_layers)
         )
