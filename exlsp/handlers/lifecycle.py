@@ -3,6 +3,8 @@ pull, the hot-reloaded TOML file), engine loading with $/progress, exlsp/status,
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 import time
 
@@ -79,18 +81,18 @@ def on_engine_done(ls, bridge: EngineBridge) -> None:
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=message))
 
 
-async def load_engine(ls) -> None:
+async def load_engine(ls, token: str = LOAD_TOKEN) -> None:
     """Start the engine thread and show its loading as work-done progress."""
     progress = _supports_progress(ls)
     if progress:
         try:
-            await ls.work_done_progress.create_async(LOAD_TOKEN)
+            await ls.work_done_progress.create_async(token)
         except Exception:
             progress = False
     started = time.monotonic()
     if progress:
         ls.work_done_progress.begin(
-            LOAD_TOKEN,
+            token,
             types.WorkDoneProgressBegin(
                 title="exlsp: loading model", message=ls.settings.model or "", cancellable=False
             ),
@@ -99,11 +101,37 @@ async def load_engine(ls) -> None:
     while not await ls.bridge.wait_ready(timeout_s=1.0) and ls.bridge.state is EngineState.LOADING:
         if progress:
             ls.work_done_progress.report(
-                LOAD_TOKEN, types.WorkDoneProgressReport(message=f"{time.monotonic() - started:.0f}s")
+                token, types.WorkDoneProgressReport(message=f"{time.monotonic() - started:.0f}s")
             )
     if progress:
         done = "ready" if ls.bridge.ready else "failed"
-        ls.work_done_progress.end(LOAD_TOKEN, types.WorkDoneProgressEnd(message=done))
+        ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message=done))
+
+
+_reloads = itertools.count(2)
+
+
+def engine_settings_changed(ls, before) -> None:
+    """A new model or device in the settings: build a new engine, then drop the old one."""
+    after = ls.settings
+    if (before.model, before.device) == (after.model, after.device):
+        return
+    if ls.bridge.state not in (EngineState.READY, EngineState.FAILED):
+        return  # not started yet (it will read the new settings) or loading (next change reloads)
+    if getattr(ls.engine_factory, "model_override", None) and before.device == after.device:
+        return  # --model on the command line wins over the settings
+
+    async def restart() -> None:
+        old = ls.bridge
+        ls.bridge = EngineBridge(ls._make_engine)
+        ls.prompt_builder = None
+        ls.log(
+            f"exlsp: switching to model {after.model or '(default)'} on {after.device or 'the default device'}"
+        )
+        await asyncio.get_running_loop().run_in_executor(None, old.close)
+        await load_engine(ls, f"{LOAD_TOKEN}/{next(_reloads)}")
+
+    ls.spawn(restart())
 
 
 async def watch_config_file(ls) -> None:
@@ -116,7 +144,9 @@ async def watch_config_file(ls) -> None:
         ls.config_dir.mkdir(parents=True, exist_ok=True)
         async for changes in awatch(ls.config_dir, debounce=100, step=50, recursive=False):
             if any(path.endswith(CONFIG_FILE_NAME) for _, path in changes):
+                before = ls.settings
                 ls.reload_config_file()
+                engine_settings_changed(ls, before)
                 ls.log("exlsp: reloaded the settings file")
     except Exception as exc:  # watching is a convenience; never let it take the server down
         ls.log(f"exlsp: cannot watch the settings file: {exc}", types.MessageType.Warning)
@@ -144,12 +174,14 @@ def register(server) -> None:
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls, params: types.DidChangeConfigurationParams) -> None:
+        before = ls.settings
         raw = plain(params.settings)
         if isinstance(raw, dict) and raw:
             ls.layers["client"] = raw.get(SECTION, raw) if isinstance(raw.get(SECTION), dict) else raw
             ls.apply_settings()
         else:  # the pull model: the notification only says "something changed"
             await pull_configuration(ls)
+        engine_settings_changed(ls, before)
         ls.log("exlsp: settings changed")
 
     @server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)

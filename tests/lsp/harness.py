@@ -54,7 +54,9 @@ def server_config(
     }
     command = script or [sys.executable, "-m", "exlsp.cli", "serve"]
     return ClientServerConfig(
-        server_command=[*command, "--model", str(model), *extra], server_env=env, client_factory=make_client
+        server_command=[*command, *(["--model", str(model)] if model else []), *extra],
+        server_env=env,
+        client_factory=make_client,
     )
 
 

@@ -69,3 +69,19 @@ async def test_a_broken_settings_file_is_reported_and_ignored(code_model, tmp_pa
         assert any("config.toml is not valid TOML" in m.message for m in client.messages)
     finally:
         await harness.stop(client)
+
+
+async def test_a_new_model_in_the_settings_replaces_the_engine(code_model, plain_model, tmp_path):
+    client = await harness.start(harness.server_config(None, tmp_path), options={"model": str(code_model)})
+    try:
+        current = await harness.status(client)
+        assert (current["state"], current["model"]) == ("ready", str(code_model))
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"exlsp": {"model": str(plain_model)}})
+        )
+        current = await harness.wait_for(
+            client, lambda s: s["state"] == "ready" and s["model"] == str(plain_model), timeout_s=60
+        )
+        assert "no fill-in-the-middle tokens" in current["fim"]
+    finally:
+        await harness.stop(client)
