@@ -54,17 +54,11 @@ def make_trace(text: str, seed: int) -> list[tuple[str, float]]:
     return trace
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 async def replay(model: str, trace: list[tuple[str, float]], settings: dict, home: Path) -> dict:
     from lsprotocol import types
     from pygls.lsp.client import LanguageClient
 
+    from exlsp.status import percentile
     from tests.lsp.harness import _converter  # keeps custom results (exlsp/status) as dicts
 
     client = LanguageClient("exlsp-bench", "1", converter_factory=_converter)
@@ -133,7 +127,9 @@ async def replay(model: str, trace: list[tuple[str, float]], settings: dict, hom
         client.text_document_did_change(
             types.DidChangeTextDocumentParams(
                 text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=index + 2),
-                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=ch)],
+                content_changes=[
+                    types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=ch)
+                ],
             )
         )
         if ch == "\n":
@@ -182,24 +178,38 @@ def tiny_model(folder: Path) -> Path:
 
 
 def record(result: dict, label: str, machine: str) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+    )
     rows = [
         ("keystroke replay p50 inline-completion latency ms", f"{result['latency_p50_ms']:.0f}"),
         ("keystroke replay p95 inline-completion latency ms", f"{result['latency_p95_ms']:.0f}"),
-        ("keystroke replay share of prompt tokens from the prefix cache", f"{result['prefix_cache_share']:.2f}"),
-        ("keystroke replay prompt tokens computed per generation", f"{result['prompt_tokens_computed_per_generation']:.0f}"),
+        (
+            "keystroke replay share of prompt tokens from the prefix cache",
+            f"{result['prefix_cache_share']:.2f}",
+        ),
+        (
+            "keystroke replay prompt tokens computed per generation",
+            f"{result['prompt_tokens_computed_per_generation']:.0f}",
+        ),
         ("keystroke replay prompt tokens per generation", f"{result['prompt_tokens_per_generation']:.0f}"),
         ("keystroke replay type-through cache hits", str(result["type_through_hits"])),
         ("keystroke replay generations / keystrokes", f"{result['generations']} / {result['keystrokes']}"),
     ]
     with open(REPO_ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
         for name, value in rows:
-            f.write(f"| {name} ({label}) | {value} | {machine} | {date.today().isoformat()} | {commit.stdout.strip()} |\n")
+            f.write(
+                f"| {name} ({label}) | {value} | {machine} | {date.today().isoformat()} | {commit.stdout.strip()} |\n"
+            )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model store name or checkpoint folder (default: a tiny random model)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="model store name or checkpoint folder (default: a tiny random model)"
+    )
     parser.add_argument("--source", default=DEFAULT_SOURCE, help=f"file to type (default {DEFAULT_SOURCE})")
     parser.add_argument("--chars", type=int, default=400, help="characters of it to type (default 400)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the typing gaps (default 0)")

@@ -102,5 +102,5 @@ def keep_indentation(original: str, code: str) -> str:
     return "\n".join(indent + line if line.strip() else line for line in code.split("\n"))
 
 
-def tests_file_name(stem: str, suffix: str) -> str:
+def name_for_tests_file(stem: str, suffix: str) -> str:
     return f"test_{stem}{suffix}" if suffix == ".py" else f"{stem}.test{suffix}"

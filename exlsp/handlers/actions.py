@@ -20,8 +20,8 @@ from exlsp.actions import (
     action_title,
     extract_code,
     keep_indentation,
+    name_for_tests_file,
     offered_actions,
-    tests_file_name,
 )
 from exlsp.chat import chat_messages, parse_chat_request, prompt_text
 from exlsp.handlers import plain
@@ -91,7 +91,7 @@ def _new_file_uri(uri: str, stem_source: str) -> str | None:
     if path is None:
         return None
     src = Path(path)
-    name = tests_file_name(src.stem, src.suffix)
+    name = name_for_tests_file(src.stem, src.suffix)
     candidate = src.with_name(name)
     n = 2
     while candidate.exists():
