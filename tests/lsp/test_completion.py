@@ -236,3 +236,23 @@ async def test_clients_with_inline_completion_get_no_duplicate_in_the_menu(code_
         assert len(await harness.inline(c, uri, line, character)) == 1
     finally:
         await harness.stop(c)
+
+
+async def test_neovim_recorded_capabilities_get_the_menu_fallback(code_model, tmp_path):
+    """Neovim 0.11's recorded capabilities declare no inline completion: the menu item carries it."""
+    c = await harness.start(harness.server_config(code_model, tmp_path), "neovim", options={"debounceMs": 0})
+    try:
+        uri = (tmp_path / "nv.py").as_uri()
+        harness.open_doc(c, uri, SOURCE)
+        line, character = last_position(SOURCE)
+        result = await c.text_document_completion_async(
+            types.CompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=line, character=character),
+            )
+        )
+        (item,) = result.items
+        (inline,) = await harness.inline(c, uri, line, character)
+        assert item.text_edit.new_text == inline.insert_text
+    finally:
+        await harness.stop(c)
