@@ -75,3 +75,18 @@ def test_load_model_returns_the_documented_module(tmp_path):
     assert not logits.requires_grad
     kv_cache = model.allocate_kv_cache(num_blocks=4, block_size=16)
     assert kv_cache.shape == (2, 2, 4, 16, 2, 16) and kv_cache.dtype == torch.float32
+
+
+def test_casting_the_model_keeps_the_rotary_table_in_float32(tmp_path):
+    model = engine.load_model(make_tiny_checkpoint(tmp_path, "llama", quant={"bits": 4, "group_size": 32}))
+    ids = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(0))
+    reference = model(ids)
+    model.to(torch.bfloat16)
+    assert model.rotary.cos_sin_cache.dtype == torch.float32
+    assert model.layers[0].self_attn.rotary.cos_sin_cache.dtype == torch.float32  # one shared table
+    assert (
+        model.dtype == torch.bfloat16
+        and model.layers[0].mlp.down_proj.packed().scales.dtype == torch.bfloat16
+    )
+    logits = model(ids)
+    assert ((logits - reference).norm() / reference.norm()).item() < 5e-2
