@@ -7,7 +7,6 @@ import {
   LanguageClientOptions,
   Middleware,
   ServerOptions,
-  TransportKind,
 } from "vscode-languageclient/node";
 import { Chat } from "./chat";
 import { StatusPoller } from "./statusPoller";
@@ -101,11 +100,9 @@ async function startClient(
     which,
   });
   output.info(`starting ${server.command} ${server.args.join(" ")} (${server.source})`);
-  const serverOptions: ServerOptions = {
-    command: server.command,
-    args: server.args,
-    transport: TransportKind.stdio,
-  };
+  // No `transport`: with TransportKind.stdio the client appends "--stdio", which `exlsp serve`
+  // (stdio by default) rejects; without it the client talks over stdio all the same.
+  const serverOptions: ServerOptions = { command: server.command, args: server.args };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: currentSettings(),

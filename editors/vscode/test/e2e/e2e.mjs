@@ -1,0 +1,108 @@
+// Drives VS Code (code-server, in headless Chromium through playwright-core) the way a user does:
+// open a Python file of the workspace, wait for the exlsp status bar item to say the model is
+// loaded, type on a new line, see the server's ghost text, press Tab and see it inserted.
+// Usage: node e2e.mjs URL SCREENSHOT_DIR  (env CHROMIUM: the browser executable)
+import { chromium } from "playwright-core";
+
+const [url, screenshotDir] = process.argv.slice(2);
+const EXPECTED_GHOST = "urn value"; // what tests/editors/scripted_model.py makes the model write
+const step = (message) => console.log(`[e2e] ${message}`);
+const normalize = (text) => (text ?? "").replace(/\u00a0/g, " ");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+  ],
+});
+const result = { ghostText: null, inserted: null, statusBar: null };
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+try {
+  step(`open ${url}`);
+  await page.goto(url, { waitUntil: "domcontentloaded", timeout: 120_000 });
+  await page.locator(".monaco-workbench").waitFor({ timeout: 120_000 });
+
+  step("open fib.py from the explorer");
+  const row = page.locator('.explorer-folders-view .monaco-list-row[aria-label*="fib.py"]').first();
+  await row.waitFor({ timeout: 60_000 });
+  await row.dblclick();
+  const editor = page.locator('.editor-instance .monaco-editor[data-uri$="fib.py"]').first();
+  await editor.locator(".view-lines").waitFor({ timeout: 60_000 });
+
+  step("wait for the exlsp status bar item to show the loaded model");
+  const status = page.locator('[id="exlsp.exlsp.status"], .statusbar-item[aria-label*="exlsp"]').first();
+  await page.waitForFunction(
+    () => {
+      const items = [...document.querySelectorAll(".statusbar-item")];
+      return items.some((item) => / · cpu/.test(item.textContent ?? ""));
+    },
+    undefined,
+    { timeout: 180_000 },
+  );
+  result.statusBar = normalize(await status.textContent().catch(() => null));
+  step(`status bar: ${result.statusBar}`);
+
+  step("type on a new last line");
+  await editor.locator(".view-lines").click();
+  await page.keyboard.press("Control+End");
+  await page.keyboard.type("    ret", { delay: 60 });
+
+  step("wait for the ghost text");
+  // VS Code draws ghost text as injected text in the line, split into syntax-coloured spans whose
+  // classes contain "ghost-text": join the innermost ones.
+  const readGhost = () =>
+    page.evaluate(() => {
+      const all = [...document.querySelectorAll('.monaco-editor[data-uri$="fib.py"] [class*="ghost-text"]')];
+      const leaves = all.filter((el) => !el.querySelector('[class*="ghost-text"]'));
+      return {
+        text: leaves.map((el) => el.textContent ?? "").join("").replace(/\u00a0/g, " "),
+        html: all.map((el) => el.outerHTML).join("\n").slice(0, 4000),
+      };
+    });
+  try {
+    await page.waitForFunction(
+      (expected) => {
+        const all = [...document.querySelectorAll('.monaco-editor[data-uri$="fib.py"] [class*="ghost-text"]')];
+        const leaves = all.filter((el) => !el.querySelector('[class*="ghost-text"]'));
+        return leaves.map((el) => el.textContent ?? "").join("").replace(/\u00a0/g, " ").includes(expected);
+      },
+      EXPECTED_GHOST,
+      { timeout: 60_000 },
+    );
+  } finally {
+    const ghost = await readGhost();
+    result.ghostText = ghost.text;
+    if (!ghost.text.includes(EXPECTED_GHOST)) {
+      console.log(`[e2e] ghost-text elements:\n${ghost.html}`);
+    }
+  }
+  step(`ghost text: ${JSON.stringify(result.ghostText)}`);
+  await page.screenshot({ path: `${screenshotDir}/ghost-text.png` });
+
+  step("accept with Tab");
+  await page.keyboard.press("Tab");
+  await page.waitForFunction(
+    () =>
+      [...document.querySelectorAll('.monaco-editor[data-uri$="fib.py"] .view-line')].some((line) =>
+        (line.textContent ?? "").replace(/\u00a0/g, " ").includes("return value"),
+      ),
+    undefined,
+    { timeout: 20_000 },
+  );
+  result.inserted = "return value";
+  await page.screenshot({ path: `${screenshotDir}/accepted.png` });
+  step("accepted: the line reads 'return value'");
+  console.log(`E2E_RESULT ${JSON.stringify({ ok: true, ...result })}`);
+} catch (error) {
+  await page.screenshot({ path: `${screenshotDir}/failure.png` }).catch(() => {});
+  console.log(`E2E_RESULT ${JSON.stringify({ ok: false, error: String(error), ...result })}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
