@@ -17,7 +17,7 @@
 namespace exlsp {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // tokens whose K/V loads are in flight together per thread
 
@@ -175,29 +175,47 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   }
 }
 
-// Phase 2: one block per (query head, sequence), one thread per output dim.
+// Phase 2: one block per (query head, sequence), one thread per output dim. Warp 0 turns the
+// partitions' (max, exp-sum) into merge weights in shared memory; then every dim sums its
+// partitions with independent loads.
+constexpr int kMaxPartitions = 1024;
 template <typename T>
 __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
+  __shared__ float weight[kMaxPartitions];
+  __shared__ float inv_den;
   const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
   const int D = a.head_dim;
   const int seq_len = a.seq_lens[seq];
   const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
   const size_t base = ((size_t)seq * a.num_q_heads + head) * a.num_partitions;
-  float m = -FLT_MAX;
-  for (int p = 0; p < used; ++p) {
-    if (a.tmp_sum[base + p] > 0.f) m = fmaxf(m, a.tmp_max[base + p]);
-  }
-  float num = 0.f, den = 0.f;
-  for (int p = 0; p < used; ++p) {
-    const float l = a.tmp_sum[base + p];
-    if (l > 0.f) {  // empty partitions hold no valid output
-      const float w = __expf(a.tmp_max[base + p] - m);
-      num += w * a.tmp_out[(base + p) * D + d];
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float m = -FLT_MAX;
+    for (int p = lane; p < used; p += 32) {
+      if (a.tmp_sum[base + p] > 0.f) m = fmaxf(m, a.tmp_max[base + p]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float den = 0.f;
+    for (int p = lane; p < used; p += 32) {
+      const float l = a.tmp_sum[base + p];
+      const float w = l > 0.f ? __expf(a.tmp_max[base + p] - m) : 0.f;  // empty partitions weigh 0
+      weight[p] = w;
       den += w * l;
     }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
+    if (lane == 0) inv_den = den > 0.f ? 1.f / den : 0.f;
+  }
+  __syncthreads();
+  float num = 0.f;
+#pragma unroll 4
+  for (int p = 0; p < used; ++p) {
+    const float w = weight[p];
+    if (w > 0.f) num += w * a.tmp_out[(base + p) * D + d];  // skip: an empty partition's output is unwritten
   }
   T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + head) * D;
-  out[d] = from_float<T>(den > 0.f ? num / den : 0.f);
+  out[d] = from_float<T>(num * inv_den);
 }
 
 template <typename T, int D>
@@ -236,7 +254,8 @@ bool decode_attention_supports(int head_dim, int group) {
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream) {
   if (a.num_seqs == 0) return cudaSuccess;
   const int G = a.num_q_heads / a.num_kv_heads;
-  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 1024) return cudaErrorInvalidValue;
+  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > kMaxPartitions)
+    return cudaErrorInvalidValue;
   cudaError_t err = cudaErrorInvalidValue;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
     err = a.head_dim == 64 ? launch_d<T, 64>(a, G, stream) : launch_d<T, 128>(a, G, stream);

@@ -67,6 +67,10 @@ __global__ void __launch_bounds__(kNormThreads)
 // One block per token; thread t handles rotary pair (t % (D/2)) of head t / (D/2), over q heads
 // then k heads, then copies v. Pairs (i, i + D/2) are rotated together (neox half split). A thread
 // reads its pair before writing it, so the outputs may alias the inputs.
+// Grid (tokens, slices): thread i of the token's pairs rotates pair (i % (D/2)) of head i / (D/2), over
+// q heads then k heads, and copies element i of v; slices spread one token over several blocks (a
+// decode step has one token per sequence). Pairs (j, j + D/2) rotate together (neox half split). A
+// thread reads its pair before writing it, so the outputs may alias the inputs.
 template <typename T, typename CS>
 __global__ void rotary_write_kv_kernel(RotaryArgs a) {
   const int token = blockIdx.x;
@@ -74,11 +78,13 @@ __global__ void rotary_write_kv_kernel(RotaryArgs a) {
   const int64_t slot = a.slot_mapping ? a.slot_mapping[token] : -1;
   T* cache = static_cast<T*>(a.kv_cache);
   const bool write_cache = cache && slot >= 0;
+  const int stride = blockDim.x * gridDim.y;
+  const int first = blockIdx.y * blockDim.x + threadIdx.x;
   if (a.apply_rotary || write_cache) {
     const CS* cs = a.apply_rotary ? static_cast<const CS*>(a.cos_sin) + a.positions[token] * a.head_dim : nullptr;
     const int first_head = a.apply_rotary ? 0 : a.num_q_heads;  // K/V write only: skip q
     const int num_pairs = (a.num_q_heads + a.num_kv_heads - first_head) * half;
-    for (int p = threadIdx.x; p < num_pairs; p += blockDim.x) {
+    for (int p = first; p < num_pairs; p += stride) {
       const int head = first_head + p / half, i = p % half;
       const bool is_k = head >= a.num_q_heads;
       const int kv_head = head - a.num_q_heads;
@@ -105,7 +111,7 @@ __global__ void rotary_write_kv_kernel(RotaryArgs a) {
   if (write_cache) {
     const T* v = static_cast<const T*>(a.v) + token * a.v_stride_token;
     T* dst = cache + a.cache_half_elems + slot * a.num_kv_heads * a.head_dim;
-    for (int e = threadIdx.x; e < a.num_kv_heads * a.head_dim; e += blockDim.x) dst[e] = v[e];
+    for (int e = first; e < a.num_kv_heads * a.head_dim; e += stride) dst[e] = v[e];
   }
 }
 
@@ -138,12 +144,16 @@ cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, co
 
 cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return cudaSuccess;
-  const int threads = 256;
+  const int threads = 128;
+  const int pairs = (a.apply_rotary ? a.num_q_heads + a.num_kv_heads : a.num_kv_heads) * a.head_dim / 2;
+  // enough slices that a single token spreads over several SMs; many tokens need none
+  const int slices = a.num_tokens >= 64 ? 1 : (pairs + threads - 1) / threads;
+  const dim3 grid(a.num_tokens, slices);
   EXLSP_DISPATCH_DTYPE(dtype, T, {
     if (a.cos_sin_is_float)
-      rotary_write_kv_kernel<T, float><<<a.num_tokens, threads, 0, stream>>>(a);
+      rotary_write_kv_kernel<T, float><<<grid, threads, 0, stream>>>(a);
     else
-      rotary_write_kv_kernel<T, T><<<a.num_tokens, threads, 0, stream>>>(a);
+      rotary_write_kv_kernel<T, T><<<grid, threads, 0, stream>>>(a);
   });
   return cudaGetLastError();
 }

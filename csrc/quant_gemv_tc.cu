@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(WARPS * 32)
         }
   };
 
-  constexpr int U = MT == 1 ? 2 * kUnroll : kUnroll / 2;  // fewer registers when 16 rows share a lane
+  constexpr int U = MT == 1 ? kUnroll : kUnroll / 2;  // fewer registers when 16 rows share a lane
   auto load = [&](int c, uint4 (&wv)[U], uint4 (&xv)[U][MT]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {

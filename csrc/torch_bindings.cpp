@@ -162,7 +162,7 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
   check_cuda(seq_lens, op, "seq_lens");
   EXLSP_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt, "exlsp::paged_attention_decode: block_tables and seq_lens must be int32");
   EXLSP_CHECK(block_tables.size(0) >= S && seq_lens.size(0) >= S, "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
-  EXLSP_CHECK(partition_size > 0 && partition_size <= 1024 && partition_size % 8 == 0, "exlsp::paged_attention_decode: partition_size must be in (0, 1024] and a multiple of 8");
+  EXLSP_CHECK(partition_size > 0 && partition_size <= 512 && partition_size % 8 == 0, "exlsp::paged_attention_decode: partition_size must be in (0, 512] and a multiple of 8");
   check_same(out, q, op, "out");
   EXLSP_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
   const int64_t P = tmp_max.size(-1);

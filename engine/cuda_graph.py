@@ -126,8 +126,13 @@ class DecodeGraphs:
         return graph, out
 
 
-def graphs_supported() -> bool:
-    """Graphs need the CUDA attention kernel: the reference synchronizes with the host."""
+def graphs_supported(config) -> bool:
+    """Graphs need every decode op on a CUDA kernel: the reference attention synchronizes with the
+    host (and a failed capture can leave the stream unusable), so this is decided before capturing."""
     from engine import ops
+    from engine.ops import cuda
 
-    return torch.cuda.is_available() and ops.backend_report().get("paged_attention") == "cuda"
+    if not torch.cuda.is_available() or ops.backend_report().get("paged_attention") != "cuda":
+        return False
+    group = config.num_heads // config.num_kv_heads
+    return cuda.decode_kernel_covers(config.head_dim, group)

@@ -138,7 +138,7 @@ class ModelRunner:
             from engine.cuda_graph import DecodeGraphs, graphs_supported
 
             self._graphs = None
-            if graphs_supported():
+            if graphs_supported(self.config):
                 cache_tokens = self.num_cache_blocks * self.block_size
                 max_seq_len = min(self.config.max_position_embeddings, cache_tokens)
                 self._graphs = DecodeGraphs(

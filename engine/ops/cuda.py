@@ -115,7 +115,7 @@ def partition_size_for(max_seq_len: int) -> int:
     """Smallest of 128, 256, ... tokens per partition that keeps at most MAX_PARTITIONS partitions:
     small partitions spread a single short sequence over many SMs; the cap bounds the merge."""
     size = MIN_PARTITION
-    while size < 1024 and -(-max_seq_len // size) > MAX_PARTITIONS:
+    while size < 512 and -(-max_seq_len // size) > MAX_PARTITIONS:
         size *= 2
     return size
 
@@ -140,13 +140,17 @@ def decode_attention(
     return out
 
 
+def decode_kernel_covers(head_dim: int, group: int) -> bool:
+    """Head sizes and query heads per KV head the decode kernel is compiled for."""
+    return head_dim in (64, 128) and 1 <= group <= 8
+
+
 def _decode_supported(q: torch.Tensor, kv_cache_layer: torch.Tensor) -> bool:
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = kv_cache_layer.shape[3]
     return (
-        head_dim in (64, 128)
-        and num_heads % num_kv_heads == 0
-        and 1 <= num_heads // num_kv_heads <= 8
+        num_heads % num_kv_heads == 0
+        and decode_kernel_covers(head_dim, num_heads // num_kv_heads)
         and q.stride(2) == 1
         and q.stride(1) == head_dim
     )

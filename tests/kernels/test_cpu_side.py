@@ -1,0 +1,59 @@
+"""The CPU-side pieces of the GPU path, tested without a GPU: the kernel source list and build key,
+decode-attention partitioning, CUDA-graph batch buckets, and the fallbacks when CUDA is absent."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.cuda_graph import BUCKETS, bucket_for
+from engine.ops import build, cuda
+
+
+def test_every_listed_source_exists_and_every_kernel_file_is_listed():
+    sources = build.source_paths()
+    assert all(p.is_file() for p in sources)
+    on_disk = {p.name for p in build.CSRC_DIR.iterdir() if p.suffix in (".cu", ".cpp")}
+    assert {p.name for p in sources} == on_disk
+
+
+def test_arch_flags_embed_machine_code_and_ptx_for_the_device():
+    assert build.arch_flags((9, 0)) == [
+        "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90",
+    ]
+
+
+def test_build_key_changes_with_the_gpu():
+    sources = build.source_paths()
+    assert build.build_key(sources, (8, 6)) != build.build_key(sources, (9, 0))
+    assert build.build_key(sources, (9, 0)) == build.build_key(sources, (9, 0))
+
+
+@pytest.mark.parametrize(
+    "max_seq_len,size", [(1, 128), (2048, 128), (32768, 128), (32769, 256), (131072, 512), (10**6, 512)]
+)
+def test_partition_size_grows_only_past_the_partition_cap(max_seq_len, size):
+    assert cuda.partition_size_for(max_seq_len) == size
+
+
+def test_batch_buckets():
+    assert BUCKETS == (1, 2, 4, 8)
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answers")
+def test_without_cuda_every_op_reports_the_reference_and_the_build_says_why():
+    from engine import ops
+
+    assert set(ops.backend_report().values()) == {"reference"}
+    with pytest.raises(build.BuildError, match="no CUDA device"):
+        build.check_device()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_exlsp_bench_without_cuda_exits_with_a_message(capsys):
+    from exlsp.cli import main
+
+    assert main(["bench", "--quick"]) == 1
+    assert "no CUDA device" in capsys.readouterr().err
