@@ -5,13 +5,14 @@
 
 Figures (greedy, float32, torch threads fixed, best of --repeats, the two sides alternating):
   prefill tok/s          prompt tokens / time to the first token, a fresh prompt (no prefix-cache hit)
-  decode tok/s           one request: output tokens after the first / time after the first token
-  decode tok/s batch N   N requests at once, all output tokens after the first / the same time
+  decode tok/s           one request: (n - 1) / (time for n output tokens - time for 1)
+  decode tok/s batch N   N requests at once: N * (n - 1) / (time for n tokens each - time for 1 each)
   transformers forward   one bare forward over the prompt: the floor under its generate's prefill
   time to first token    cold, and for the same prompt plus two tokens right after it ran (the next
                          keystroke in an editor: the engine's prefix cache serves all but one block)
 Both sides run the same checkpoint (a Qwen2-shaped model built here, hidden 256, 4 layers) with the
-same prompts. transformers' decode time is generate(n tokens) minus generate(1 token).
+same prompts. --clock cpu counts the process's CPU time instead of wall time: with --threads 1 it
+measures the work per token even when other jobs share the machine.
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ def prompts(vocab: int, n: int, length: int, seed: int) -> list[list[int]]:
 
 
 class EngineSide:
-    def __init__(self, folder: Path, args) -> None:
+    def __init__(self, folder: Path, args, clock) -> None:
         from engine import Engine
 
+        self.clock = clock
         self.engine = Engine(
             folder, device="cpu", prefill_chunk_tokens=args.prompt_tokens,
             max_batch_size=max(8, args.batch), cache_tokens=args.batch * 2048,
@@ -78,9 +80,9 @@ class EngineSide:
         self.engine.generate(prompts(self.engine.config.vocab_size, 1, 32, 0)[0], max_new_tokens=4)  # warm up
 
     def prefill_s(self, ids: list[int]) -> float:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.engine.generate(ids, max_new_tokens=1)
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
     def keystroke_s(self, ids: list[int]) -> float:
         """Time to first token of `ids` plus two tokens, right after `ids` ran: the editor's next
@@ -89,40 +91,46 @@ class EngineSide:
         return self.prefill_s(ids + ids[:2])
 
     def decode_s(self, batch: list[list[int]], num_tokens: int) -> float:
-        """Time from the first request's first token to the last request's end."""
-        handles = [self.engine.submit(p, max_new_tokens=num_tokens, ignore_eos=True) for p in batch]
-        results = [h.result() for h in handles]
-        first = min(r.timings_ms["queue"] + r.timings_ms["prefill"] for r in results)
-        return (max(r.timings_ms["total"] for r in results) - first) / 1000
+        """Requests submitted together: time for num_tokens minus time for 1, as for transformers."""
+
+        def run(n: int) -> float:
+            t0 = self.clock()
+            handles = [self.engine.submit(p, max_new_tokens=n, ignore_eos=True) for p in batch]
+            for h in handles:
+                h.result()
+            return self.clock() - t0
+
+        return run(num_tokens) - run(1)
 
     def close(self) -> None:
         self.engine.close()
 
 
 class TransformersSide:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, clock) -> None:
         from transformers import AutoModelForCausalLM
 
+        self.clock = clock
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self._generate([[11] * 32], 4)  # warm up
 
     @torch.inference_mode()
     def _generate(self, ids: list[list[int]], n: int) -> float:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.model.generate(
             torch.tensor(ids), attention_mask=torch.ones(len(ids), len(ids[0]), dtype=torch.long),
             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0,
         )  # fmt: skip
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
     def prefill_s(self, ids: list[int]) -> float:
         return self._generate([ids], 1)
 
     @torch.inference_mode()
     def forward_s(self, ids: list[int]) -> float:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.model(torch.tensor([ids]))
-        return time.perf_counter() - t0
+        return self.clock() - t0
 
     def decode_s(self, batch: list[list[int]], num_tokens: int) -> float:
         """generate(num_tokens) minus generate(1): the time after the first token."""
@@ -132,7 +140,8 @@ class TransformersSide:
 def measure(folder: Path, args) -> dict[str, float]:
     """Best of args.repeats for each figure; the two sides alternate so that a noisy neighbour on the
     machine hits both alike."""
-    ours, theirs = EngineSide(folder, args), TransformersSide(folder)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter  # cpu: all threads' CPU time
+    ours, theirs = EngineSide(folder, args, clock), TransformersSide(folder, clock)
     vocab = ours.engine.config.vocab_size
     times: dict[str, list[float]] = {}
     for r in range(args.repeats):
@@ -178,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="cpu: count this process's CPU time instead of wall time (robust to busy neighbours; "
+        "meaningful with --threads 1)",
+    )  # fmt: skip
     parser.add_argument("--write", action="store_true", help="append the figures to bench/RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = make_tiny_checkpoint(Path(tmp) / "model", "qwen2", seed=0, **MODEL_SHAPE)
         f = measure(folder, args)
 
-    shape = "qwen2 h256 L4 fp32"
+    shape = "qwen2 h256 L4 fp32" + (", CPU time" if args.clock == "cpu" else "")
     p, b = args.prompt_tokens, args.batch
     rows = [
         (f"engine CPU prefill tok/s ({shape}, {p}-token prompt, time to first token)", f["engine prefill"]),
