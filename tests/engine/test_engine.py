@@ -305,3 +305,22 @@ def test_cache_size_from_tokens_blocks_or_the_default(checkpoint):
         assert e.runner.kv_cache.dtype == torch.float32
     with pytest.raises(ValueError, match="give num_cache_blocks or cache_tokens, not both"):
         Engine(checkpoint, device="cpu", num_cache_blocks=4, cache_tokens=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_greedy_on_the_gpu_equals_the_reference(checkpoint):
+    with Engine(checkpoint, device="cuda", dtype=torch.float32, block_size=BS, num_cache_blocks=64) as e:
+        assert e.runner.kv_cache.device.type == "cuda"
+        ids = prompt_ids(e, 37)
+        result = e.generate(ids, max_new_tokens=16, ignore_eos=True)
+        second = e.generate(ids, max_new_tokens=16, ignore_eos=True)
+        assert second.num_cached_tokens == 32 and second.token_ids == result.token_ids
+        cpu_model = engine_load_cpu(checkpoint)
+        assert result.token_ids == reference_greedy(cpu_model, ids, 16)
+
+
+def engine_load_cpu(checkpoint):
+    from engine import load_model
+
+    return load_model(checkpoint, device="cpu", dtype=torch.float32)

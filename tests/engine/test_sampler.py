@@ -94,3 +94,21 @@ def test_repetition_penalty_changes_the_greedy_choice():
     logits = torch.tensor([[2.0, 1.9, 0.0]])
     assert sample(logits, [P(repetition_penalty=1.1)], prev_token_ids=[[0]]).item() == 1
     assert sample(logits, [P()], prev_token_ids=[[0]]).item() == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sampling_stays_on_the_gpu_and_matches_the_cpu_for_greedy():
+    logits = torch.randn(4, 1000, generator=seeded(0))
+    params = [
+        P(),
+        P(temperature=0.7, top_k=50, seed=1),
+        P(repetition_penalty=1.2),
+        P(temperature=1.0, min_p=0.1),
+    ]
+    gens = [None, torch.Generator(device="cuda").manual_seed(1), None, None]
+    prev = [[1, 2], [3], [int(logits[2].argmax())], [4]]
+    out = sample(logits.cuda(), params, gens, prev)
+    assert out.device.type == "cuda" and out.dtype == torch.int64
+    cpu = sample(logits, params, [None, seeded(1), None, None], prev)
+    assert out[[0, 2]].tolist() == cpu[[0, 2]].tolist()  # the greedy rows agree exactly
