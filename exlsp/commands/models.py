@@ -21,12 +21,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def report_errors(command: str) -> Iterator[None]:
     """Expected failures (bad input, integrity, full disk) print `exlsp CMD: error: ...` and are
-    swallowed, so the caller's next statement (its failure return) runs; bugs still raise."""
+    swallowed, so the caller's next statement (its failure return) runs; bugs still raise.
+
+    SIGTERM becomes KeyboardInterrupt meanwhile, so a killed import or quantization still removes
+    its scratch and staging folders (gigabytes) on the way out, as Ctrl-C does."""
+    import signal
+    import threading
+
     from exlsp.default_model import DownloadError, IntegrityError
     from exlsp.store import StoreError
 
     expected: tuple[type[BaseException], ...] = (StoreError, IntegrityError, DownloadError, FileNotFoundError,
                                                  FileExistsError, ValueError)  # fmt: skip
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
         yield
     except expected as exc:
@@ -36,6 +48,9 @@ def report_errors(command: str) -> Iterator[None]:
             raise
         print(f"exlsp {command}: error: out of disk space ({exc.strerror or exc}); nothing was added",
               file=sys.stderr)  # fmt: skip
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

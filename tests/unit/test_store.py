@@ -123,3 +123,19 @@ def test_sha256_of_a_file(tmp_path) -> None:
     assert (
         sha256_file(path, chunk_bytes=2) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+def test_a_sigterm_during_an_add_removes_the_staging_folder(tmp_path) -> None:
+    import os
+    import signal
+
+    from exlsp.commands.models import report_errors
+
+    store = Store(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with report_errors("import"), store.add(Manifest(name="big", source="x", format="float")) as folder:
+            (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert list((tmp_path / "models").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
