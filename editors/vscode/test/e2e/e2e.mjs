@@ -1,11 +1,14 @@
 // Drives VS Code (code-server, in headless Chromium through playwright-core) the way a user does:
 // open a Python file of the workspace, wait for the exlsp status bar item to say the model is
-// loaded, type on a new line, see the server's ghost text, press Tab and see it inserted.
+// loaded, type on a new line, see the server's ghost text, press Tab and see it inserted; then ask
+// "exlsp: Chat" from the command palette and see the answer in the chat document.
 // Usage: node e2e.mjs URL SCREENSHOT_DIR  (env CHROMIUM: the browser executable)
 import { chromium } from "playwright-core";
 
 const [url, screenshotDir] = process.argv.slice(2);
-const EXPECTED_GHOST = "urn value"; // what tests/editors/scripted_model.py makes the model write
+// What run.sh's scripted model (tests/editors/scripted_model.py) writes after a FIM / chat prompt.
+const EXPECTED_GHOST = "urn value";
+const EXPECTED_CHAT = "Fibonacci numbers grow fast.";
 const step = (message) => console.log(`[e2e] ${message}`);
 const normalize = (text) => (text ?? "").replace(/\u00a0/g, " ");
 
@@ -21,7 +24,7 @@ const browser = await chromium.launch({
     "--no-first-run",
   ],
 });
-const result = { ghostText: null, inserted: null, statusBar: null };
+const result = { ghostText: null, inserted: null, statusBar: null, chat: null };
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 try {
   step(`open ${url}`);
@@ -98,6 +101,26 @@ try {
   result.inserted = "return value";
   await page.screenshot({ path: `${screenshotDir}/accepted.png` });
   step("accepted: the line reads 'return value'");
+
+  step("chat: command palette -> exlsp: Chat -> question");
+  await page.keyboard.press("F1");
+  await page.keyboard.type("exlsp: Chat", { delay: 20 });
+  await page.locator('.quick-input-list .monaco-list-row[aria-label*="exlsp: Chat"]').first().waitFor({ timeout: 20_000 });
+  await page.keyboard.press("Enter");
+  await page.locator(".quick-input-box input").waitFor({ timeout: 20_000 });
+  await page.keyboard.type("what does fib do?", { delay: 20 });
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(
+    (expected) =>
+      [...document.querySelectorAll('.monaco-editor[data-uri^="exlsp-chat"] .view-line')].some((line) =>
+        (line.textContent ?? "").replace(/\u00a0/g, " ").includes(expected),
+      ),
+    EXPECTED_CHAT,
+    { timeout: 60_000 },
+  );
+  result.chat = EXPECTED_CHAT;
+  await page.screenshot({ path: `${screenshotDir}/chat.png` });
+  step("chat answer shown in the chat document");
   console.log(`E2E_RESULT ${JSON.stringify({ ok: true, ...result })}`);
 } catch (error) {
   await page.screenshot({ path: `${screenshotDir}/failure.png` }).catch(() => {});
