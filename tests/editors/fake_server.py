@@ -19,6 +19,7 @@ import threading
 REQUEST_CANCELLED = -32800
 METHOD_NOT_FOUND = -32601
 
+ALTERNATIVE = "_alt = 2"  # the second item of every answer, for next/previous
 CHAT_PIECES = ["Fib", "onacci ", "numbers ", "grow ", "fast."]
 
 
@@ -121,18 +122,21 @@ class FakeServer:
         position = params["position"]
         line = lines[position["line"]] if position["line"] < len(lines) else ""
         before = line[: position["character"]]  # ASCII-only in these tests: UTF-16 == str index
-        item = {
-            "insertText": suggest(before),
-            "range": {"start": position, "end": position},
-            "command": {"title": "accepted", "command": "exlsp.accept", "arguments": [{"id": msg_id}]},
-        }
+        items = [
+            {
+                "insertText": text,
+                "range": {"start": position, "end": position},
+                "command": {"title": "accepted", "command": "exlsp.accept", "arguments": [{"id": msg_id}]},
+            }
+            for text in (suggest(before), ALTERNATIVE)
+        ]
 
         def answer():
             with self.lock:
                 still_pending = self.pending.pop(msg_id, None) is not None
             if still_pending:
                 self.shown += 1
-                self.send({"id": msg_id, "result": {"items": [item]}})
+                self.send({"id": msg_id, "result": {"items": items}})
 
         timer = threading.Timer(self.delay_s, answer)
         with self.lock:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.editors.fake_server import CHAT_PIECES
+from tests.editors.fake_server import ALTERNATIVE, CHAT_PIECES
 from tests.editors.nvim_harness import REPO_ROOT, open_and_attach, setup_exlsp
 
 FAKE = [sys.executable, "-m", "tests.editors.fake_server"]
@@ -94,6 +94,20 @@ def test_accept_word_then_accept_line_take_pieces_and_keep_the_rest_on_screen(nv
     assert nvim.ghost_text() == ""
     # One item, one acceptance, however many pieces it was taken in.
     assert nvim.lua(f"return {STATS}.accepted") == 1
+
+
+def test_next_and_previous_cycle_through_the_items_of_the_answer(nvim, project):
+    start(nvim, project)
+    nvim.input("Goy")
+    wait_ghost(nvim)
+    nvim.input("<M-]>")
+    nvim.wait_for(f"require('exlsp.ghost').shown(0) == '{ALTERNATIVE}'")
+    nvim.input("<M-]>")  # wraps around
+    nvim.wait_for("require('exlsp.ghost').shown(0) == '_value = compute(x)\\nprint(result)'")
+    nvim.input("<M-[>")
+    nvim.wait_for(f"require('exlsp.ghost').shown(0) == '{ALTERNATIVE}'")
+    nvim.input("<M-l>")
+    nvim.wait_for("vim.api.nvim_get_current_line() == '    y_alt = 2'")
 
 
 def test_typing_the_suggested_text_keeps_the_rest_without_a_new_request(nvim, project):
