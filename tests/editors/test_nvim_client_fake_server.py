@@ -122,7 +122,7 @@ def test_typing_the_suggested_text_keeps_the_rest_without_a_new_request(nvim, pr
 
 
 def test_typing_on_cancels_the_request_in_flight_and_shows_only_the_newest_answer(nvim, project):
-    journal = start(nvim, project, delay_ms=400)
+    journal = start(nvim, project, delay_ms=1000)
     nvim.input("Goa")
     nvim.wait_for(f"{STATS}.requests == 1")
     nvim.input("b")
@@ -135,7 +135,7 @@ def test_typing_on_cancels_the_request_in_flight_and_shows_only_the_newest_answe
 
 
 def test_leaving_insert_mode_cancels_and_clears(nvim, project):
-    journal = start(nvim, project, delay_ms=300)
+    journal = start(nvim, project, delay_ms=1000)
     nvim.input("Goa")
     nvim.wait_for(f"{STATS}.requests == 1")
     nvim.input("<Esc>")

@@ -101,7 +101,7 @@ def test_accept_word_inserts_one_word_and_keeps_the_rest_as_ghost_text(nvim, ser
 
 def test_typing_on_cancels_the_previous_request_before_the_model_runs_it(nvim, serve):
     # A long server debounce keeps the first request waiting while the next keys arrive.
-    serve(server_debounce_ms=500)
+    serve(server_debounce_ms=1000)
     nvim.input("Gor")
     nvim.wait_for(f"{STATS}.requests == 1")
     nvim.input("et")
