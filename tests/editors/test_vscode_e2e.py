@@ -35,3 +35,4 @@ def test_vscode_shows_and_accepts_the_servers_ghost_text():
     assert "urn value" in outcome["ghostText"]
     assert outcome["inserted"] == "return value"
     assert outcome["chat"] == "Fibonacci numbers grow fast."
+    assert outcome["explain"] == "Fibonacci numbers grow fast."

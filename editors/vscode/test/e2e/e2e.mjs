@@ -1,7 +1,8 @@
 // Drives VS Code (code-server, in headless Chromium through playwright-core) the way a user does:
 // open a Python file of the workspace, wait for the exlsp status bar item to say the model is
 // loaded, type on a new line, see the server's ghost text, press Tab and see it inserted; then ask
-// "exlsp: Chat" from the command palette and see the answer in the chat document.
+// "exlsp: Chat" from the command palette and see the answer in the chat document, and "exlsp:
+// Explain Selection" on a line and see the explanation document.
 // Usage: node e2e.mjs URL SCREENSHOT_DIR  (env CHROMIUM: the browser executable)
 import { chromium } from "playwright-core";
 
@@ -24,7 +25,7 @@ const browser = await chromium.launch({
     "--no-first-run",
   ],
 });
-const result = { ghostText: null, inserted: null, statusBar: null, chat: null };
+const result = { ghostText: null, inserted: null, statusBar: null, chat: null, explain: null };
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 try {
   step(`open ${url}`);
@@ -121,6 +122,28 @@ try {
   result.chat = EXPECTED_CHAT;
   await page.screenshot({ path: `${screenshotDir}/chat.png` });
   step("chat answer shown in the chat document");
+
+  step("explain: select the first line, run exlsp: Explain Selection");
+  await editor.locator(".view-lines").click();
+  await page.keyboard.press("Control+Home");
+  await page.keyboard.press("Shift+End");
+  await page.keyboard.press("F1");
+  await page.keyboard.type("exlsp: Explain Selection", { delay: 20 });
+  await page.locator('.quick-input-list .monaco-list-row[aria-label*="Explain Selection"]').first().waitFor({ timeout: 20_000 });
+  await page.keyboard.press("Enter");
+  // The server resolves the code action, writes the prose answer to a file and shows it
+  // (window/showDocument).
+  await page.waitForFunction(
+    (expected) =>
+      [...document.querySelectorAll('.monaco-editor[data-uri*="explain-"] .view-line')].some((line) =>
+        (line.textContent ?? "").replace(/\u00a0/g, " ").includes(expected),
+      ),
+    EXPECTED_CHAT,
+    { timeout: 60_000 },
+  );
+  result.explain = EXPECTED_CHAT;
+  await page.screenshot({ path: `${screenshotDir}/explain.png` });
+  step("explanation shown in its own document");
   console.log(`E2E_RESULT ${JSON.stringify({ ok: true, ...result })}`);
 } catch (error) {
   await page.screenshot({ path: `${screenshotDir}/failure.png` }).catch(() => {});
