@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="llama3-8b,qwen2.5-coder-7b,qwen2.5-coder-1.5b")
     parser.add_argument("--json", default=None, help="write all figures to this file")
     parser.add_argument("--quick", action="store_true", help="decode at 2k only, no prefill/TTFT")
+    parser.add_argument("--gemv-only", action="store_true", help="copy bandwidth and GEMV figures only")
     parser.add_argument(
         "--profile", default=None, help="write a per-kernel profile of the first model's decode here"
     )
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     report["gemv"] = gemv
     contexts = [2048] if args.quick else [32, 2048, 8192]
     report["models"] = []
-    for i, name in enumerate(args.models.split(",")):
+    for i, name in enumerate([] if args.gemv_only else args.models.split(",")):
         full = i == 0 and not args.quick
         profile_to = Path(args.profile) if args.profile and i == 0 else None
         report["models"].append(

@@ -64,8 +64,9 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
 }
 
 // MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). WARPS split K.
+// One-tile 8-warp blocks fit 3 per SM (24 warps) so the loads of more warps overlap the math.
 template <typename T, int MT, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32)
+__global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const T* __restrict__ residual,
                          T* __restrict__ out, int M, int K, int N, int group_size) {
@@ -88,6 +89,7 @@ __global__ void __launch_bounds__(WARPS * 32)
   float sc[4];
   uint32_t zz[4];  // (bias + zero) in both halves, per column
   int cur_group = -1;
+  int next_group_chunk = c_begin;  // first chunk of the next group: no division per chunk
 
   auto flush = [&]() {
 #pragma unroll
@@ -123,10 +125,11 @@ __global__ void __launch_bounds__(WARPS * 32)
     for (int u = 0; u < U; ++u) {
       const int chunk = c + u;
       if (chunk >= c_end) break;  // uniform across the warp
-      const int grp = chunk / chunks_per_group;
-      if (grp != cur_group) {
+      if (chunk == next_group_chunk) {
         if (cur_group >= 0) flush();
+        const int grp = chunk / chunks_per_group;
         cur_group = grp;
+        next_group_chunk = (grp + 1) * chunks_per_group;
         const uint2 s_raw = __ldg(reinterpret_cast<const uint2*>(scales + (size_t)grp * N + col0));
         const uint2 z_raw = __ldg(reinterpret_cast<const uint2*>(zeros + (size_t)grp * N + col0));
         const T* s4 = reinterpret_cast<const T*>(&s_raw);
