@@ -86,7 +86,7 @@ def _supports_create_file(ls) -> bool:
     return bool(edit and edit.document_changes and ops and types.ResourceOperationKind.Create in ops)
 
 
-def _new_file_uri(uri: str, stem_source: str) -> str | None:
+def _new_file_uri(uri: str) -> str | None:
     path = to_fs_path(uri) if uri.startswith("file:") else None
     if path is None:
         return None
@@ -185,7 +185,7 @@ def register(server) -> None:
             )
             return action
         elif kind.result == "new_file" and _supports_create_file(ls):
-            target = _new_file_uri(doc.uri, code)
+            target = _new_file_uri(doc.uri)
             if target is not None:
                 zero = types.Position(line=0, character=0)
                 action.edit = types.WorkspaceEdit(

@@ -95,6 +95,9 @@ async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None
     pos_line, pos_char = doc.position_at(offset)
     before, after = doc.text[:offset], doc.text[offset:]
     cursor = cursor_context(doc.text, offset)
+    previous = ls.inflight.pop(uri, None)
+    if previous is not None:
+        previous.cancel()  # a newer request for this document: stop the old one in the engine now
 
     cached = ls.cache.get(uri, before, after)
     if cached is not None:
@@ -111,10 +114,6 @@ async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None
     doc = ls.documents.get(uri)
     if doc is None or doc.text[:offset] != before or doc.text[offset:] != after:
         return None  # the document changed while we waited: the editor will ask again
-
-    previous = ls.inflight.pop(uri, None)
-    if previous is not None:
-        previous.cancel()  # a newer request for this document: stop the old one in the engine
 
     fim = fim_input(
         doc,
