@@ -54,7 +54,9 @@ def make_trace(text: str, seed: int) -> list[tuple[str, float]]:
     return trace
 
 
-async def replay(model: str, trace: list[tuple[str, float]], settings: dict, home: Path) -> dict:
+async def replay(
+    model: str, trace: list[tuple[str, float]], settings: dict, home: Path, opened: str = ""
+) -> dict:
     from lsprotocol import types
     from pygls.lsp.client import LanguageClient
 
@@ -94,7 +96,7 @@ async def replay(model: str, trace: list[tuple[str, float]], settings: dict, hom
     uri = (home / "typed.py").as_uri()
     client.text_document_did_open(
         types.DidOpenTextDocumentParams(
-            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text="")
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=opened)
         )
     )
     start = await status()
@@ -102,7 +104,7 @@ async def replay(model: str, trace: list[tuple[str, float]], settings: dict, hom
     shown = 0
     pending: asyncio.Task | None = None
     pending_id: str | None = None
-    line, character = 0, 0
+    line, character = opened.count("\n"), len(opened.rsplit("\n", 1)[-1])
 
     async def ask(msg_id: str, line: int, character: int) -> None:
         nonlocal shown
@@ -212,6 +214,12 @@ def main() -> int:
     )
     parser.add_argument("--source", default=DEFAULT_SOURCE, help=f"file to type (default {DEFAULT_SOURCE})")
     parser.add_argument("--chars", type=int, default=400, help="characters of it to type (default 400)")
+    parser.add_argument(
+        "--start-line",
+        type=int,
+        default=0,
+        help="open the document with this many lines already there (default 0)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the typing gaps (default 0)")
     parser.add_argument("--trace", help="replay this JSON trace instead of making one")
     parser.add_argument("--trace-out", help="save the trace as JSON")
@@ -220,18 +228,21 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="append the figures to bench/RESULTS.md")
     args = parser.parse_args()
 
+    source = (REPO_ROOT / args.source).read_text()
+    opened = "".join(source.splitlines(keepends=True)[: args.start_line])
     if args.trace:
         trace = [tuple(item) for item in json.loads(Path(args.trace).read_text())]
     else:
-        trace = make_trace((REPO_ROOT / args.source).read_text()[: args.chars], args.seed)
+        trace = make_trace(source[len(opened) : len(opened) + args.chars], args.seed)
     if args.trace_out:
         Path(args.trace_out).write_text(json.dumps(trace))
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         model = args.model or str(tiny_model(home / "tiny"))
         settings = {"maxTokens": args.max_tokens, "debounceMs": args.debounce_ms, "timeBudgetMs": 2000}
-        result = asyncio.run(replay(model, trace, settings, home))
-    label = f"{'tiny random qwen2' if not args.model else Path(args.model).name}, {args.chars} chars of {args.source}"
+        result = asyncio.run(replay(model, trace, settings, home, opened))
+    name = "tiny random qwen2" if not args.model else Path(args.model).name
+    label = f"{name}, {len(trace)} chars of {args.source} typed after line {args.start_line}"
     machine = f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}"
     if result["device"] and result["device"] != "cpu":
         machine = f"{result['device']}"
