@@ -184,30 +184,50 @@ def _host_lists(attn: AttentionMetadata) -> tuple[list[int], list[int]]:
     return _last_host_lists[1], _last_host_lists[2]
 
 
-def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
-    """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
+_flash_direct = True  # False once the direct flash call failed here: use the generic SDPA path
+
+
+def _causal_flash(qh, kh, vh, scale: float) -> torch.Tensor:
+    """Flash attention called directly: its causal mask is aligned to the bottom right (the new
+    tokens come last) and it takes fewer query than key heads (GQA), so no bias object, no head
+    expansion and none of the SDPA dispatcher's Python checks per layer."""
+    global _flash_direct
+    if _flash_direct:
+        try:
+            return torch.ops.aten._scaled_dot_product_flash_attention(
+                qh, kh, vh, 0.0, True, False, scale=scale
+            )[0]
+        except RuntimeError:
+            _flash_direct = False
     from torch.nn.attention.bias import causal_lower_right
 
+    tq, tk = qh.shape[2], kh.shape[2]
+    mask = None if tq == tk else causal_lower_right(tq, tk)
+    return F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+    )
+
+
+def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+    """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
     out = torch.empty_like(q)
     query_start_loc, seq_lens = _host_lists(attn)
+    block_size = kv_cache_layer.shape[2]
     for i, seq_len in enumerate(seq_lens):
         start, end = query_start_loc[i], query_start_loc[i + 1]
         num_new = end - start
         if num_new == 0:
             continue
-        k, v = reference.gather_kv(kv_cache_layer, attn.block_tables[i], seq_len)  # (L, Hkv, D) each
+        blocks = attn.block_tables[i, : -(-seq_len // block_size)]
+        kv = kv_cache_layer.index_select(1, blocks).flatten(1, 2)[:, :seq_len]  # (2, L, Hkv, D)
         qh = q[start:end].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
-        kh = k.transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
-        vh = v.transpose(0, 1).unsqueeze(0)
+        kh = kv[0].transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
+        vh = kv[1].transpose(0, 1).unsqueeze(0)
         if sliding_window is not None and sliding_window < seq_len:
             mask = reference.causal_mask(num_new, seq_len, sliding_window, q.device)
-        elif num_new == seq_len:
-            mask = None
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
         else:
-            mask = causal_lower_right(num_new, seq_len)
-        o = F.scaled_dot_product_attention(
-            qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
-        )  # (1, Hq, Tq, D)
+            o = _causal_flash(qh, kh, vh, scale)  # (1, Hq, Tq, D)
         out[start:end] = o[0].transpose(0, 1)
     return out
 
