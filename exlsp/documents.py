@@ -73,9 +73,12 @@ class Document:
         """Line `line` without its line break."""
         starts = self.line_starts
         start = starts[line]
-        end = starts[line + 1] - 1 if line + 1 < len(starts) else len(self.text)
-        if end > start and self.text[end - 1] == "\r":
-            end -= 1
+        if line + 1 < len(starts):
+            end = starts[line + 1] - 1
+            if end > start and self.text[end - 1] == "\r":  # CRLF
+                end -= 1
+        else:
+            end = len(self.text)
         return self.text[start:end]
 
     def offset_at(self, line: int, character: int) -> int:

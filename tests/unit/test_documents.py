@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from exlsp.documents import Document, Documents, looks_binary, sanitize, utf16_len
 
 
@@ -45,3 +48,21 @@ def test_incremental_changes():
 def test_lone_surrogates_and_binary():
     assert sanitize("a\ud800b") == "a\ufffdb"
     assert looks_binary("PK\x03\x04\x00\x00") and not looks_binary("plain text")
+
+
+@given(st.text(alphabet=st.sampled_from(["a", "é", "😋", "\n", " ", "\r", "中"]), max_size=60), st.data())
+def test_positions_and_offsets_round_trip(text, data):
+    d = doc(text)
+    offset = data.draw(st.integers(0, len(text)))
+    if text[offset - 1 : offset + 1] == "\r\n":
+        offset -= 1  # inside a CRLF is not a position an editor can name
+    assert d.offset_at(*d.position_at(offset)) == offset
+
+
+@given(st.text(max_size=40), st.text(max_size=10), st.integers(0, 40), st.integers(0, 40))
+def test_an_insert_at_any_position_lands_where_offset_at_says(text, insert, line, character):
+    docs = Documents()
+    d = docs.open("u", "python", 1, text)
+    at = d.offset_at(line, character)
+    docs.change("u", 2, [(insert, (line, character, line, character))])
+    assert d.text == sanitize(text[:at] + insert + text[at:])
