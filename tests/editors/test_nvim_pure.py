@@ -145,3 +145,25 @@ def test_help_file_documents_every_option_and_builds_its_tags(nvim, tmp_path):
     (tmp_path / "exlsp.txt").write_text(doc)
     nvim.command(f"helptags {tmp_path}")
     assert "*:ExlspChat*" in doc and ":ExlspChat" in (tmp_path / "tags").read_text()
+
+
+def test_item_fit_converts_the_range_encoding_and_skips_a_closing_bracket_already_there(nvim):
+    fit = "return require('exlsp.item').fit(...)"
+    at = {"line": 0, "character": 0}
+
+    def item(text, start, end):
+        return {
+            "insertText": text,
+            "range": {"start": {**at, "character": start}, "end": {**at, "character": end}},
+        }
+
+    # "é" is 2 bytes, 1 UTF-16 unit: the item starting at UTF-16 column 6 starts at byte 7.
+    line = "print(é"
+    assert nvim.lua(fit, line, 0, len(line.encode()), item("é + 1", 6, 7), "utf-16") == {
+        "suffix": " + 1",
+        "end_col": len(line.encode()),
+    }
+    # Cursor before an auto-inserted ")": the item rewrites it; only "x" is new on screen.
+    assert nvim.lua(fit, "f()", 0, 2, item("x)", 2, 3), "utf-16") == {"suffix": "x", "end_col": 2}
+    # Typed text the item disagrees with: no fit.
+    assert nvim.lua(fit, "foo", 0, 3, item("bar", 0, 3), "utf-16") is None

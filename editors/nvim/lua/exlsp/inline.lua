@@ -1,10 +1,10 @@
 -- The plugin's own inline-completion client for Neovim 0.10-0.11 (0.12+ has
 -- vim.lsp.inline_completion): debounces typing, sends textDocument/inlineCompletion, cancels the
--- request in flight on every change and on InsertLeave, shows the answer as ghost text (hidden
--- while the popup menu is open) and accepts it whole, by word or by line.
+-- request in flight on every change and on InsertLeave, and hands answers to exlsp.suggestion,
+-- which shows them and inserts them whole, by word or by line.
 local config = require("exlsp.config")
-local ghost = require("exlsp.ghost")
 local server = require("exlsp.server")
+local suggestion = require("exlsp.suggestion")
 local text = require("exlsp.text")
 
 local M = {}
@@ -16,30 +16,15 @@ local REQUEST_CANCELLED = -32800
 ---@type exlsp.Options
 local options = config.defaults
 
--- Counters the tests and :ExlspStatus read: requests sent, cancelled in flight, answered,
--- answers dropped as stale, suggestions shown, accepted.
+-- Counters the tests read: requests sent, cancelled in flight, answered, answers dropped as
+-- stale, suggestions shown, items accepted (whole or in pieces).
 M.stats = { requests = 0, cancelled = 0, responses = 0, stale = 0, shown = 0, accepted = 0 }
 
--- At most one request in flight: { client, id, seq }.
+-- At most one request in flight: { client, id }.
 local inflight = nil
 -- Bumped on every change; an answer for an older seq is stale.
 local seq = 0
 local timer = nil
-
--- What is on screen: the item list and the suggestion's position and remaining text.
----@class exlsp.Shown
----@field bufnr integer
----@field row integer 0-based
----@field col integer byte column of the cursor
----@field end_col integer byte column where the replaced text on the cursor line ends
----@field suffix string the text still to insert at col
----@field items table[]
----@field index integer
----@field client vim.lsp.Client
----@field command_sent boolean
----@field tick integer changedtick when drawn
-local shown = nil
-
 local enabled = true
 
 local function cancel_inflight()
@@ -51,85 +36,13 @@ local function cancel_inflight()
   end
 end
 
-local function stop_timer()
+function M.clear()
   if timer then
     timer:stop()
   end
-end
-
-function M.clear()
-  stop_timer()
   cancel_inflight()
   seq = seq + 1
-  if shown then
-    ghost.clear(shown.bufnr)
-  end
-  shown = nil
-end
-
-local function cursor()
-  local pos = vim.api.nvim_win_get_cursor(0)
-  return pos[1] - 1, pos[2]
-end
-
-local function draw()
-  if not shown then
-    return
-  end
-  if vim.fn.pumvisible() == 1 then
-    ghost.clear(shown.bufnr)
-    return
-  end
-  ghost.show(shown.bufnr, shown.row, shown.col, shown.suffix)
-  shown.tick = vim.api.nvim_buf_get_changedtick(shown.bufnr)
-end
-
---- insertText of an item as plain text (a snippet's placeholders are left as written).
-local function insert_text(item)
-  local value = item.insertText
-  if type(value) == "table" then
-    value = value.value
-  end
-  return type(value) == "string" and value or ""
-end
-
---- Fills `shown` from item `index` of `items` against the current line and cursor; false when
---- the item does not fit what is on screen.
-local function select_item(bufnr, client, items, index)
-  local row, col = cursor()
-  local line = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)[1] or ""
-  local item = items[index]
-  local start_col, end_col = col, col
-  if item.range and item.range.start.line == row and item.range["end"].line == row then
-    local encoding = client.offset_encoding or "utf-16"
-    start_col = vim.str_byteindex(line, encoding, item.range.start.character, false)
-    end_col = vim.str_byteindex(line, encoding, item.range["end"].character, false)
-  end
-  end_col = math.max(end_col, col)
-  local suffix = text.visible_suffix(line, start_col, col, insert_text(item))
-  if suffix == nil or suffix == "" then
-    return false
-  end
-  -- Text after the cursor that the item rewrites identically (a closing bracket) is already on
-  -- screen: show only what comes before it.
-  local tail = line:sub(col + 1, end_col)
-  if tail ~= "" and not suffix:find("\n", 1, true) and suffix:sub(-#tail) == tail then
-    suffix = suffix:sub(1, #suffix - #tail)
-    end_col = col
-  end
-  shown = {
-    bufnr = bufnr,
-    row = row,
-    col = col,
-    end_col = end_col,
-    suffix = suffix,
-    items = items,
-    index = index,
-    client = client,
-    command_sent = false,
-    tick = vim.api.nvim_buf_get_changedtick(bufnr),
-  }
-  return true
+  suggestion.clear()
 end
 
 local function on_result(bufnr, client, my_seq, err, result)
@@ -148,13 +61,8 @@ local function on_result(bufnr, client, my_seq, err, result)
   if vim.api.nvim_get_current_buf() ~= bufnr or not vim.fn.mode():match("^i") then
     return
   end
-  local items = result and (result.items or result) or {}
-  for index = 1, #items do
-    if select_item(bufnr, client, items, index) then
-      M.stats.shown = M.stats.shown + 1
-      draw()
-      return
-    end
+  if suggestion.show_first(bufnr, client, result and (result.items or result) or {}) then
+    M.stats.shown = M.stats.shown + 1
   end
 end
 
@@ -185,12 +93,14 @@ function M.request(trigger_kind)
   )
   if ok and id then
     M.stats.requests = M.stats.requests + 1
-    inflight = { client = client, id = id, seq = my_seq }
+    inflight = { client = client, id = id }
   end
 end
 
 local function schedule_request()
-  stop_timer()
+  if timer then
+    timer:stop()
+  end
   timer = timer or vim.uv.new_timer()
   timer:start(
     options.debounce_ms,
@@ -203,130 +113,63 @@ local function schedule_request()
   )
 end
 
---- Typing a character that the suggestion predicted keeps the rest on screen, as Copilot does.
----@return boolean kept
-local function type_through()
-  if not shown or vim.api.nvim_get_current_buf() ~= shown.bufnr then
-    return false
-  end
-  local row, col = cursor()
-  if row ~= shown.row or col <= shown.col then
-    return false
-  end
-  local line = vim.api.nvim_buf_get_lines(shown.bufnr, row, row + 1, false)[1] or ""
-  local typed = line:sub(shown.col + 1, col)
-  if shown.suffix:sub(1, #typed) ~= typed or #typed >= #shown.suffix then
-    return false
-  end
-  shown.suffix = shown.suffix:sub(#typed + 1)
-  shown.end_col = shown.end_col + #typed
-  shown.col = col
-  draw()
-  return true
-end
-
 local function on_change()
-  if shown and vim.api.nvim_buf_get_changedtick(shown.bufnr) == shown.tick then
-    local row, col = cursor()
-    if row == shown.row and col == shown.col then
-      return -- our own edit or a cursor event without a change
-    end
+  if suggestion.unchanged() then
+    return -- our own insert, or a cursor event that changed nothing
   end
   cancel_inflight()
   seq = seq + 1
-  if type_through() then
+  if suggestion.type_through() then
     return
   end
-  if shown then
-    ghost.clear(shown.bufnr)
-    shown = nil
-  end
+  suggestion.clear()
   if options.auto_trigger then
     schedule_request()
   end
 end
 
---- Inserts `piece` (a prefix of the suggestion) at the cursor, keeps the rest on screen and
---- runs the item's command once so the server counts the acceptance.
-local function insert_piece(piece)
-  local s = assert(shown)
-  local lines = text.lines(piece)
-  local rest = s.suffix:sub(#piece + 1)
-  local replace_end = rest == "" and s.end_col or s.col
-  vim.api.nvim_buf_set_text(s.bufnr, s.row, s.col, s.row, replace_end, lines)
-  local row = s.row + #lines - 1
-  local col = #lines == 1 and s.col + #piece or #lines[#lines]
-  vim.api.nvim_win_set_cursor(0, { row + 1, col })
-  local item = s.items[s.index]
-  if not s.command_sent and item.command then
-    s.command_sent = true
+local function accept(pick)
+  local accepted, first = suggestion.accept(pick)
+  if first then
     M.stats.accepted = M.stats.accepted + 1
-    server.request(s.client, "workspace/executeCommand", {
-      command = item.command.command,
-      arguments = item.command.arguments,
-    }, function() end, s.bufnr)
   end
-  if rest == "" then
-    ghost.clear(s.bufnr)
-    shown = nil
-    return
-  end
-  s.end_col = col + (s.end_col - s.col)
-  s.row, s.col, s.suffix = row, col, rest
-  draw()
+  return accepted
 end
 
 --- Accepts the whole suggestion; false when none is shown.
 function M.accept()
-  if not shown then
-    return false
-  end
-  insert_piece(shown.suffix)
-  return true
+  return accept(function(suffix)
+    return suffix
+  end)
 end
 
 function M.accept_word()
-  if not shown then
-    return false
-  end
-  insert_piece(text.next_word(shown.suffix))
-  return true
+  return accept(text.next_word)
 end
 
 function M.accept_line()
-  if not shown then
-    return false
-  end
-  insert_piece(text.next_line(shown.suffix))
-  return true
+  return accept(text.next_line)
 end
 
 --- Shows the next (step 1) or previous (step -1) item; without a suggestion, asks for one.
 function M.cycle(step)
-  if not shown then
+  if suggestion.exists() then
+    suggestion.cycle(step)
+  else
     M.request(INVOKED)
-    return true
-  end
-  local items, bufnr, client = shown.items, shown.bufnr, shown.client
-  for offset = 1, #items do
-    local index = (shown.index - 1 + offset * step) % #items + 1
-    if select_item(bufnr, client, items, index) then
-      draw()
-      return true
-    end
   end
   return true
 end
 
 function M.dismiss()
-  local had = shown ~= nil
+  local had = suggestion.exists()
   M.clear()
   return had
 end
 
 --- The suggestion text on screen ("" when none).
 function M.current()
-  return shown and shown.suffix or ""
+  return suggestion.text()
 end
 
 function M.set_enabled(value)
@@ -363,22 +206,13 @@ function M.setup(opts)
       end
     end,
   })
-  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
-    group = group,
-    callback = M.clear,
-  })
-  vim.api.nvim_create_autocmd("CompleteChanged", {
-    group = group,
-    callback = function()
-      if shown then
-        ghost.clear(shown.bufnr)
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("CompleteDone", {
-    group = group,
-    callback = vim.schedule_wrap(draw),
-  })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, { group = group, callback = M.clear })
+  -- The popup menu covers the line: hide the ghost text while it is open.
+  vim.api.nvim_create_autocmd("CompleteChanged", { group = group, callback = suggestion.hide })
+  vim.api.nvim_create_autocmd(
+    "CompleteDone",
+    { group = group, callback = vim.schedule_wrap(suggestion.draw) }
+  )
 end
 
 return M
