@@ -167,3 +167,13 @@ def test_item_fit_converts_the_range_encoding_and_skips_a_closing_bracket_alread
     assert nvim.lua(fit, "f()", 0, 2, item("x)", 2, 3), "utf-16") == {"suffix": "x", "end_col": 2}
     # Typed text the item disagrees with: no fit.
     assert nvim.lua(fit, "foo", 0, 3, item("bar", 0, 3), "utf-16") is None
+
+
+def test_statusline_shows_model_loading_progress_and_ignores_chat_progress(nvim):
+    text = "return require('exlsp.status').loading_text(...)"
+    title = "exlsp: loading model"
+    assert nvim.lua(text, {"kind": "begin", "title": title}) == "loading"
+    assert nvim.lua(text, {"kind": "report", "title": title, "message": "3s"}) == "loading 3s"
+    assert nvim.lua(text, {"kind": "report", "title": title, "percentage": 40}) == "loading 40%"
+    assert nvim.lua(text, {"kind": "end", "title": title}) == ""
+    assert nvim.lua(text, {"kind": "report", "title": "exlsp chat", "message": "Fib"}) is None

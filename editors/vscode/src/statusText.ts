@@ -36,8 +36,14 @@ export function statusBarText(view: StatusView): { text: string; tooltip: string
   const icon = view.paused ? "$(circle-slash)" : ICONS[view.state];
   const parts: string[] = [];
   if (view.state === "loading" || view.state === "starting") {
-    const percent = view.loadingPercent !== undefined ? ` ${Math.round(view.loadingPercent)}%` : "";
-    parts.push(`exlsp: ${view.state}${percent}`);
+    // The server reports loading as elapsed seconds in the message when it has no percentage.
+    const detail =
+      view.loadingPercent !== undefined
+        ? ` ${Math.round(view.loadingPercent)}%`
+        : view.state === "loading" && view.message
+          ? ` ${view.message}`
+          : "";
+    parts.push(`exlsp: ${view.state}${detail}`);
   } else if (view.state === "error" || view.state === "stopped") {
     parts.push(`exlsp: ${view.state}`);
   } else {

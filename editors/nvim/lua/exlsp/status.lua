@@ -103,6 +103,26 @@ function M.statusline()
   return loading ~= "" and ("exlsp: " .. loading) or "exlsp"
 end
 
+--- The statusline's loading text for a model-loading progress value ("loading 40%",
+--- "loading 3s"), or nil for progress that is not model loading (a chat, say).
+---@param value table a $/progress value; report and end values carry the begin title
+---@return string|nil
+function M.loading_text(value)
+  if type(value.title) ~= "string" or not value.title:find("^exlsp: loading") then
+    return nil
+  end
+  if value.kind == "end" then
+    return ""
+  end
+  if type(value.percentage) == "number" then
+    return ("loading %d%%"):format(value.percentage)
+  end
+  if type(value.message) == "string" and value.message ~= "" then
+    return "loading " .. value.message
+  end
+  return "loading"
+end
+
 function M.setup()
   local group = vim.api.nvim_create_augroup("exlsp_status", { clear = true })
   vim.api.nvim_create_autocmd("LspProgress", {
@@ -113,12 +133,8 @@ function M.setup()
       if not client or client.name ~= server.name or type(value) ~= "table" then
         return
       end
-      if value.kind == "end" then
-        loading = ""
-      elseif value.title or value.percentage then
-        loading = (value.title or "")
-          .. (value.percentage and (" " .. value.percentage .. "%") or "")
-      end
+      loading = M.loading_text(value) or loading
+      vim.cmd.redrawstatus()
     end,
   })
 end

@@ -16,6 +16,7 @@ describe("statusBarText", () => {
 
   it("shows loading with its progress, busy with a spinner, errors plainly", () => {
     assert.equal(statusBarText({ state: "loading", loadingPercent: 40 }).text, "$(loading~spin) exlsp: loading 40%");
+    assert.equal(statusBarText({ state: "loading", message: "3s" }).text, "$(loading~spin) exlsp: loading 3s");
     assert.equal(statusBarText({ state: "busy", model: "tiny" }).text, "$(sync~spin) tiny");
     const error = statusBarText({ state: "error", message: "model folder not found: x" });
     assert.equal(error.text, "$(error) exlsp: error");
