@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine import Engine
-from engine.request import SamplingParams
+from engine.request import Priority, SamplingParams
 from tests.tiny_models import make_tiny_checkpoint
 
 BS = 16
@@ -168,6 +168,43 @@ def test_cancel_stops_generation_and_returns_every_block(engine):
     handle.cancel()  # after completion: a no-op
     assert engine.stats()["num_free_blocks"] == 128
     assert engine.generate(ids, max_new_tokens=2).finish_reason in ("length", "eos")
+
+
+def test_many_requests_with_cancellations_from_several_threads_all_finish(checkpoint):
+    import random
+
+    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=24, max_batch_size=4,
+                prefill_chunk_tokens=32) as e:  # fmt: skip
+        shared = prompt_ids(e, 40, seed=30)
+        handles = []
+        lock = threading.Lock()
+
+        def worker(seed):
+            rng = random.Random(seed)
+            for _ in range(6):
+                ids = shared[: rng.randint(1, 40)] + prompt_ids(
+                    e, rng.randint(1, 30), seed=rng.randint(0, 99)
+                )
+                h = e.submit(ids, max_new_tokens=rng.randint(1, 20), ignore_eos=True,
+                             priority=rng.choice(list(Priority)))  # fmt: skip
+                with lock:
+                    handles.append((h, ids))
+                if rng.random() < 0.5:
+                    h.cancel()
+
+        threads = [threading.Thread(target=worker, args=(s,)) for s in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        results = [(h.result(timeout=60), ids) for h, ids in handles]
+        assert len(results) == 18
+        assert {r.finish_reason for r, _ in results} <= {"length", "cancelled"}
+        for r, ids in results:  # shared prefixes, preemption and cancellations changed no output
+            if r.finish_reason == "length":
+                assert r.token_ids == reference_greedy(e.model, ids, len(r.token_ids))
+        stats = e.stats()
+        assert stats["num_free_blocks"] == 24 and stats["num_running"] == stats["num_waiting"] == 0
 
 
 def test_deadline_returns_what_it_has(engine):
