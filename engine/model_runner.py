@@ -57,6 +57,8 @@ class ModelRunner:
         c = self.config
         shape = (c.num_layers, 2, num_cache_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # Widest block table a sequence can need: a captured decode graph can size its buffers by it.
+        self.max_blocks_per_seq = min(num_cache_blocks, -(-c.max_position_embeddings // block_size))
         self._generators: dict[int, torch.Generator] = {}  # request_id -> its seeded random stream
 
     @torch.inference_mode()
@@ -96,7 +98,7 @@ class ModelRunner:
         if attn.is_decode:
             hidden = self._run_decode(ids_t, pos_t, attn)
         else:
-            hidden = self.model.forward_paged(ids_t, pos_t, attn, self.kv_cache)  # (T, H)
+            hidden = self._run_prefill(ids_t, pos_t, attn)  # (T, H)
 
         rows = [i for i, item in enumerate(scheduled) if item.samples]
         if not rows:
@@ -128,6 +130,21 @@ class ModelRunner:
             except RuntimeError as exc:  # capture failed: eager decode from now on
                 graphs.disabled_reason = str(exc)
                 log.warning("CUDA graph decode disabled: %s", exc)
+        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache)
+
+    def _run_prefill(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
+    ) -> torch.Tensor:
+        """A few new tokens (a keystroke after a cached prefix) go through the decode graphs as
+        one-token sequences (engine/cuda_graph.py); longer prefills run eagerly."""
+        graphs = self._decode_graphs()
+        num_tokens = input_ids.shape[0]
+        if graphs is not None and num_tokens <= graphs.buckets[-1]:
+            from engine.cuda_graph import token_level_metadata
+
+            token_attn = token_level_metadata(attn, num_tokens)
+            if graphs.can_run(token_attn):
+                return self._run_decode(input_ids, positions, token_attn)
         return self.model.forward_paged(input_ids, positions, attn, self.kv_cache)
 
     def _decode_graphs(self):
