@@ -1,4 +1,4 @@
-"""The decode step captured as CUDA graphs, one per batch-size bucket (1, 2, 4, 8).
+"""The decode step captured as CUDA graphs, one per batch-size bucket (1, 2, 4, 8, 16).
 
 A decode step launches a few hundred small kernels; replaying a graph turns them into one launch,
 so the CPU no longer paces the GPU. Graphs read their inputs from static buffers: each step copies
@@ -9,6 +9,11 @@ kernels read and write nothing for them).
 The attention metadata captured in a graph carries the longest context the graph will see
 (`max_seq_len`), so the decode attention kernel's partition grid covers it; partitions past a
 sequence's real length exit at once.
+
+A short prefill (a few new tokens after a cached prefix: the keystroke case) runs through the same
+graphs: `token_level_metadata` turns T new tokens of any sequences into T one-token "sequences",
+each attending to its own causal prefix (its K/V and its predecessors' are written in the same
+layer before attention), which is exactly causal prefill attention.
 
 Requires the CUDA ops (engine/ops/cuda.py): the reference ops synchronize with the host and cannot
 be captured. Capture happens lazily, the first time a bucket is needed.
@@ -25,7 +30,7 @@ from engine.attention_metadata import AttentionMetadata
 
 log = logging.getLogger(__name__)
 
-BUCKETS = (1, 2, 4, 8)
+BUCKETS = (1, 2, 4, 8, 16)
 
 # step(input_ids (B,), positions (B,), attn) -> any tensor whose first axis is the batch
 StepFn = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
@@ -124,6 +129,27 @@ class DecodeGraphs:
         self._graphs[bucket] = (graph, out)
         log.info("captured the decode step for batch bucket %d", bucket)
         return graph, out
+
+
+def token_level_metadata(attn: AttentionMetadata, num_tokens: int) -> AttentionMetadata:
+    """The new tokens of a prefill step as one-token sequences: token j of a sequence with L tokens
+    after this step and n new ones becomes a sequence of length L - n + 1 + j with the same block
+    table. Device ops only (no host sync); num_tokens is the host's count of new tokens."""
+    device = attn.seq_lens.device
+    query_lens = attn.query_start_loc[1:] - attn.query_start_loc[:-1]  # (S,)
+    seq_of_token = torch.repeat_interleave(
+        torch.arange(attn.num_seqs, device=device), query_lens, output_size=num_tokens
+    )  # (T,)
+    tokens_after = attn.query_start_loc[1:][seq_of_token] - 1 - torch.arange(num_tokens, device=device)
+    return AttentionMetadata(
+        query_start_loc=torch.arange(num_tokens + 1, dtype=torch.int32, device=device),
+        seq_lens=(attn.seq_lens[seq_of_token] - tokens_after).to(torch.int32),
+        block_tables=attn.block_tables.index_select(0, seq_of_token),
+        slot_mapping=attn.slot_mapping,
+        max_query_len=1,
+        max_seq_len=attn.max_seq_len,
+        block_size=attn.block_size,
+    )
 
 
 def graphs_supported(config) -> bool:

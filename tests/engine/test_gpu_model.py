@@ -52,14 +52,17 @@ def test_cuda_logits_match_the_cpu_reference(tmp_path, kernels, case, seq_len):
     family, kwargs, overrides = case
     folder = make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides)
     ref_model = engine.load_model(folder, device="cpu", dtype=torch.float32)
-    ids = torch.randint(0, ref_model.config.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        0, ref_model.config.vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(1)
+    )
     ref = ref_model(ids)
     out = engine.load_model(folder, device="cuda", dtype=torch.float16)(ids.cuda())
     assert rel_err(out.cpu(), ref) <= 1e-2
 
 
+@pytest.mark.parametrize("prompt_len", [40, 12], ids=["eager-prefill", "graph-prefill"])  # <= 16: graphs
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case):
+def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case, prompt_len):
     """Greedy decoding on the GPU picks, at each of the first 32 steps, the token the float32 CPU
     model ranks first given the same history. Where the CPU model's top two logits are closer than
     fp16 noise (a near tie in a random model; fp16 activations move these logits by up to ~3%)
@@ -68,7 +71,7 @@ def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case):
     folder = make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides)
     ref = engine.load_model(folder, device="cpu", dtype=torch.float32)
     gen = torch.Generator().manual_seed(2)
-    prompt = torch.randint(0, ref.config.vocab_size, (40,), generator=gen).tolist()
+    prompt = torch.randint(0, ref.config.vocab_size, (prompt_len,), generator=gen).tolist()
     with engine.Engine(folder, device="cuda", dtype=torch.float16, cache_tokens=2048) as eng:
         result = eng.generate(prompt, max_new_tokens=NUM_TOKENS, temperature=0.0, ignore_eos=True)
     tokens = result.token_ids

@@ -114,3 +114,18 @@ def test_prefill_attention_matches_reference(case, dtype):
     q = torch.randn((sum(query_lens), hq, d), generator=generator(2), device="cuda").to(dtype)
     ref = reference.paged_attention(q, cache, attn, d**-0.5, window)
     assert rel_err(cuda.paged_attention(q, cache, attn, d**-0.5, window), ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("case", ["suffix-after-cached-prefix", "mixed-decode-and-prefill", "sliding-window"])
+def test_prefill_as_one_token_sequences_matches_reference(case):
+    """The graph path of short prefills: new tokens as one-token sequences through the decode kernel."""
+    from engine.cuda_graph import token_level_metadata
+    from engine.ops import cuda
+
+    exlsp_ops()
+    seq_lens, query_lens, hq, hkv, d, window = PREFILL_CASES[case]
+    cache, attn = paged_batch(seq_lens, query_lens, hkv, d, torch.float16, seed=3 + sum(query_lens))
+    q = torch.randn((sum(query_lens), hq, d), generator=generator(4), device="cuda").half()
+    ref = reference.paged_attention(q, cache, attn, d**-0.5, window)
+    tokens = token_level_metadata(attn, q.shape[0])
+    assert rel_err(cuda.paged_attention(q, cache, tokens, d**-0.5, window), ref) <= REL_TOL

@@ -38,8 +38,8 @@ def test_partition_size_grows_only_past_the_partition_cap(max_seq_len, size):
 
 
 def test_batch_buckets():
-    assert BUCKETS == (1, 2, 4, 8)
-    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, None]
+    assert BUCKETS == (1, 2, 4, 8, 16)
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, None]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answers")
@@ -57,3 +57,26 @@ def test_exlsp_bench_without_cuda_exits_with_a_message(capsys):
 
     assert main(["bench", "--quick"]) == 1
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_token_level_metadata_turns_new_tokens_into_one_token_sequences():
+    from engine.attention_metadata import AttentionMetadata
+    from engine.cuda_graph import token_level_metadata
+
+    # sequence 0: 10 tokens after this step, 3 new; sequence 1: a decode token at length 5
+    attn = AttentionMetadata(
+        query_start_loc=torch.tensor([0, 3, 4], dtype=torch.int32),
+        seq_lens=torch.tensor([10, 5], dtype=torch.int32),
+        block_tables=torch.tensor([[7, 2, 9], [4, 0, 0]], dtype=torch.int32),
+        slot_mapping=torch.tensor([30, 31, 32, 17]),
+        max_query_len=3,
+        max_seq_len=10,
+        block_size=4,
+    )
+    tokens = token_level_metadata(attn, 4)
+    assert tokens.is_decode and tokens.num_seqs == 4
+    assert tokens.seq_lens.tolist() == [8, 9, 10, 5]
+    assert tokens.block_tables.tolist() == [[7, 2, 9], [7, 2, 9], [7, 2, 9], [4, 0, 0]]
+    assert tokens.query_start_loc.tolist() == [0, 1, 2, 3, 4]
+    assert tokens.slot_mapping.tolist() == [30, 31, 32, 17]
+    assert tokens.seq_lens.dtype == torch.int32
