@@ -36,16 +36,19 @@ def run(args: argparse.Namespace) -> int:
         from engine import ops
 
         report = getattr(ops, "backend_report", None)
-        ok &= _line(True, "kernels", str(report()) if report else "backend report not available")
+        ok &= _line(
+            True, "kernels", _describe_backends(report()) if report else "backend report not available"
+        )
     except Exception as exc:
         ok &= _line(False, "kernels", f"{type(exc).__name__}: {exc}")
 
     from exlsp.prompt import detect_fim, fim_status
-    from exlsp.server import open_engine
+    from exlsp.server import open_engine, resolve_model_path
 
     started = time.perf_counter()
     try:
-        engine = open_engine(args.model, device=args.device)
+        path = resolve_model_path(args.model)
+        engine = open_engine(str(path), device=args.device)
     except Exception as exc:
         _line(False, "model", f"{type(exc).__name__}: {exc}")
         _line(False, "fim", "no model to check")
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         ok &= _line(
             result.finish_reason != "error",
             "model",
-            f"{getattr(engine, 'model_path', args.model)} on {engine.device} loaded in {seconds:.1f}s, "
+            f"{path} on {engine.device} loaded in {seconds:.1f}s, "
             f"generated {len(result.token_ids)} tokens ({result.finish_reason})",
         )
         template = detect_fim(engine.tokenizer)
@@ -64,3 +67,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     return 0 if ok else 1
+
+
+def _describe_backends(report) -> str:
+    """{"rms_norm": "cuda", "paged_attention": "reference", ...} -> "cuda: rms_norm; reference: ..."."""
+    if not isinstance(report, dict):
+        return str(report)
+    by_backend: dict[str, list[str]] = {}
+    for op, backend in report.items():
+        by_backend.setdefault(str(backend), []).append(op)
+    return "; ".join(f"{backend}: {', '.join(ops)}" for backend, ops in sorted(by_backend.items()))
