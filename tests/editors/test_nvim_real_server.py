@@ -1,7 +1,8 @@
 """The Neovim plugin end to end: a real headless Neovim 0.11 runs the real `exlsp serve` on a tiny
 model built here (tests/editors/scripted_model.py), whose greedy output is known: after the FIM
 prompt it writes "urn value", after a chat prompt "Fibonacci numbers grow fast.". So typing "ret" on
-a new line must show the ghost text "urn value" that the whole server pipeline produced."""
+a new line must show the ghost text "urn value" that the whole server pipeline produced, and chat and
+the explain code action must show the chat answer."""
 
 from __future__ import annotations
 
@@ -127,3 +128,18 @@ def test_checkhealth_sees_the_loaded_model_and_its_fim_tokens(nvim, serve):
     report = "\n".join(nvim.lines())
     assert "OK model loaded:" in report
     assert "OK fill-in-the-middle: qwen template" in report
+
+
+def test_explain_code_action_resolves_lazily_and_shows_the_answer_document(nvim, serve):
+    serve()
+    # Select the first line and apply the server's "Explain" action, as `gra` would.
+    nvim.input("ggV")
+    nvim.wait_for("vim.fn.mode() == 'V'")
+    nvim.lua(
+        "vim.lsp.buf.code_action({ apply = true, filter = function(a) return a.title:find('Explain') ~= nil end })"
+    )
+    nvim.wait_for(
+        f"vim.api.nvim_buf_get_name(0):find('explain%-') ~= nil and vim.api.nvim_get_current_line() == '{CHAT_ANSWER}'",
+        60,
+        "the explanation document",
+    )
