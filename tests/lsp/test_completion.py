@@ -190,7 +190,7 @@ async def test_a_newer_request_for_the_document_cancels_the_older_one(client, wo
 
 
 async def test_the_time_budget_ends_a_long_generation_with_what_it_has(client, workspace):
-    await harness.set_settings(client, maxTokens=3000, timeBudgetMs=1000)
+    await harness.set_settings(client, maxTokens=3000, timeBudgetMs=1500)
     try:
         uri = (workspace / "budget.py").as_uri()
         harness.open_doc(client, uri, SOURCE)
@@ -199,7 +199,7 @@ async def test_the_time_budget_ends_a_long_generation_with_what_it_has(client, w
         loop = asyncio.get_running_loop()
         started = loop.time()
         items = await harness.inline(client, uri, line, character)
-        assert loop.time() - started < 4
+        assert loop.time() - started < 6
         after = await harness.status(client)
         assert 0 < after["engine"]["generated_tokens"] - before["engine"]["generated_tokens"] < 3000
         assert len(items) == 1
