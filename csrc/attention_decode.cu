@@ -29,149 +29,158 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   extern __shared__ float scores[];  // (G, partition_size)
   __shared__ float reduce_buf[kWarps][G][D];
 
-  const int kv_head = blockIdx.x, seq = blockIdx.y, part = blockIdx.z;
+  const int kv_head = blockIdx.x, part = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int lane_in_token = lane % kLanesPerToken;
   const int P = a.partition_size;
 
-  const int seq_len = a.seq_lens[seq];
-  const int start = part * P;
-  const int end = min(seq_len, start + P);
-  const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
-  const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
-  if (start >= end || end <= window_lo) {
-    if (threadIdx.x < G) {
-      a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
-      a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
-    }
-    return;
-  }
-  const int n = end - start;
+  // A block serves queries_per_block consecutive sequences one after the other: when they are the
+  // new tokens of one prompt (short prefill as one-token sequences) they share the partition's K/V,
+  // and every pass after the first reads it from L1 instead of memory.
+  for (int qi = 0; qi < a.queries_per_block; ++qi) {
+    const int seq = blockIdx.y * a.queries_per_block + qi;
+    if (seq >= a.num_seqs) break;
 
-  const T* cache = static_cast<const T*>(a.kv_cache);
-  const size_t v_offset = (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
-  const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
-  auto vec_offset = [&](int t) -> size_t {
-    const int blk = block_table[t / a.block_size];
-    return (((size_t)blk * a.block_size + t % a.block_size) * a.num_kv_heads + kv_head) * D + lane_in_token * 8;
-  };
-
-  // q of the group's heads, this lane's 8 dims, pre-scaled.
-  float qf[G][8];
-  const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    load8_as_float(q + g * D + lane_in_token * 8, qf[g]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
-  }
-
-  // Phase 1: scores = q . k for every token of the partition. The loop bound is uniform per warp
-  // (the shuffles below need all 32 lanes); lanes past the end compute on nothing and store nothing.
-  const int lane_token = lane / kLanesPerToken;
-  for (int it = start + warp * kTokensPerWarp; it < end; it += kTokenGroups * kUnroll) {
-    uint4 kraw[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = it + lane_token + u * kTokenGroups;
-      kraw[u] = t < end ? *reinterpret_cast<const uint4*>(cache + vec_offset(t)) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = it + lane_token + u * kTokenGroups;
-      const T* kv = reinterpret_cast<const T*>(&kraw[u]);
-      float dot[G];
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        dot[g] = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], to_float(kv[j]), dot[g]);
-#pragma unroll
-        for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+    const int seq_len = a.seq_lens[seq];
+    const int start = part * P;
+    const int end = min(seq_len, start + P);
+    const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
+    const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
+    if (start >= end || end <= window_lo) {
+      if (threadIdx.x < G) {
+        a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
+        a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
       }
-      if (lane_in_token == 0 && t < end) {
+      continue;  // uniform across the block
+    }
+    const int n = end - start;
+
+    const T* cache = static_cast<const T*>(a.kv_cache);
+    const size_t v_offset = (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
+    const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
+    auto vec_offset = [&](int t) -> size_t {
+      const int blk = block_table[t / a.block_size];
+      return (((size_t)blk * a.block_size + t % a.block_size) * a.num_kv_heads + kv_head) * D + lane_in_token * 8;
+    };
+
+    // q of the group's heads, this lane's 8 dims, pre-scaled.
+    float qf[G][8];
+    const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
 #pragma unroll
-        for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
+    for (int g = 0; g < G; ++g) {
+      load8_as_float(q + g * D + lane_in_token * 8, qf[g]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
+    }
+
+    // Phase 1: scores = q . k for every token of the partition. The loop bound is uniform per warp
+    // (the shuffles below need all 32 lanes); lanes past the end compute on nothing and store nothing.
+    const int lane_token = lane / kLanesPerToken;
+    for (int it = start + warp * kTokensPerWarp; it < end; it += kTokenGroups * kUnroll) {
+      uint4 kraw[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = it + lane_token + u * kTokenGroups;
+        kraw[u] = t < end ? *reinterpret_cast<const uint4*>(cache + vec_offset(t)) : make_uint4(0, 0, 0, 0);
       }
-    }
-  }
-  __syncthreads();
-
-  // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
-  for (int g = warp; g < G; g += kWarps) {
-    float m = -FLT_MAX;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float l = 0.f;
-    for (int i = lane; i < n; i += 32) {
-      const float s = scores[g * P + i];
-      const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
-      scores[g * P + i] = p;
-      l += p;
-    }
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = it + lane_token + u * kTokenGroups;
+        const T* kv = reinterpret_cast<const T*>(&kraw[u]);
+        float dot[G];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
-    if (lane == 0) {
-      a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
-      a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
-    }
-  }
-  __syncthreads();
-
-  // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's tokens.
-  float acc[G][8];
+        for (int g = 0; g < G; ++g) {
+          dot[g] = 0.f;
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
+          for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], to_float(kv[j]), dot[g]);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-  }
-  for (int t0 = start + warp * kTokensPerWarp + lane / kLanesPerToken; t0 < end; t0 += kTokenGroups * kUnroll) {
-    uint4 vraw[kUnroll];
+          for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+        }
+        if (lane_in_token == 0 && t < end) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = t0 + u * kTokenGroups;
-      if (t < end) vraw[u] = *reinterpret_cast<const uint4*>(cache + v_offset + vec_offset(t));
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = t0 + u * kTokenGroups;
-      if (t >= end) break;
-      const T* vv = reinterpret_cast<const T*>(&vraw[u]);
-      float vf[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float p = scores[g * P + (t - start)];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
+          for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
+        }
       }
     }
-  }
-  // Sum over the token groups of a warp (lane bits above lane_in_token), then over warps.
+    __syncthreads();
+
+    // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
+    for (int g = warp; g < G; g += kWarps) {
+      float m = -FLT_MAX;
+      for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
+      for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      float l = 0.f;
+      for (int i = lane; i < n; i += 32) {
+        const float s = scores[g * P + i];
+        const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
+        scores[g * P + i] = p;
+        l += p;
+      }
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int off = kLanesPerToken; off < 32; off <<= 1) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], off);
+      for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+      if (lane == 0) {
+        a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
+        a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
+      }
     }
-  }
-  if (lane < kLanesPerToken) {
+    __syncthreads();
+
+    // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's tokens.
+    float acc[G][8];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) reduce_buf[warp][g][lane * 8 + j] = acc[g][j];
+      for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
     }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float sum = 0.f;
+    for (int t0 = start + warp * kTokensPerWarp + lane / kLanesPerToken; t0 < end; t0 += kTokenGroups * kUnroll) {
+      uint4 vraw[kUnroll];
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += reduce_buf[w][g][d];
-    a.tmp_out[(part_index + (size_t)g * a.num_partitions) * D + d] = sum;
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = t0 + u * kTokenGroups;
+        if (t < end) vraw[u] = *reinterpret_cast<const uint4*>(cache + v_offset + vec_offset(t));
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int t = t0 + u * kTokenGroups;
+        if (t >= end) break;
+        const T* vv = reinterpret_cast<const T*>(&vraw[u]);
+        float vf[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float p = scores[g * P + (t - start)];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
+        }
+      }
+    }
+    // Sum over the token groups of a warp (lane bits above lane_in_token), then over warps.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int off = kLanesPerToken; off < 32; off <<= 1) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], off);
+      }
+    }
+    if (lane < kLanesPerToken) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) reduce_buf[warp][g][lane * 8 + j] = acc[g][j];
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * D; i += kThreads) {
+      const int g = i / D, d = i % D;
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += reduce_buf[w][g][d];
+      a.tmp_out[(part_index + (size_t)g * a.num_partitions) * D + d] = sum;
+    }
+    __syncthreads();  // scores and reduce_buf are rewritten by the next query
   }
 }
 
@@ -220,7 +229,7 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
 
 template <typename T, int D>
 cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
-  dim3 grid(a.num_kv_heads, a.num_seqs, a.num_partitions);
+  dim3 grid(a.num_kv_heads, (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block, a.num_partitions);
   const size_t smem = sizeof(float) * G * a.partition_size;
   switch (G) {
 #define EXLSP_ATTN_CASE(GG)                                                                       \

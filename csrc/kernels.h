@@ -49,6 +49,7 @@ struct DecodeAttentionArgs {
   int num_blocks, block_size, max_blocks_per_seq;
   int partition_size, num_partitions;
   int sliding_window;  // 0: none
+  int queries_per_block;  // consecutive sequences one block serves in turn (sharing K/V through L1)
   float scale;
   int64_t q_stride_token;  // elements between consecutive tokens of q (heads * D when contiguous)
 };

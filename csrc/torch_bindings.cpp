@@ -189,6 +189,9 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
   a.partition_size = (int)partition_size;
   a.num_partitions = (int)P;
   a.sliding_window = (int)sliding_window;
+  // Many one-token sequences are a short prefill's tokens (engine/cuda_graph.py) or a big batch:
+  // 8 per block keeps >= 2 blocks per KV head and partition and reads each K/V chunk once per 8.
+  a.queries_per_block = S >= 16 ? 8 : 1;
   a.scale = (float)scale;
   a.q_stride_token = q.stride(0);
   const c10::cuda::CUDAGuard guard(q.device());

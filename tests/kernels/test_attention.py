@@ -57,6 +57,8 @@ DECODE_CASES = {
     "d64-mha": ([64, 65, 1000], 4, 4, 64, None),
     "gqa8-long": ([9000], 8, 1, 64, None),
     "sliding-window": ([40, 1500, 2100], 16, 4, 128, 100),
+    # 16+ sequences: each block serves 8 of them in turn (the short-prefill graph path's shape)
+    "twenty-sequences": ([1 + 97 * i for i in range(20)], 8, 2, 128, None),
 }
 
 
