@@ -58,6 +58,7 @@ class EvalResult:
     perplexity: float
     ppl_tokens: int
     fim_exact_match: float  # percent
+    fim_similarity: float  # percent: mean difflib ratio of shown vs hidden text (whitespace collapsed)
     fim_samples: int
     seconds: float
 
@@ -121,12 +122,18 @@ def fim_cursor(sample: FimSample):
     return Cursor(line_before=before, line_after="", following=following)
 
 
-def score_fim(sample: FimSample, raw_output: str) -> bool:
-    """The server's post-processing, then an exact match up to whitespace runs."""
+def score_fim(sample: FimSample, raw_output: str) -> tuple[bool, float]:
+    """The server's post-processing, then (exact match up to whitespace runs, similarity in [0, 1]).
+
+    The similarity (difflib's ratio) separates "nearly right" from "unrelated" where exact matches
+    are rare, as with small models."""
+    import difflib
+
     from exlsp.postprocess import postprocess
 
-    shown = postprocess(raw_output, fim_cursor(sample)) or ""
-    return normalize_whitespace(shown) == normalize_whitespace(sample.middle)
+    shown = normalize_whitespace(postprocess(raw_output, fim_cursor(sample)) or "")
+    hidden = normalize_whitespace(sample.middle)
+    return shown == hidden, difflib.SequenceMatcher(None, shown, hidden).ratio()
 
 
 def perplexity_windows(token_lists: Sequence[list[int]], config: EvalConfig) -> list[list[int]]:
@@ -210,7 +217,7 @@ def evaluate_model(
             engine.tokenizer, Budgets(config.fim_prefix_tokens, config.fim_suffix_tokens, 0)
         )
         samples = pick_fim_samples(texts, config)
-        hits = 0
+        hits, similarity = 0, 0.0
         if builder.template is not None:
             for index, sample in enumerate(samples):
                 prompt = builder.build(FimInput(sample.prefix, sample.suffix, 0, sample.path, "python"))
@@ -219,10 +226,14 @@ def evaluate_model(
                     max_new_tokens=config.max_new_tokens,
                     stop_token_ids=tuple(prompt.stop_token_ids),
                 )
-                hits += score_fim(sample, result.text)
+                exact, ratio = score_fim(sample, result.text)
+                hits += exact
+                similarity += ratio
                 if on_progress is not None:
                     on_progress("fim", index + 1, len(samples))
-        em = 100.0 * hits / len(samples) if samples and builder.template is not None else float("nan")
+        scored = bool(samples) and builder.template is not None
+        em = 100.0 * hits / len(samples) if scored else float("nan")
+        sim = 100.0 * similarity / len(samples) if scored else float("nan")
     finally:
         engine.close()
     return EvalResult(
@@ -230,6 +241,7 @@ def evaluate_model(
         perplexity=ppl,
         ppl_tokens=num_tokens,
         fim_exact_match=em,
+        fim_similarity=sim,
         fim_samples=len(samples) if builder.template is not None else 0,
         seconds=time.monotonic() - started,
     )

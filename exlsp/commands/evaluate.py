@@ -21,10 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_table(results: list[dict]) -> str:
-    rows = [("MODEL", "PPL", "TOKENS", "FIM EM %", "HOLES", "SECONDS")]
+    rows = [("MODEL", "PPL", "TOKENS", "FIM EM %", "FIM SIM %", "HOLES", "SECONDS")]
     for r in results:
-        em = "n/a (no FIM tokens)" if math.isnan(r["fim_exact_match"]) else f"{r['fim_exact_match']:.1f}"
-        rows.append((r["model"], f"{r['perplexity']:.3f}", str(r["ppl_tokens"]), em, str(r["fim_samples"]),
+        none = math.isnan(r["fim_exact_match"])
+        em = "n/a (no FIM tokens)" if none else f"{r['fim_exact_match']:.1f}"
+        sim = "n/a" if none else f"{r['fim_similarity']:.1f}"
+        rows.append((r["model"], f"{r['perplexity']:.3f}", str(r["ppl_tokens"]), em, sim, str(r["fim_samples"]),
                      f"{r['seconds']:.0f}"))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -89,11 +89,11 @@ def test_samples_are_spread_over_files() -> None:
 
 def test_scoring_applies_the_servers_post_processing_then_compares_modulo_whitespace() -> None:
     sample = FimSample("a.py", "def f(x):\n    ", "return x  +  1", "\n\nprint(f(2))\n", 1)
-    assert score_fim(sample, "return x + 1")
-    assert score_fim(sample, "return x + 1\n\nprint(f(2))\n")  # repeats the suffix: cut by post-processing
-    assert score_fim(sample, "return x + 1\ndef g():\n    pass")  # leaves the block: cut
-    assert not score_fim(sample, "return x + 2")
-    assert not score_fim(sample, "")
+    assert score_fim(sample, "return x + 1") == (True, 1.0)
+    assert score_fim(sample, "return x + 1\n\nprint(f(2))\n") == (True, 1.0)  # repeats the suffix: cut
+    assert score_fim(sample, "return x + 1\ndef g():\n    pass") == (True, 1.0)  # leaves the block: cut
+    assert score_fim(sample, "return x + 2") == (False, pytest.approx(22 / 24))  # 11 of 12 chars agree
+    assert score_fim(sample, "") == (False, 0.0)
     assert normalize_whitespace("  a\t b \n c ") == "a b c"
 
 
@@ -137,9 +137,23 @@ def test_exlsp_eval_prints_a_table_and_json(tmp_path, capsys, fim) -> None:
     assert math.isfinite(result["perplexity"]) and result["perplexity"] > 1.0  # random weights: large
     if fim:
         assert result["fim_samples"] == 2 and result["fim_exact_match"] in (0.0, 50.0, 100.0)
+        assert 0.0 <= result["fim_similarity"] <= 100.0
     else:
         assert result["fim_samples"] == 0 and math.isnan(result["fim_exact_match"])
+        assert math.isnan(result["fim_similarity"])
     assert main(["eval", str(src), "--fim-samples", "1", "--device", "cpu"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["MODEL", "PPL", "TOKENS", "FIM", "EM", "%", "HOLES", "SECONDS"]
+    assert table[0].split() == [
+        "MODEL",
+        "PPL",
+        "TOKENS",
+        "FIM",
+        "EM",
+        "%",
+        "FIM",
+        "SIM",
+        "%",
+        "HOLES",
+        "SECONDS",
+    ]
     assert ("n/a (no FIM tokens)" in table[1]) == (not fim)
