@@ -5,8 +5,9 @@ dtype on the model's device; [layer, 0] holds K and [layer, 1] holds V; slot = b
 
 A step packs the new tokens of every scheduled sequence along one axis (no padding), runs
 forward_paged, computes logits only for the last token of each sequence that samples this step,
-and samples. A step in which every sequence brings one token goes through `_run_decode`, the seam
-where CUDA-graph capture of the decode step plugs in (wrap or override it; same inputs, same output).
+and samples. A step in which every sequence brings one token goes through `_run_decode`, any other
+through `_run_prefill`: on CUDA both replay the per-bucket decode graphs of engine/cuda_graph.py when
+they can (short prefills as one-token rows), else run the model eagerly.
 """
 
 from __future__ import annotations
