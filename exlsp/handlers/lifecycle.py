@@ -81,6 +81,10 @@ def on_engine_done(ls, bridge: EngineBridge) -> None:
         ls.window_show_message(types.ShowMessageParams(type=types.MessageType.Error, message=message))
 
 
+def _model_label(ls) -> str:
+    return str(getattr(ls.engine_factory, "model_override", None) or ls.settings.model or "the default model")
+
+
 async def load_engine(ls, token: str = LOAD_TOKEN) -> None:
     """Start the engine thread and show its loading as work-done progress."""
     progress = _supports_progress(ls)
@@ -94,10 +98,14 @@ async def load_engine(ls, token: str = LOAD_TOKEN) -> None:
         ls.work_done_progress.begin(
             token,
             types.WorkDoneProgressBegin(
-                title="exlsp: loading model", message=ls.settings.model or "", cancellable=False
+                title="exlsp: loading model", message=_model_label(ls), cancellable=False
             ),
         )
     ls.bridge.start(lambda bridge: on_engine_done(ls, bridge))
+    if progress:
+        ls.work_done_progress.report(
+            token, types.WorkDoneProgressReport(message="importing torch, reading weights")
+        )
     while not await ls.bridge.wait_ready(timeout_s=1.0) and ls.bridge.state is EngineState.LOADING:
         if progress:
             ls.work_done_progress.report(

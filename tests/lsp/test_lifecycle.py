@@ -40,7 +40,8 @@ async def test_initialize_answers_before_the_engine_and_loading_shows_progress(c
 
         await asyncio.sleep(0.1)
         kinds = [p.kind for p in client.progress_reports["exlsp/load-model"]]
-        assert kinds[0] == "begin" and kinds[-1] == "end"
+        assert kinds[0] == "begin" and kinds[-1] == "end" and "report" in kinds
+        assert client.progress_reports["exlsp/load-model"][0].message == str(code_model)
         assert client.progress_reports["exlsp/load-model"][-1].message == "ready"
         assert any(m.message.startswith("exlsp: model ready in") for m in client.log_messages)
     finally:
