@@ -76,7 +76,6 @@ __global__ void __launch_bounds__(kThreads)
                       const T* __restrict__ residual, T* __restrict__ out, int K, int N, int group_size) {
   constexpr int kPerWord = 32 / BITS;
   constexpr int kSlices = kThreads / COL_THREADS;
-  constexpr int kSlicesPerWarp = 32 / COL_THREADS;
   constexpr int kColsPerBlock = kColsPerThread * COL_THREADS;
   constexpr int kWarps = kThreads / 32;
 
@@ -176,7 +175,6 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = 0; c < kColsPerThread; ++c) partial[warp][m][col_thread * kColsPerThread + c] = result[m][c];
     }
   }
-  (void)kSlicesPerWarp;
   __syncthreads();
   for (int t = threadIdx.x; t < M * kColsPerBlock; t += kThreads) {
     const int m = t / kColsPerBlock;

@@ -42,7 +42,8 @@ std::string to_str(at::IntArrayRef v) {
 Dtype model_dtype(const Tensor& t, const char* op) {
   if (t.scalar_type() == at::kHalf) return Dtype::kHalf;
   if (t.scalar_type() == at::kBFloat16) return Dtype::kBFloat16;
-  EXLSP_CHECK(false, "exlsp::%s: expected float16 or bfloat16, got %s", to_str(op).c_str(), to_str(t.scalar_type()).c_str());
+  EXLSP_CHECK(false,
+              "exlsp::%s: expected float16 or bfloat16, got %s", to_str(op).c_str(), to_str(t.scalar_type()).c_str());
   return Dtype::kHalf;  // unreachable
 }
 
@@ -53,12 +54,17 @@ void check_cuda(const Tensor& t, const char* op, const char* name) {
 
 void check_same(const Tensor& t, const Tensor& like, const char* op, const char* name) {
   check_cuda(t, op, name);
-  EXLSP_CHECK(t.scalar_type() == like.scalar_type(), "exlsp::%s: %s has dtype %s, expected %s", to_str(op).c_str(), to_str(name).c_str(), to_str(t.scalar_type()).c_str(), to_str(like.scalar_type()).c_str());
-  EXLSP_CHECK(t.device() == like.device(), "exlsp::%s: %s is on %s, expected %s", to_str(op).c_str(), to_str(name).c_str(), to_str(t.device()).c_str(), to_str(like.device()).c_str());
+  EXLSP_CHECK(t.scalar_type() == like.scalar_type(),
+              "exlsp::%s: %s has dtype %s, expected %s", to_str(op).c_str(), to_str(name).c_str(),
+              to_str(t.scalar_type()).c_str(), to_str(like.scalar_type()).c_str());
+  EXLSP_CHECK(t.device() == like.device(),
+              "exlsp::%s: %s is on %s, expected %s", to_str(op).c_str(), to_str(name).c_str(),
+              to_str(t.device()).c_str(), to_str(like.device()).c_str());
 }
 
 void check_launch(cudaError_t err, const char* op) {
-  EXLSP_CHECK(err == cudaSuccess, "exlsp::%s: kernel launch failed: %s", to_str(op).c_str(), to_str(cudaGetErrorString(err)).c_str());
+  EXLSP_CHECK(err == cudaSuccess,
+              "exlsp::%s: kernel launch failed: %s", to_str(op).c_str(), to_str(cudaGetErrorString(err)).c_str());
 }
 
 const void* opt_ptr(const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
@@ -70,18 +76,27 @@ std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor&
                                   const Tensor& out) {
   check_cuda(x, op, "x");
   EXLSP_CHECK(x.dim() == 2, "exlsp::%s: x must be (M, K), got %s", to_str(op).c_str(), to_str(x.sizes()).c_str());
-  EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::%s: bits must be 4 or 8, got %s", to_str(op).c_str(), to_str(bits).c_str());
+  EXLSP_CHECK(bits == 4 || bits == 8,
+              "exlsp::%s: bits must be 4 or 8, got %s", to_str(op).c_str(), to_str(bits).c_str());
   const int64_t M = x.size(0), K = x.size(1);
   check_cuda(qweight, op, "qweight");
   EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::%s: qweight must be int32", to_str(op).c_str());
   const int64_t N = qweight.size(1);
-  EXLSP_CHECK(qweight.size(0) * 32 / bits == K, "exlsp::%s: qweight %s does not pack K=%s at %s bits", to_str(op).c_str(), to_str(qweight.sizes()).c_str(), to_str(K).c_str(), to_str(bits).c_str());
-  EXLSP_CHECK(N % 4 == 0, "exlsp::%s: out_features must be a multiple of 4, got %s", to_str(op).c_str(), to_str(N).c_str());
-  EXLSP_CHECK(K % 8 == 0, "exlsp::%s: in_features must be a multiple of 8, got %s", to_str(op).c_str(), to_str(K).c_str());
-  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0, "exlsp::%s: bad group_size %s for K=%s", to_str(op).c_str(), to_str(group_size).c_str(), to_str(K).c_str());
+  EXLSP_CHECK(qweight.size(0) * 32 / bits == K,
+              "exlsp::%s: qweight %s does not pack K=%s at %s bits", to_str(op).c_str(),
+              to_str(qweight.sizes()).c_str(), to_str(K).c_str(), to_str(bits).c_str());
+  EXLSP_CHECK(N % 4 == 0,
+              "exlsp::%s: out_features must be a multiple of 4, got %s", to_str(op).c_str(), to_str(N).c_str());
+  EXLSP_CHECK(K % 8 == 0,
+              "exlsp::%s: in_features must be a multiple of 8, got %s", to_str(op).c_str(), to_str(K).c_str());
+  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
+              "exlsp::%s: bad group_size %s for K=%s", to_str(op).c_str(), to_str(group_size).c_str(),
+              to_str(K).c_str());
   check_same(scales, x, op, "scales");
   check_same(zeros, x, op, "zeros");
-  EXLSP_CHECK(scales.size(0) == K / group_size && scales.size(1) == N, "exlsp::%s: scales %s do not match (K/group_size, N)", to_str(op).c_str(), to_str(scales.sizes()).c_str());
+  EXLSP_CHECK(scales.size(0) == K / group_size && scales.size(1) == N,
+              "exlsp::%s: scales %s do not match (K/group_size, N)", to_str(op).c_str(),
+              to_str(scales.sizes()).c_str());
   EXLSP_CHECK(zeros.sizes() == scales.sizes(), "exlsp::%s: zeros must have the shape of scales", to_str(op).c_str());
   if (bias) {
     check_same(*bias, x, op, "bias");
@@ -89,10 +104,13 @@ std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor&
   }
   if (residual) {
     check_same(*residual, x, op, "residual");
-    EXLSP_CHECK(residual->size(0) == M && residual->size(1) == N, "exlsp::%s: residual must be (M, N)", to_str(op).c_str());
+    EXLSP_CHECK(residual->size(0) == M && residual->size(1) == N,
+                "exlsp::%s: residual must be (M, N)", to_str(op).c_str());
   }
   check_same(out, x, op, "out");
-  EXLSP_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N, "exlsp::%s: out must be (M, N) = (%s, %s), got %s", to_str(op).c_str(), to_str(M).c_str(), to_str(N).c_str(), to_str(out.sizes()).c_str());
+  EXLSP_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N,
+              "exlsp::%s: out must be (M, N) = (%s, %s), got %s", to_str(op).c_str(), to_str(M).c_str(),
+              to_str(N).c_str(), to_str(out.sizes()).c_str());
   return {M, K, N};
 }
 
@@ -117,7 +135,9 @@ void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales,
   const char* op = "quant_gemv_tc";
   const Dtype dtype = model_dtype(x, op);
   const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
-  EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size), "exlsp::quant_gemv_tc: needs K, N and group_size multiples of 32, got K=%s N=%s group_size=%s", to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
+  EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
+              "exlsp::quant_gemv_tc: needs K, N and group_size multiples of 32, got K=%s N=%s group_size=%s",
+              to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
   if (M == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
@@ -134,7 +154,8 @@ void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros
   EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
   EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got %s", to_str(bits).c_str());
   const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1);
-  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0, "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());
+  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
+              "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());
   check_cuda(scales, op, "scales");
   check_same(zeros, scales, op, "zeros");
   check_same(out, scales, op, "out");
@@ -151,24 +172,33 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
                             Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum) {
   const char* op = "paged_attention_decode";
   const Dtype dtype = model_dtype(q, op);
-  EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2), "exlsp::paged_attention_decode: q must be a CUDA (num_seqs, Hq, D) tensor with contiguous heads");
+  EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
+              "exlsp::paged_attention_decode: q must be a CUDA (num_seqs, Hq, D) tensor with contiguous heads");
   check_same(kv_cache_layer, q, op, "kv_cache_layer");
-  EXLSP_CHECK(kv_cache_layer.dim() == 5 && kv_cache_layer.size(0) == 2, "exlsp::paged_attention_decode: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D)");
+  EXLSP_CHECK(kv_cache_layer.dim() == 5 && kv_cache_layer.size(0) == 2,
+              "exlsp::paged_attention_decode: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D)");
   const int64_t S = q.size(0), Hq = q.size(1), D = q.size(2), Hkv = kv_cache_layer.size(3);
   EXLSP_CHECK(kv_cache_layer.size(4) == D, "exlsp::paged_attention_decode: head_dim of q and cache differ");
   EXLSP_CHECK(Hq % Hkv == 0, "exlsp::paged_attention_decode: Hq must be a multiple of Hkv");
-  EXLSP_CHECK(decode_attention_supports((int)D, (int)(Hq / Hkv)), "exlsp::paged_attention_decode: unsupported head_dim %s or group %s", to_str(D).c_str(), to_str(Hq / Hkv).c_str());
+  EXLSP_CHECK(decode_attention_supports((int)D, (int)(Hq / Hkv)),
+              "exlsp::paged_attention_decode: unsupported head_dim %s or group %s", to_str(D).c_str(),
+              to_str(Hq / Hkv).c_str());
   check_cuda(block_tables, op, "block_tables");
   check_cuda(seq_lens, op, "seq_lens");
-  EXLSP_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt, "exlsp::paged_attention_decode: block_tables and seq_lens must be int32");
-  EXLSP_CHECK(block_tables.size(0) >= S && seq_lens.size(0) >= S, "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
-  EXLSP_CHECK(partition_size > 0 && partition_size <= 512 && partition_size % 8 == 0, "exlsp::paged_attention_decode: partition_size must be in (0, 512] and a multiple of 8");
+  EXLSP_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
+              "exlsp::paged_attention_decode: block_tables and seq_lens must be int32");
+  EXLSP_CHECK(block_tables.size(0) >= S && seq_lens.size(0) >= S,
+              "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
+  EXLSP_CHECK(partition_size > 0 && partition_size <= 512 && partition_size % 8 == 0,
+              "exlsp::paged_attention_decode: partition_size must be in (0, 512] and a multiple of 8");
   check_same(out, q, op, "out");
   EXLSP_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
   const int64_t P = tmp_max.size(-1);
   EXLSP_CHECK(tmp_out.scalar_type() == at::kFloat && tmp_max.scalar_type() == at::kFloat &&
-                  tmp_sum.scalar_type() == at::kFloat, "exlsp::paged_attention_decode: scratch tensors must be float32");
-  EXLSP_CHECK(tmp_out.numel() >= S * Hq * P * D && tmp_max.numel() >= S * Hq * P && tmp_sum.numel() >= S * Hq * P, "exlsp::paged_attention_decode: scratch tensors too small");
+                  tmp_sum.scalar_type() == at::kFloat,
+              "exlsp::paged_attention_decode: scratch tensors must be float32");
+  EXLSP_CHECK(tmp_out.numel() >= S * Hq * P * D && tmp_max.numel() >= S * Hq * P && tmp_sum.numel() >= S * Hq * P,
+              "exlsp::paged_attention_decode: scratch tensors too small");
   if (S == 0) return;
   DecodeAttentionArgs a{};
   a.q = q.data_ptr();
@@ -204,7 +234,8 @@ void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tens
   const Dtype dtype = model_dtype(x, op);
   check_cuda(x, op, "x");
   const int64_t H = x.size(-1), T = x.numel() / H;
-  EXLSP_CHECK(H % 8 == 0 && H <= 8192, "exlsp::rms_norm: hidden size must be a multiple of 8 and <= 8192, got %s", to_str(H).c_str());
+  EXLSP_CHECK(H % 8 == 0 && H <= 8192,
+              "exlsp::rms_norm: hidden size must be a multiple of 8 and <= 8192, got %s", to_str(H).c_str());
   check_same(weight, x, op, "weight");
   EXLSP_CHECK(weight.numel() == H, "exlsp::rms_norm: weight must have %s elements", to_str(H).c_str());
   if (residual) {
@@ -226,8 +257,11 @@ void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tens
 }
 
 void check_heads(const Tensor& t, const Tensor& like, const char* op, const char* name) {
-  EXLSP_CHECK(t.is_cuda() && t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2), "exlsp::%s: %s must be a CUDA (T, heads, D) tensor with contiguous heads (views of a fused qkv are fine)", to_str(op).c_str(), to_str(name).c_str());
-  EXLSP_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "exlsp::%s: %s must share dtype and device with the others", to_str(op).c_str(), to_str(name).c_str());
+  EXLSP_CHECK(t.is_cuda() && t.dim() == 3 && t.stride(2) == 1 && t.stride(1) == t.size(2),
+              "exlsp::%s: %s must be a CUDA (T, heads, D) tensor with contiguous heads (views of a fused qkv are fine)",
+              to_str(op).c_str(), to_str(name).c_str());
+  EXLSP_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(),
+              "exlsp::%s: %s must share dtype and device with the others", to_str(op).c_str(), to_str(name).c_str());
 }
 
 // The one entry of the rotary / K-V write kernel; q, q_out, k_out or the cache may be absent.
@@ -247,16 +281,22 @@ void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tens
   a.apply_rotary = q != nullptr;
   if (q) {
     check_heads(*q, k, op, "q");
-    EXLSP_CHECK(q->size(0) == T && q->size(2) == D, "exlsp::%s: q %s and k %s disagree", to_str(op).c_str(), to_str(q->sizes()).c_str(), to_str(k.sizes()).c_str());
+    EXLSP_CHECK(q->size(0) == T && q->size(2) == D,
+                "exlsp::%s: q %s and k %s disagree", to_str(op).c_str(), to_str(q->sizes()).c_str(),
+                to_str(k.sizes()).c_str());
     check_same(*q_out, k, op, "q_out");
     check_same(*k_out, k, op, "k_out");
-    EXLSP_CHECK(q_out->sizes() == q->sizes() && k_out->sizes() == k.sizes(), "exlsp::%s: q_out/k_out must have the shapes of q/k", to_str(op).c_str());
+    EXLSP_CHECK(q_out->sizes() == q->sizes() && k_out->sizes() == k.sizes(),
+                "exlsp::%s: q_out/k_out must have the shapes of q/k", to_str(op).c_str());
     check_cuda(*positions, op, "positions");
-    EXLSP_CHECK(positions->scalar_type() == at::kLong && positions->numel() == T, "exlsp::%s: positions must be int64 (T,)", to_str(op).c_str());
+    EXLSP_CHECK(positions->scalar_type() == at::kLong && positions->numel() == T,
+                "exlsp::%s: positions must be int64 (T,)", to_str(op).c_str());
     check_cuda(*cos_sin_cache, op, "cos_sin_cache");
-    EXLSP_CHECK(cos_sin_cache->dim() == 2 && cos_sin_cache->size(1) == D, "exlsp::%s: cos_sin_cache must be (max_pos, head_dim)", to_str(op).c_str());
+    EXLSP_CHECK(cos_sin_cache->dim() == 2 && cos_sin_cache->size(1) == D,
+                "exlsp::%s: cos_sin_cache must be (max_pos, head_dim)", to_str(op).c_str());
     a.cos_sin_is_float = cos_sin_cache->scalar_type() == at::kFloat;
-    EXLSP_CHECK(a.cos_sin_is_float || cos_sin_cache->scalar_type() == k.scalar_type(), "exlsp::%s: cos_sin_cache must be float32 or the model dtype", to_str(op).c_str());
+    EXLSP_CHECK(a.cos_sin_is_float || cos_sin_cache->scalar_type() == k.scalar_type(),
+                "exlsp::%s: cos_sin_cache must be float32 or the model dtype", to_str(op).c_str());
     a.q = q->data_ptr();
     a.q_stride_token = q->stride(0);
     a.num_q_heads = (int)q->size(1);
@@ -267,12 +307,16 @@ void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tens
   }
   if (kv_cache_layer) {
     check_heads(*v, k, op, "v");
-    EXLSP_CHECK(v->size(0) == T && v->size(1) == Hkv && v->size(2) == D, "exlsp::%s: v must have k's shape", to_str(op).c_str());
+    EXLSP_CHECK(v->size(0) == T && v->size(1) == Hkv && v->size(2) == D,
+                "exlsp::%s: v must have k's shape", to_str(op).c_str());
     check_same(*kv_cache_layer, k, op, "kv_cache_layer");
     EXLSP_CHECK(kv_cache_layer->dim() == 5 && kv_cache_layer->size(0) == 2 && kv_cache_layer->size(3) == Hkv &&
-                    kv_cache_layer->size(4) == D, "exlsp::%s: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D), got %s", to_str(op).c_str(), to_str(kv_cache_layer->sizes()).c_str());
+                    kv_cache_layer->size(4) == D,
+                "exlsp::%s: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D), got %s", to_str(op).c_str(),
+                to_str(kv_cache_layer->sizes()).c_str());
     check_cuda(*slot_mapping, op, "slot_mapping");
-    EXLSP_CHECK(slot_mapping->scalar_type() == at::kLong && slot_mapping->numel() == T, "exlsp::%s: slot_mapping must be int64 (T,)", to_str(op).c_str());
+    EXLSP_CHECK(slot_mapping->scalar_type() == at::kLong && slot_mapping->numel() == T,
+                "exlsp::%s: slot_mapping must be int64 (T,)", to_str(op).c_str());
     a.v = v->data_ptr();
     a.v_stride_token = v->stride(0);
     a.kv_cache = kv_cache_layer->data_ptr();
@@ -305,7 +349,8 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
   const Dtype dtype = model_dtype(x, op);
   check_cuda(x, op, "x");
   const int64_t I2 = x.size(-1), M = x.numel() / I2;
-  EXLSP_CHECK(I2 % 16 == 0, "exlsp::silu_and_mul: last dim must be 2 * I with I a multiple of 8, got %s", to_str(I2).c_str());
+  EXLSP_CHECK(I2 % 16 == 0,
+              "exlsp::silu_and_mul: last dim must be 2 * I with I a multiple of 8, got %s", to_str(I2).c_str());
   check_same(out, x, op, "out");
   EXLSP_CHECK(out.numel() == M * I2 / 2, "exlsp::silu_and_mul: out must be (M, I)");
   const c10::cuda::CUDAGuard guard(x.device());
@@ -329,7 +374,9 @@ TORCH_LIBRARY(exlsp, m) {
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, Tensor(a!) out, Tensor(b!) tmp_out, Tensor(c!) tmp_max, "
       "Tensor(d!) tmp_sum) -> ()");
-  m.def("rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out) -> ()");
+  m.def(
+      "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out) "
+      "-> ()");
   m.def(
       "rotary(Tensor q, Tensor k, Tensor positions, Tensor cos_sin_cache, Tensor(a!) q_out, Tensor(b!) k_out) -> ()");
   m.def("write_kv(Tensor k, Tensor v, Tensor(a!) kv_cache_layer, Tensor slot_mapping) -> ()");
