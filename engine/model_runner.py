@@ -82,30 +82,38 @@ class ModelRunner:
             seq_lens.append(item.end)
             block_tables.append(block_manager.block_table(rid))
         width = max(len(t) for t in block_tables)
-        dev = self.device
+        rows = [i for i, item in enumerate(scheduled) if item.samples]
+        last_token_index = [query_start_loc[i + 1] - 1 for i in rows]
+        # One host -> device copy for all of the step's integers (each copy is a sync), then views:
+        # [input_ids T | positions T | slot_mapping T | query_start_loc S+1 | seq_lens S |
+        #  block_tables S*width (padded with 0) | last_token_index R]
+        packed = input_ids + positions + slot_mapping + query_start_loc + seq_lens
+        for t in block_tables:
+            packed += t
+            packed += [0] * (width - len(t))
+        packed += last_token_index
+        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t = torch.tensor(
+            packed, dtype=torch.int64, device=self.device
+        ).split(
+            [len(input_ids)] * 3 + [len(query_start_loc), len(seq_lens), len(block_tables) * width, len(rows)]
+        )
         attn = AttentionMetadata(
-            query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.tensor(
-                [t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32, device=dev
-            ),  # (num_seqs, width), padded with 0
-            slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64, device=dev),
+            query_start_loc=qsl_t.to(torch.int32),
+            seq_lens=lens_t.to(torch.int32),
+            block_tables=tables_t.to(torch.int32).view(len(block_tables), width),
+            slot_mapping=slots_t,
             max_query_len=max(item.num_tokens for item in scheduled),
             max_seq_len=max(seq_lens),
             block_size=self.block_size,
         )
-        ids_t = torch.tensor(input_ids, dtype=torch.int64, device=dev)  # (T,)
-        pos_t = torch.tensor(positions, dtype=torch.int64, device=dev)  # (T,)
         if attn.is_decode:
             hidden = self._run_decode(ids_t, pos_t, attn)
         else:
             hidden = self._run_prefill(ids_t, pos_t, attn)  # (T, H)
 
-        rows = [i for i, item in enumerate(scheduled) if item.samples]
         if not rows:
             return [None] * len(scheduled)
-        last = torch.tensor([query_start_loc[i + 1] - 1 for i in rows], device=dev)
-        logits = self.model.compute_logits(hidden[last])  # (R, V) float32
+        logits = self.model.compute_logits(hidden[last_t])  # (R, V) float32
         seqs = [scheduled[i].seq for i in rows]
         params = [s.params for s in seqs]
         needs_history = any(p.repetition_penalty != 1.0 for p in params)
