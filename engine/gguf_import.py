@@ -62,7 +62,9 @@ def hf_tensor_name(gguf_name: str, arch: str) -> str:
     parts = stem.split(".")
     if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_NAMES:
         return f"model.layers.{parts[1]}.{_BLOCK_NAMES[parts[2]]}.{suffix}"
-    raise GgufImportError(f"tensor {gguf_name} of architecture {arch!r} has no known equivalent; not supported")
+    raise GgufImportError(
+        f"tensor {gguf_name} of architecture {arch!r} has no known equivalent; not supported"
+    )
 
 
 def unpermute_rows(w: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -95,7 +97,9 @@ def vocab_from_metadata(meta: dict[str, Any]) -> GgufVocab:
     )
 
 
-def model_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, eos_ids: list[int], dtype: str) -> dict:
+def model_config(
+    meta: dict[str, Any], tensor_names: set[str], vocab_size: int, eos_ids: list[int], dtype: str
+) -> dict:
     arch = meta["general.architecture"]
     key = lambda name, default=None: meta.get(f"{arch}.{name}", default)
     hidden = int(key("embedding_length"))
@@ -126,7 +130,11 @@ def model_config(meta: dict[str, Any], tensor_names: set[str], vocab_size: int, 
         config["rope_scaling"] = {
             "rope_type": scaling,
             "factor": float(key("rope.scaling.factor", 1.0)),
-            **({"original_max_position_embeddings": int(v)} if (v := key("rope.scaling.original_context_length")) else {}),
+            **(
+                {"original_max_position_embeddings": int(v)}
+                if (v := key("rope.scaling.original_context_length"))
+                else {}
+            ),
         }
     if arch == "llama":
         config.update(attention_bias="blk.0.attn_q.bias" in tensor_names, mlp_bias=False)
@@ -153,7 +161,9 @@ def check_supported(reader, meta: dict[str, Any]) -> str:
     return arch
 
 
-def dequantized_tensors(reader, meta: dict[str, Any], dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def dequantized_tensors(
+    reader, meta: dict[str, Any], dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, tensor in `dtype`) for every tensor, Q/K rows restored for llama."""
     from gguf.quants import dequantize
 
