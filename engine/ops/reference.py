@@ -109,19 +109,14 @@ def causal_mask_between(
 def attention_dense(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """q (Tq, Hq, D), k and v (L, Hkv, D), mask (Tq, L) -> (Tq, Hq, D). GQA: query head h reads
-    K/V head h // (Hq / Hkv); the group's queries are stacked so each K/V head is read once."""
-    num_queries, num_heads, head_dim = q.shape
-    seq_len, num_kv_heads = k.shape[0], k.shape[1]
-    group = num_heads // num_kv_heads
-    qg = q.float().view(num_queries, num_kv_heads, group, head_dim).permute(1, 2, 0, 3)  # (Hkv, G, Tq, D)
-    qg = qg.reshape(num_kv_heads, group * num_queries, head_dim)
-    scores = qg @ k.float().permute(1, 2, 0) * scale  # (Hkv, G * Tq, L)
-    scores = scores.view(num_kv_heads, group, num_queries, seq_len).masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).view(num_kv_heads, group * num_queries, seq_len)
-    out = probs @ v.float().transpose(0, 1)  # (Hkv, G * Tq, D)
-    out = out.view(num_kv_heads, group, num_queries, head_dim).permute(2, 0, 1, 3)  # (Tq, Hkv, G, D)
-    return out.reshape(num_queries, num_heads, head_dim).to(q.dtype)
+    """q (Tq, Hq, D), k and v (L, Hkv, D), mask (Tq, L) -> (Tq, Hq, D), computed in float32.
+    GQA: query head h reads K/V head h // (Hq / Hkv). torch's fused attention (enable_gqa) reads
+    each K/V head once for its whole group and never materializes repeated heads."""
+    qh = q.float().transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
+    kh = k.float().transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
+    vh = v.float().transpose(0, 1).unsqueeze(0)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out[0].transpose(0, 1).to(q.dtype)  # (Tq, Hq, D)
 
 
 def paged_attention(
