@@ -34,7 +34,7 @@ def edit_tensors(folder, edit):
 
 def load_error(folder) -> str:
     with pytest.raises(CheckpointError) as exc:
-        engine.load_model(folder)
+        engine.load_model(folder, device="cpu")
     return str(exc.value)
 
 
@@ -163,7 +163,7 @@ def test_unsupported_quantization(folder):
 
 
 def test_token_ids_outside_the_vocabulary_and_too_long_inputs(folder):
-    model = engine.load_model(folder)
+    model = engine.load_model(folder, device="cpu")
     vocab_size = model.config.vocab_size
     with pytest.raises(
         ValueError, match=rf"token id {vocab_size} is outside the vocabulary \[0, {vocab_size}\)"
@@ -179,4 +179,4 @@ def test_token_ids_outside_the_vocabulary_and_too_long_inputs(folder):
 
 def test_bad_dtype_argument(folder):
     with pytest.raises(ValueError, match="dtype 'float8' is not supported"):
-        engine.load_model(folder, dtype="float8")
+        engine.load_model(folder, dtype="float8", device="cpu")

@@ -41,7 +41,7 @@ def variant_id(quant: dict) -> str:
 
 def compare_with_transformers(tmp_path, family: str, quant: dict, **kwargs) -> engine.load_model:
     folder = make_tiny_checkpoint(tmp_path / "gptq", family, quant=quant, seed=5, **SIZES, **kwargs)
-    model = engine.load_model(folder)
+    model = engine.load_model(folder, device="cpu")
     ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     reference_model = transformers.AutoModelForCausalLM.from_pretrained(
         dequantize_gptq_checkpoint(folder, tmp_path / "float"), dtype=torch.float32
@@ -83,6 +83,6 @@ def test_quantize_config_json_is_read_when_config_json_has_none(tmp_path):
     quant = config.pop("quantization_config")
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "quantize_config.json").write_text(json.dumps(quant))
-    model = engine.load_model(folder)
+    model = engine.load_model(folder, device="cpu")
     assert model.config.quant is not None and model.config.quant.sym
     assert isinstance(model.layers[0].self_attn.o_proj, QuantLinear)

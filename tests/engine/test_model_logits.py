@@ -63,7 +63,7 @@ def hf_logits(folder, ids: torch.Tensor) -> torch.Tensor:
 def test_logits_equal_transformers(tmp_path, case):
     family, kwargs, baseline_kwargs = CASES[case]
     folder = make_tiny_checkpoint(tmp_path / "model", family, **kwargs)
-    model = engine.load_model(folder)
+    model = engine.load_model(folder, device="cpu")
     ids = token_ids(model.config.vocab_size)
 
     logits = model(ids)
@@ -72,13 +72,19 @@ def test_logits_equal_transformers(tmp_path, case):
     assert logits.shape == (2, SEQ_LEN, model.config.vocab_size) and logits.dtype == torch.float32
     assert rel_err(logits, reference) <= 1e-4
     if baseline_kwargs is not None:  # same weights without the feature: visibly different logits
-        baseline = engine.load_model(make_tiny_checkpoint(tmp_path / "baseline", family, **baseline_kwargs))
+        baseline = engine.load_model(
+            make_tiny_checkpoint(tmp_path / "baseline", family, **baseline_kwargs), device="cpu"
+        )
         assert rel_err(baseline(ids), logits) > 1e-2
 
 
 def test_sliding_window_changes_only_positions_past_the_window(tmp_path):
-    windowed = engine.load_model(make_tiny_checkpoint(tmp_path / "w", "mistral", sliding_window=8))
-    full = engine.load_model(make_tiny_checkpoint(tmp_path / "f", "mistral", sliding_window=None))
+    windowed = engine.load_model(
+        make_tiny_checkpoint(tmp_path / "w", "mistral", sliding_window=8), device="cpu"
+    )
+    full = engine.load_model(
+        make_tiny_checkpoint(tmp_path / "f", "mistral", sliding_window=None), device="cpu"
+    )
     ids = token_ids(windowed.config.vocab_size, batch=1)
     a, b = windowed(ids)[0], full(ids)[0]
     torch.testing.assert_close(a[:8], b[:8], rtol=1e-5, atol=1e-5)  # first 8 tokens see everything anyway
@@ -86,7 +92,7 @@ def test_sliding_window_changes_only_positions_past_the_window(tmp_path):
 
 
 def test_batch_rows_are_independent(tmp_path):
-    model = engine.load_model(make_tiny_checkpoint(tmp_path, "qwen2"))
+    model = engine.load_model(make_tiny_checkpoint(tmp_path, "qwen2"), device="cpu")
     ids = token_ids(model.config.vocab_size, batch=3, seq_len=17)
     together = model(ids)
     for row in range(3):
@@ -94,10 +100,10 @@ def test_batch_rows_are_independent(tmp_path):
 
 
 def test_sharded_checkpoint_loads_like_the_single_file(tmp_path):
-    single = engine.load_model(make_tiny_checkpoint(tmp_path / "one", "llama", seed=3))
+    single = engine.load_model(make_tiny_checkpoint(tmp_path / "one", "llama", seed=3), device="cpu")
     sharded_folder = make_tiny_checkpoint(tmp_path / "three", "llama", seed=3, num_shards=3)
     assert (sharded_folder / "model.safetensors.index.json").is_file()
-    sharded = engine.load_model(sharded_folder)
+    sharded = engine.load_model(sharded_folder, device="cpu")
     ids = token_ids(single.config.vocab_size, batch=1, seq_len=9)
     assert torch.equal(single(ids), sharded(ids))
 
@@ -105,9 +111,9 @@ def test_sharded_checkpoint_loads_like_the_single_file(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_checkpoint_and_model(tmp_path, dtype):
     folder = make_tiny_checkpoint(tmp_path, "qwen2", dtype=dtype)
-    default = engine.load_model(folder)  # CPU default: float32 whatever the checkpoint stores
+    default = engine.load_model(folder, device="cpu")  # CPU default: float32 whatever the checkpoint stores
     assert default.dtype == torch.float32
-    half = engine.load_model(folder, dtype=dtype)
+    half = engine.load_model(folder, dtype=dtype, device="cpu")
     assert half.dtype == dtype and half.layers[0].mlp.down_proj.weight.dtype == dtype
     ids = token_ids(default.config.vocab_size, batch=1, seq_len=12)
     reference = hf_logits(folder, ids)  # fp32 on the same (half-rounded) weights

@@ -37,7 +37,7 @@ def step_metadata(steps, block_tables):
 
 
 def test_chunked_prefill_and_decode_match_the_full_forward(tmp_path):
-    model = engine.load_model(make_tiny_checkpoint(tmp_path, "mistral", sliding_window=6))
+    model = engine.load_model(make_tiny_checkpoint(tmp_path, "mistral", sliding_window=6), device="cpu")
     gen = torch.Generator().manual_seed(0)
     seqs = [torch.randint(0, model.config.vocab_size, (n,), generator=gen) for n in (15, 9)]
     full = [model(s[None])[0] for s in seqs]  # (S, V) each, no cache
@@ -78,7 +78,9 @@ def test_load_model_returns_the_documented_module(tmp_path):
 
 
 def test_casting_the_model_keeps_the_rotary_table_in_float32(tmp_path):
-    model = engine.load_model(make_tiny_checkpoint(tmp_path, "llama", quant={"bits": 4, "group_size": 32}))
+    model = engine.load_model(
+        make_tiny_checkpoint(tmp_path, "llama", quant={"bits": 4, "group_size": 32}), device="cpu"
+    )
     ids = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(0))
     reference = model(ids)
     model.to(torch.bfloat16)
