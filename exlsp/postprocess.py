@@ -2,8 +2,10 @@
 
 Rules, applied in this order (each has golden files under tests/unit/golden/<rule>/):
     repetition    cut runaway repetition (a block of lines, or a short unit at the end, repeating)
-    single_line   the cursor is mid-line (text after it): keep only the first line
-    block_end     stop where the text leaves the indented block the cursor is in
+    single_line   the cursor is mid-line (text after it), or only closers follow it and the first
+                  line closes them: keep only the first line
+    block_end     stop where the text leaves the indented block the cursor is in, or at a markdown
+                  fence
     suffix        drop trailing text that repeats what already follows the cursor
     brackets      never duplicate closing brackets the editor already has after the cursor
     empty         drop suggestions that are empty or whitespace only
@@ -67,10 +69,28 @@ def cut_repetition(text: str) -> str:
     return text
 
 
+def _closes_outer_bracket(text: str) -> bool:
+    """Whether `text` has a closer whose opener is not inside `text`."""
+    depth = 0
+    for ch in text:
+        if ch in OPENERS:
+            depth += 1
+        elif ch in CLOSERS:
+            depth -= 1
+            if depth < 0:
+                return True
+    return False
+
+
 def single_line(text: str, cursor: Cursor) -> str:
-    if not cursor.mid_line:
-        return text
-    return text.split("\n", 1)[0]
+    first = text.split("\n", 1)[0]
+    if cursor.mid_line:
+        return first
+    # Only closers follow the cursor (`join("a", |))`): a first line that closes them is the whole
+    # suggestion; whatever the model wrote after it is beyond the brackets the editor already has.
+    if cursor.line_after.strip() and _closes_outer_bracket(first):
+        return first
+    return text
 
 
 def block_end(text: str, cursor: Cursor) -> str:
@@ -86,6 +106,8 @@ def block_end(text: str, cursor: Cursor) -> str:
         line = lines[index]
         if not line.strip():
             continue
+        if line.lstrip().startswith("```"):  # a chat-tuned model closing a markdown answer
+            return "\n".join(lines[:index]).rstrip()
         width = indent_width(line)
         if width < base:
             return "\n".join(lines[:index]).rstrip()
