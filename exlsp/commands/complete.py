@@ -7,6 +7,7 @@ post-processing rules. LINE and COL are 1-based, COL counts characters, as compi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -38,7 +39,7 @@ def parse_location(text: str) -> tuple[Path, int, int]:
 
 def run(args: argparse.Namespace) -> int:
     from exlsp.documents import Document
-    from exlsp.handlers.completion import cursor_context, fim_input
+    from exlsp.handlers.completion import cursor_context, fim_input, sampling_params
     from exlsp.handlers.lifecycle import budgets
     from exlsp.postprocess import postprocess
     from exlsp.prompt import PromptBuilder
@@ -70,14 +71,10 @@ def run(args: argparse.Namespace) -> int:
         fitted = budgets(settings, engine.config.max_position_embeddings)
         prompt = builder.build(fim_input(doc, offset, settings, path=path.name), fitted)
         cursor = cursor_context(doc.text, offset)
-        result = engine.generate(
-            list(prompt.token_ids),
-            max_new_tokens=args.max_tokens or settings.max_tokens,
-            temperature=settings.temperature,
-            stop_token_ids=prompt.stop_token_ids,
-            stop=("\n",) if cursor.mid_line else (),
-            truncate_prompt=True,
-        )
+        if args.max_tokens:
+            settings = dataclasses.replace(settings, max_tokens=args.max_tokens)
+        params = dataclasses.replace(sampling_params(settings, prompt, cursor), time_budget_ms=None)
+        result = engine.generate(list(prompt.token_ids), params)
     finally:
         engine.close()
     if args.raw:

@@ -18,7 +18,7 @@ from engine.request import Priority, SamplingParams
 from exlsp.documents import looks_binary
 from exlsp.handlers.lifecycle import budgets
 from exlsp.postprocess import Cursor, postprocess
-from exlsp.prompt import LINES_PER_BLOCK, ContextChunk, FimInput
+from exlsp.prompt import LINES_PER_BLOCK, ContextChunk, FimInput, Prompt
 
 log = logging.getLogger("exlsp")
 ACCEPT_COMMAND = "exlsp.accept"
@@ -80,6 +80,21 @@ def fim_input(
     )
 
 
+def sampling_params(settings, prompt: Prompt, cursor: Cursor) -> SamplingParams:
+    """What the engine is asked for one completion (shared by the server and `exlsp complete`)."""
+    return SamplingParams(
+        max_new_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+        time_budget_ms=settings.time_budget_ms,
+        stop_token_ids=prompt.stop_token_ids,
+        # Mid-line only the first line is kept; elsewhere a markdown fence ends the code (see
+        # exlsp/postprocess.py): stop decoding there instead of cutting later.
+        stop=("\n",) if cursor.mid_line else ("\n```",),
+        priority=Priority.COMPLETION,
+        truncate_prompt=True,  # a last resort: the budgets already fit the context
+    )
+
+
 async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None:
     """The whole pipeline; None when there is nothing to show."""
     started = time.perf_counter()
@@ -134,15 +149,7 @@ async def complete(ls, uri: str, line: int, character: int) -> Suggestion | None
         "contextPaths": list(prompt.context_paths),
     }
     s = ls.settings
-    params = SamplingParams(
-        max_new_tokens=s.max_tokens,
-        temperature=s.temperature,
-        time_budget_ms=s.time_budget_ms,
-        stop_token_ids=prompt.stop_token_ids,
-        stop=("\n",) if cursor.mid_line else (),
-        priority=Priority.COMPLETION,
-        truncate_prompt=True,  # a last resort: the budgets already fit the context
-    )
+    params = sampling_params(s, prompt, cursor)
     counters.num_generations += 1
     handle_box: list = []
 

@@ -209,10 +209,11 @@ def reference_suggestion(
     fim = fim_input(doc, offset, s, path=path, repo_name=repo_name)
     prompt = PromptBuilder(engine.tokenizer).build(fim, budgets(s, engine.config.max_position_embeddings))
     cursor = cursor_context(text, offset)
+    # The stop rules are spelled out here, not imported: the test checks the server's choice.
     params = SamplingParams(
         max_new_tokens=s.max_tokens,
         stop_token_ids=prompt.stop_token_ids,
-        stop=("\n",) if cursor.mid_line else (),
+        stop=("\n",) if cursor.mid_line else ("\n```",),
         truncate_prompt=True,
     )
     return postprocess(engine.generate(list(prompt.token_ids), params).text, cursor)
