@@ -12,7 +12,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.uris import from_fs_path, to_fs_path
 
-from engine.request import Priority, SamplingParams
+from engine.request import GenerationResult, Priority, SamplingParams
 from exlsp.actions import (
     FIX,
     KINDS,
@@ -61,16 +61,18 @@ async def _ensure_engine(ls) -> None:
         raise RuntimeError(f"the model is not available ({ls.bridge.error or ls.bridge.state.value})")
 
 
-async def run_chat(ls, messages: list[dict[str, str]], on_text=None) -> str:
+async def run_chat(ls, messages: list[dict[str, str]], on_text=None, on_submit=None) -> GenerationResult:
     await _ensure_engine(ls)
     s = ls.settings
     params = SamplingParams(
         max_new_tokens=s.chat_max_tokens, temperature=s.temperature, priority=Priority.CHAT
     )
-    result = await ls.bridge.generate(_prompt_text(ls, messages), params, on_text=on_text)
+    result = await ls.bridge.generate(
+        _prompt_text(ls, messages), params, on_text=on_text, on_submit=on_submit
+    )
     if result.finish_reason == "error":
         raise RuntimeError(f"the engine failed: {result.error}")
-    return result.text
+    return result
 
 
 def _answer_dir(ls) -> Path:
@@ -166,7 +168,7 @@ def register(server) -> None:
             diagnostic=data.get("diagnostic"),
         )
         try:
-            answer = await run_chat(ls, messages)
+            answer = (await run_chat(ls, messages)).text
         except Exception as exc:
             ls.log(f"exlsp: {kind.name} failed: {exc}", types.MessageType.Error)
             ls.window_show_message(
@@ -243,19 +245,25 @@ def register(server) -> None:
         token = f"exlsp/chat/{uuid.uuid4().hex}"
         window = ls.client_capabilities.window
         progress = bool(window and window.work_done_progress)
+        handles: list = []
         if progress:
             await ls.work_done_progress.create_async(token)
+            # Cancellable: the editor's cancel button (window/workDoneProgress/cancel) stops decoding.
             ls.work_done_progress.begin(
-                token, types.WorkDoneProgressBegin(title="exlsp chat", cancellable=False)
+                token, types.WorkDoneProgressBegin(title="exlsp chat", cancellable=True)
             )
+            cancelled = ls.work_done_progress.tokens.get(token)
+            if cancelled is not None:
+                cancelled.add_done_callback(lambda _: [h.cancel() for h in handles])
 
         def on_text(delta: str) -> None:
             if progress:
                 ls.work_done_progress.report(token, types.WorkDoneProgressReport(message=delta))
 
         try:
-            text = await run_chat(ls, messages, on_text=on_text)
+            result = await run_chat(ls, messages, on_text=on_text, on_submit=handles.append)
         finally:
             if progress:
                 ls.work_done_progress.end(token, types.WorkDoneProgressEnd(message="done"))
-        return {"text": text}
+                ls.work_done_progress.tokens.pop(token, None)
+        return {"text": result.text, "finishReason": result.finish_reason}

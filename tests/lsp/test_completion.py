@@ -256,3 +256,36 @@ async def test_neovim_recorded_capabilities_get_the_menu_fallback(code_model, tm
         assert item.text_edit.new_text == inline.insert_text
     finally:
         await harness.stop(c)
+
+
+async def test_completion_outranks_a_long_chat_which_the_editor_can_cancel(client, workspace):
+    await harness.set_settings(client, chatMaxTokens=3000, maxTokens=MAX_TOKENS)
+    try:
+        known = set(client.progress_reports)
+        before = await harness.status(client)
+        chat = asyncio.ensure_future(
+            client.workspace_execute_command_async(
+                types.ExecuteCommandParams(
+                    command="exlsp.chat", arguments=[{"message": "tell me everything"}]
+                )
+            )
+        )
+        started = before["engine"]["generated_tokens"]
+        await harness.wait_for(client, lambda s: s["engine"]["generated_tokens"] > started + 10)
+        uri = (workspace / "during_chat.py").as_uri()
+        harness.open_doc(client, uri, SOURCE)
+        line, character = last_position(SOURCE)
+        assert len(await harness.inline(client, uri, line, character)) == 1  # answered mid-chat
+        assert not chat.done()
+
+        (token,) = set(client.progress_reports) - known
+        assert client.progress_reports[token][0].cancellable is True
+        client.protocol.notify(
+            types.WINDOW_WORK_DONE_PROGRESS_CANCEL, types.WorkDoneProgressCancelParams(token=token)
+        )
+        result = await chat
+        assert result["finishReason"] == "cancelled"
+        after = await harness.wait_for(client, lambda s: s["engine"]["num_running"] == 0, timeout_s=5)
+        assert after["engine"]["generated_tokens"] - started < 3000
+    finally:
+        await harness.set_settings(client, chatMaxTokens=512)
