@@ -55,8 +55,11 @@ def resolve_model_path(name_or_path: str | None) -> Path:
 class DefaultEngineFactory:
     """settings -> Engine for the model named on the command line or in the settings."""
 
-    def __init__(self, model_override: str | None = None, **engine_kwargs: Any):
-        self.model_override = model_override
+    def __init__(
+        self, model_override: str | None = None, device_override: str | None = None, **engine_kwargs: Any
+    ):
+        self.model_override = model_override  # --model on the command line wins over the settings
+        self.device_override = device_override  # likewise --device
         self.engine_kwargs = engine_kwargs
         self.model_path: Path | None = None  # what the last build resolved the model to
 
@@ -64,11 +67,14 @@ class DefaultEngineFactory:
         self.model_path = resolve_model_path(self.model_override or settings.model)
         from engine import Engine  # first torch import of the process
 
-        return Engine(self.model_path, device=settings.device, **self.engine_kwargs)
+        device = self.device_override or settings.device
+        return Engine(self.model_path, device=device, **self.engine_kwargs)
 
 
-def default_engine_factory(model_override: str | None = None, **engine_kwargs: Any) -> DefaultEngineFactory:
-    return DefaultEngineFactory(model_override, **engine_kwargs)
+def default_engine_factory(
+    model_override: str | None = None, device_override: str | None = None, **engine_kwargs: Any
+) -> DefaultEngineFactory:
+    return DefaultEngineFactory(model_override, device_override, **engine_kwargs)
 
 
 def open_engine(model: str | None, device: str | None = None, **engine_kwargs: Any) -> Any:

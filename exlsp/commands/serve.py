@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -14,6 +13,8 @@ HELP = "run the language server for editors (stdio; --tcp HOST:PORT for a socket
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP socket instead of stdio")
+    # Clients such as vscode-languageclient append --stdio to the command they start.
+    parser.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
     parser.add_argument("--device", help="engine device (cuda, cuda:1, cpu); overrides the settings")
     parser.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
 
@@ -44,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from exlsp.server import build_server, default_engine_factory
 
-    factory = default_engine_factory(args.model)
-    if args.device:
-        base = factory
-        factory = lambda settings: base(dataclasses.replace(settings, device=args.device))
+    factory = default_engine_factory(args.model, args.device)
     server = build_server(factory, config_dir=config_dir_from_env(), answers_dir=answers_dir_from_env())
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

@@ -87,3 +87,13 @@ async def test_a_model_without_fim_tokens_gets_a_clear_message(plain_model, tmp_
         assert len(items) == 1 and items[0].insert_text
     finally:
         await harness.stop(client)
+
+
+async def test_stdio_flag_and_device_override_keep_the_model_in_status(code_model, tmp_path):
+    # vscode-languageclient appends --stdio to the command; --device must not hide the model name.
+    client = await harness.start(harness.server_config(code_model, tmp_path, "--stdio", "--device", "cpu"))
+    try:
+        current = await harness.status(client)
+        assert (current["state"], current["model"], current["device"]) == ("ready", str(code_model), "cpu")
+    finally:
+        await harness.stop(client)
