@@ -22,7 +22,7 @@ def quant_args(device: str | None) -> argparse.Namespace:
     from exlsp.default_model import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 
     return argparse.Namespace(bits=DEFAULT_BITS, group_size=DEFAULT_GROUP_SIZE, act_order=True, sym=True,
-                              damp=0.01, method="gptq", calib=None, calib_samples=None, calib_tokens=None,
+                              damp=None, method="gptq", calib=None, calib_samples=None, calib_tokens=None,
                               device=device, keep_float=False, force=False)  # fmt: skip
 
 
