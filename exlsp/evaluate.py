@@ -8,7 +8,9 @@ Held-out files: exlsp/eval_files.txt names them relative to the installed Python
                RNG among lines with real code; the prompt comes from exlsp/prompt.py's PromptBuilder
                (the model's own FIM template, as the server builds it), generation is greedy, the
                answer goes through exlsp/postprocess.py, and it counts when it equals the hidden text
-               with whitespace runs collapsed.
+               with whitespace runs collapsed;
+  FIM similarity  the mean difflib ratio of the same two strings (informative where exact matches
+               are rare, as with small models).
 Sample selection and scoring are pure (no torch); `evaluate_model` runs the engine.
 """
 
