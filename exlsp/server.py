@@ -25,6 +25,7 @@ from exlsp.context import ContextRing
 from exlsp.debounce import Debouncer
 from exlsp.documents import Documents
 from exlsp.ignore import IgnoreRules
+from exlsp.protocol import ExlspProtocol
 from exlsp.settings import SECTION, Settings, merge_layers, parse_settings, read_config_file
 from exlsp.status import Counters
 
@@ -89,7 +90,12 @@ class ExlspServer(LanguageServer):
     def __init__(
         self, engine_factory: EngineFactory, config_dir: Path | None = None, answers_dir: Path | None = None
     ):
-        super().__init__("exlsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__(
+            "exlsp",
+            VERSION,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=ExlspProtocol,
+        )
         self.engine_factory = engine_factory
         self.config_dir = config_dir
         self.answers_dir = answers_dir

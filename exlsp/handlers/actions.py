@@ -25,6 +25,7 @@ from exlsp.actions import (
 )
 from exlsp.chat import chat_messages, parse_chat_request, prompt_text
 from exlsp.handlers import plain
+from exlsp.protocol import command_work_done_token
 
 log = logging.getLogger("exlsp")
 CHAT_COMMAND = "exlsp.chat"
@@ -242,12 +243,15 @@ def register(server) -> None:
                     l1, c1, l2, c2 = request.range
                     selection = doc.text[doc.offset_at(l1, c1) : doc.offset_at(l2, c2)] or None
         messages = chat_messages(request.message, path=path, language_id=language_id, selection=selection)
-        token = f"exlsp/chat/{uuid.uuid4().hex}"
+        # The client's own workDoneToken when it sent one, else one we create (if it supports that).
+        client_token = command_work_done_token.get()
+        token = client_token if client_token is not None else f"exlsp/chat/{uuid.uuid4().hex}"
         window = ls.client_capabilities.window
-        progress = bool(window and window.work_done_progress)
+        progress = client_token is not None or bool(window and window.work_done_progress)
         handles: list = []
         if progress:
-            await ls.work_done_progress.create_async(token)
+            if client_token is None:
+                await ls.work_done_progress.create_async(token)
             # Cancellable: the editor's cancel button (window/workDoneProgress/cancel) stops decoding.
             ls.work_done_progress.begin(
                 token, types.WorkDoneProgressBegin(title="exlsp chat", cancellable=True)

@@ -141,6 +141,22 @@ async def test_chat_streams_progress_and_returns_the_whole_answer(client, worksp
     assert result["text"] == streamed == ANSWER
 
 
+# pytest-lsp's client warns about tokens it did not see created; an editor's own token is the point here.
+@pytest.mark.filterwarnings("ignore:Unknown progress token")
+async def test_chat_reports_under_the_clients_own_work_done_token(client):
+    known = set(client.progress_reports)
+    result = await client.workspace_execute_command_async(
+        types.ExecuteCommandParams(
+            command="exlsp.chat", arguments=[{"message": "What does add do?"}], work_done_token="editor-7"
+        )
+    )
+    await asyncio.sleep(0.1)
+    assert set(client.progress_reports) - known == {"editor-7"}  # no token of the server's own
+    reports = client.progress_reports["editor-7"]
+    assert reports[0].kind == "begin" and reports[-1].kind == "end"
+    assert "".join(r.message for r in reports if r.kind == "report") == result["text"] == ANSWER
+
+
 async def test_chat_with_bad_arguments_is_an_error_response(client):
     with pytest.raises(Exception, match="exlsp.chat needs a non-empty 'message'"):
         await client.workspace_execute_command_async(
