@@ -86,6 +86,21 @@ def open_engine(model: str | None, device: str | None = None, **engine_kwargs: A
     return Engine(path, device=device, **engine_kwargs)
 
 
+def open_engine_verbose(command: str, model: str | None, device: str | None) -> Any | None:
+    """open_engine for an interactive command: says so on stderr while loading; None on failure."""
+    import time
+
+    started = time.perf_counter()
+    print("exlsp: loading model…", file=sys.stderr, flush=True)
+    try:
+        engine = open_engine(model, device=device)
+    except Exception as exc:
+        print(f"exlsp {command}: cannot load the model: {exc}", file=sys.stderr)
+        return None
+    print(f"exlsp: model loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
+    return engine
+
+
 class ExlspServer(LanguageServer):
     def __init__(
         self, engine_factory: EngineFactory, config_dir: Path | None = None, answers_dir: Path | None = None

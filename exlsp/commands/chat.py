@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 HELP = "chat with the model in the terminal (answers stream as they are generated)"
 
@@ -38,19 +37,14 @@ def _answer(engine, history: list[dict[str, str]], args) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from exlsp.chat import chat_messages
-    from exlsp.server import open_engine
+    from exlsp.server import open_engine_verbose
 
     one_shot = args.message
     if one_shot is None and not sys.stdin.isatty():
         one_shot = sys.stdin.read().strip()
-    started = time.perf_counter()
-    print("exlsp: loading model…", file=sys.stderr, flush=True)
-    try:
-        engine = open_engine(args.model, device=args.device)
-    except Exception as exc:
-        print(f"exlsp chat: cannot load the model: {exc}", file=sys.stderr)
+    engine = open_engine_verbose("chat", args.model, args.device)
+    if engine is None:
         return 1
-    print(f"exlsp: model loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
     try:
         if one_shot:
             _answer(engine, chat_messages(one_shot), args)

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import re
 import sys
-import time
 from pathlib import Path
 
 HELP = "print the inline completion for FILE:LINE:COL (1-based), through the server's pipeline"
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from exlsp.handlers.lifecycle import budgets
     from exlsp.postprocess import postprocess
     from exlsp.prompt import PromptBuilder
-    from exlsp.server import open_engine
+    from exlsp.server import open_engine_verbose
     from exlsp.settings import Settings
 
     try:
@@ -58,15 +57,10 @@ def run(args: argparse.Namespace) -> int:
     line_index = min(line - 1, doc.num_lines - 1)
     offset = doc.line_starts[line_index] + min(col - 1, len(doc.line_text(line_index)))
 
-    started = time.perf_counter()
-    print("exlsp: loading model…", file=sys.stderr, flush=True)
-    try:
-        engine = open_engine(args.model, device=args.device)
-    except Exception as exc:
-        print(f"exlsp complete: cannot load the model: {exc}", file=sys.stderr)
+    engine = open_engine_verbose("complete", args.model, args.device)
+    if engine is None:
         return 1
     try:
-        print(f"exlsp: model loaded in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
         builder = PromptBuilder(engine.tokenizer)
         fitted = budgets(settings, engine.config.max_position_embeddings)
         prompt = builder.build(fim_input(doc, offset, settings, path=path.name), fitted)
