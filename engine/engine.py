@@ -202,6 +202,7 @@ class Engine:
     # ---- engine thread ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        self.runner.adopt_thread()
         while True:
             with self._cond:
                 while not self._inbox and not self.scheduler.has_work() and not self._closed:

@@ -61,6 +61,15 @@ class ModelRunner:
         # Widest block table a sequence can need: a captured decode graph can size its buffers by it.
         self.max_blocks_per_seq = min(num_cache_blocks, -(-c.max_position_embeddings // block_size))
         self._generators: dict[int, torch.Generator] = {}  # request_id -> its seeded random stream
+        # The intra-op thread count is per thread for OpenMP and MKL: a thread that never sets it runs
+        # its GEMMs on every core, whatever torch.set_num_threads said elsewhere. The engine thread
+        # adopts the count of the thread that built the runner (see adopt_thread).
+        self.num_threads = torch.get_num_threads()
+
+    def adopt_thread(self) -> None:
+        """Call first on the thread that will run execute(): gives it the builder thread's torch
+        thread count (measured: a fresh thread's MKL GEMMs ran on 2 cores under --threads 1)."""
+        torch.set_num_threads(self.num_threads)
 
     @torch.inference_mode()
     def execute(

@@ -361,3 +361,19 @@ def engine_load_cpu(checkpoint):
     from engine import load_model
 
     return load_model(checkpoint, device="cpu", dtype=torch.float32)
+
+
+def test_engine_thread_adopts_the_callers_torch_thread_count(checkpoint, monkeypatch):
+    """MKL and OpenMP keep the intra-op thread count per thread: an engine thread that never sets it
+    ran its GEMMs on every core under the caller's torch.set_num_threads(1)."""
+    calls = []
+    set_num_threads = torch.set_num_threads
+
+    def spy(n: int) -> None:
+        calls.append((threading.current_thread().name, n))
+        set_num_threads(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
+    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=16) as e:
+        e.generate([11, 12, 13], max_new_tokens=1)
+    assert ("exlsp-engine", torch.get_num_threads()) in calls
