@@ -1,7 +1,9 @@
 """Pure-torch reference of every op the model calls: the CPU path and the oracle for the CUDA kernels.
 
 Each function here has the exact signature of its public face in engine/ops/__init__.py. Clarity
-beats speed: per-sequence Python loops and float32 math wherever precision could differ.
+beats speed: per-sequence Python loops and float32 math wherever precision could differ. One
+exception, because the CPU path runs here: a decode step attends for all sequences in one call
+(decode_attention), since a per-sequence loop cost more than the attention itself at batch 4.
 
 Layouts:
   q (T, Hq, D), k and v (T, Hkv, D): new tokens of all sequences packed along T (no padding)
@@ -128,6 +130,8 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of the new tokens (T, Hq, D) over each sequence's cached blocks (whose K/V
     for the new tokens were already written). Mixed prefill and decode sequences in one batch."""
+    if attn.is_decode and q.shape[0] == attn.num_seqs:
+        return decode_attention(q, kv_cache_layer, attn, scale, sliding_window)
     out = torch.empty_like(q)
     query_start_loc = attn.query_start_loc.tolist()
     seq_lens = attn.seq_lens.tolist()
@@ -151,6 +155,40 @@ def paged_attention(
                 q[chunk_start:chunk_end], k[k_first : q_last + 1], v[k_first : q_last + 1], mask, scale
             )
     return out
+
+
+def decode_attention(
+    q: torch.Tensor,
+    kv_cache_layer: torch.Tensor,
+    attn: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """paged_attention when every sequence brings one token: q (B, Hq, D) -> (B, Hq, D). All
+    sequences' blocks are gathered at once, padded to the longest, and attended in one fused call:
+    a loop over sequences cost a gather, a mask and an attention call per sequence and layer."""
+    block_size = kv_cache_layer.shape[2]
+    max_len = attn.max_seq_len
+    num_blocks = -(-max_len // block_size)
+    blocks = kv_cache_layer[:, attn.block_tables[:, :num_blocks].long()]  # (2, B, nb, bs, Hkv, D), a copy
+    kv = blocks.flatten(2, 3)[:, :, :max_len]  # (2, B, L, Hkv, D)
+    mask = None
+    if attn.num_seqs > 1 or (sliding_window is not None and max_len > sliding_window):
+        key_pos = torch.arange(max_len, device=q.device)  # (L,)
+        seq_lens = attn.seq_lens.to(torch.int64).unsqueeze(1)  # (B, 1); the query sits at seq_len - 1
+        mask = key_pos < seq_lens  # (B, L)
+        if sliding_window is not None:
+            mask &= key_pos >= seq_lens - sliding_window
+        # Padding slots hold other sequences' K/V or stale data (NaN in the tests): a masked score of
+        # NaN would still poison the softmax, so they are zeroed, not just masked.
+        kv.masked_fill_(~mask[None, :, :, None, None], 0)
+        mask = mask[:, None, None, :]  # (B, 1, 1, L): every head, the one query
+    k, v = kv  # (B, L, Hkv, D) each
+    qh = q.float().unsqueeze(2)  # (B, Hq, 1, D)
+    kh = k.float().transpose(1, 2)  # (B, Hkv, L, D)
+    vh = v.float().transpose(1, 2)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    return out.squeeze(2).to(q.dtype)  # (B, Hq, D)
 
 
 @dataclass

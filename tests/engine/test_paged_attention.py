@@ -107,6 +107,24 @@ def test_decode_only_batch():
         torch.testing.assert_close(out[i : i + 1], dense_causal_attention(q[i : i + 1], k, v, 0.25, None))
 
 
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("sliding_window", [None, 5])
+@pytest.mark.parametrize("batch", [[(9, 1), (1, 1), (31, 1), (0, 1)], [(22, 1)]])
+def test_batched_decode_equals_dense_attention(block_size, num_heads, num_kv_heads, sliding_window, batch):
+    """The one-call decode path (every sequence padded to the longest) sees neither its padding, which
+    holds NaN here, nor another sequence's keys."""
+    gen = torch.Generator().manual_seed(block_size + 10 * num_kv_heads + len(batch))
+    kv_cache_layer, attn, seq_kv = build_batch(batch, block_size, num_kv_heads, 16, gen)
+    assert attn.is_decode
+    q = torch.randn(len(batch), num_heads, 16, generator=gen)
+    out = ops.paged_attention(q, kv_cache_layer, attn, 0.25, sliding_window)
+    assert not out.isnan().any()
+    for i, (k, v) in enumerate(seq_kv):
+        expected = dense_causal_attention(q[i : i + 1], k, v, 0.25, sliding_window)
+        torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_write_kv_stores_at_slots_and_skips_negative_ones():
     kv_cache_layer = torch.zeros(2, 3, 4, 1, 2)  # 3 blocks of 4 slots, 1 kv head, head_dim 2
     k = torch.tensor([[[1.0, 1.0]], [[2.0, 2.0]], [[3.0, 3.0]]])
