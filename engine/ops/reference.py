@@ -112,12 +112,15 @@ def attention_dense(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """q (Tq, Hq, D), k and v (L, Hkv, D), mask (Tq, L) -> (Tq, Hq, D), computed in float32.
+    mask None: causal with queries and keys starting at the same position (Tq == L).
     GQA: query head h reads K/V head h // (Hq / Hkv). torch's fused attention (enable_gqa) reads
     each K/V head once for its whole group and never materializes repeated heads."""
     qh = q.float().transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
     kh = k.float().transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
     vh = v.float().transpose(0, 1).unsqueeze(0)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+    out = F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+    )
     return out[0].transpose(0, 1).to(q.dtype)  # (Tq, Hq, D)
 
 
@@ -148,9 +151,12 @@ def paged_attention(
             q_first = first_pos + chunk_start - start
             q_last = q_first + chunk_end - chunk_start - 1
             k_first = 0 if sliding_window is None else max(0, q_first - sliding_window + 1)
-            mask = causal_mask_between(
+            # Keys that start at the first query (the first chunk of an uncached prompt): torch's own
+            # causal flag, which skips the masked tiles, instead of building and applying a mask.
+            top_left = k_first == q_first and sliding_window is None
+            mask = None if top_left else causal_mask_between(
                 q_first, chunk_end - chunk_start, k_first, q_last + 1 - k_first, sliding_window, q.device
-            )
+            )  # fmt: skip
             out[chunk_start:chunk_end] = attention_dense(
                 q[chunk_start:chunk_end], k[k_first : q_last + 1], v[k_first : q_last + 1], mask, scale
             )

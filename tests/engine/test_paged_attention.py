@@ -86,9 +86,10 @@ def test_paged_attention_equals_dense_causal_attention(block_size, num_heads, nu
 
 
 @pytest.mark.parametrize("sliding_window", [None, 100])
-def test_long_prefill_split_into_query_chunks(sliding_window):
+@pytest.mark.parametrize("num_cached", [40, 0])  # 0: the first chunk takes the unmasked causal call
+def test_long_prefill_split_into_query_chunks(sliding_window, num_cached):
     gen = torch.Generator().manual_seed(2)
-    batch = [(40, 600), (0, 1)]  # 600 new tokens: three query chunks of the reference
+    batch = [(num_cached, 600), (0, 1)]  # 600 new tokens: three query chunks of the reference
     kv_cache_layer, attn, seq_kv = build_batch(batch, 16, 2, 8, gen)
     q = torch.randn(601, 4, 8, generator=gen)
     out = ops.paged_attention(q, kv_cache_layer, attn, 0.3, sliding_window)
