@@ -18,6 +18,9 @@ SOURCE_SUFFIXES = frozenset(
     ".py .pyi .c .h .cc .cpp .hpp .cu .rs .go .java .kt .js .jsx .ts .tsx .lua .rb .sh .md .toml".split()
 )
 MAX_FILE_BYTES = 512 * 1024  # generated or vendored blobs teach nothing about real code
+# Folders of the standard library that hold test suites, their data files (deliberately broken
+# syntax, odd encodings) and generated codec tables rather than library code.
+NON_LIBRARY_PARTS = frozenset({"test", "tests", "idle_test", "encodings"})
 
 
 class CalibrationError(ValueError):
@@ -33,6 +36,16 @@ class CalibrationConfig:
 
 def default_calibration_roots() -> list[Path]:
     return [Path(sysconfig.get_paths()["stdlib"])]
+
+
+def is_library_module(path: Path) -> bool:
+    """A Python module of library code: not a test, test data or a generated codec table."""
+    path = Path(path)
+    return (
+        path.suffix == ".py"
+        and not NON_LIBRARY_PARTS.intersection(path.parts)
+        and not path.name.startswith("test_")
+    )
 
 
 def find_source_files(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Path]:

@@ -9,8 +9,6 @@ it from batches of activations; `gptq_quantize` consumes it. Pure torch: runs wh
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from engine.quant.rtn import (
@@ -23,29 +21,38 @@ from engine.quant.rtn import (
 )
 
 
+HESSIAN_BLOCK = 512  # rows of H per matmul when accumulating only its upper block triangle
+
+
 class Hessian:
-    """Running H = 2/n * sum_i x_i x_i^T over all n rows seen so far, in float32.
+    """H = 2/n * sum_i x_i x_i^T over all n rows seen so far, accumulated in float32.
 
     The mean (not the sum) keeps H's scale independent of the number of calibration tokens, which
-    matters for the dampening term: it is a fraction of mean(diag(H)).
+    matters for the dampening term: it is a fraction of mean(diag(H)). H is symmetric, so `add` only
+    computes the blocks on and above the diagonal (55% of the multiply-adds of the full X^T X at
+    K = 4864, the down_proj input that dominates the quantizer's time); `matrix` mirrors them.
     """
 
     def __init__(self, in_features: int, device: torch.device | str | None = None) -> None:
         self.in_features = in_features
-        self.matrix = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+        self._sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)  # upper blocks
         self.num_samples = 0
 
     def add(self, x: torch.Tensor) -> None:
         """x: (..., K) activations entering the layer."""
-        x = x.reshape(-1, self.in_features).to(self.matrix.device, torch.float32)  # (n, K)
-        n = x.shape[0]
-        if n == 0:
-            return
-        total = self.num_samples + n
-        self.matrix.mul_(self.num_samples / total)
-        x = x * math.sqrt(2.0 / total)
-        self.matrix.addmm_(x.t(), x)
-        self.num_samples = total
+        k = self.in_features
+        x = x.reshape(-1, k).to(self._sum.device, torch.float32)  # (n, K)
+        for r0 in range(0, k, HESSIAN_BLOCK):
+            r1 = min(r0 + HESSIAN_BLOCK, k)
+            self._sum[r0:r1, r0:].addmm_(x[:, r0:r1].t(), x[:, r0:])  # (R, K - r0)
+        self.num_samples += x.shape[0]
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """(K, K) float32, a new tensor on each read."""
+        upper = torch.triu(self._sum)
+        h = upper + torch.triu(self._sum, diagonal=1).t()
+        return h.mul_(2.0 / max(self.num_samples, 1))
 
 
 def _inverse_cholesky_upper(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
@@ -108,7 +115,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) 
             col = b0 + i
             if col % group_size == 0:
                 # The group's grid comes from its columns as they are now, error updates included.
-                group = torch.cat([w_block[:, i:], w[:, b1:]], dim=1)[:, :group_size]
+                rest = group_size - (b1 - b0 - i)  # columns of the group beyond this block
+                group = torch.cat([w_block[:, i : i + group_size], w[:, b1 : b1 + max(rest, 0)]], dim=1)
                 grid = find_grid(group, spec)
                 scales.append(grid.scale)
                 zeros.append(grid.zero)

@@ -14,6 +14,7 @@ HELP = "GPTQ-quantize a float checkpoint (folder or store name) into DST"
 # stronger dampening pulls it back: damp 0.1 cut the held-out layer error by ~25% and beat RTN's
 # perplexity where 0.01 did not (bench/RESULTS.md).
 CALIB_DEFAULTS = {"cuda": (128, 512, 0.01), "cpu": (32, 256, 0.1)}  # device -> (samples, tokens, damp)
+CALIB_MIXES = ("library", "all")
 
 
 def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,16 +26,22 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
                         help="quantize columns by descending Hessian diagonal (default on)")  # fmt: skip
     sym = parser.add_mutually_exclusive_group()
-    sym.add_argument("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)")
-    sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid (a zero per group)")
+    sym.add_argument("--sym", dest="sym", action="store_true", default=False, help="symmetric grid")
+    sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid, a zero per group (default)")
     parser.add_argument(
         "--damp",
         type=float,
         help="Hessian dampening, fraction of its mean diagonal (default 0.01 on CUDA, 0.1 on CPU)",
     )
+    parser.add_argument("--mse", action=argparse.BooleanOptionalAction, default=None,
+                        help="per group, shrink the min/max range to the one with the least |w - q(w)|^2.4 "
+                             "(default: on for gptq, off so the rtn baseline stays plain min/max)")  # fmt: skip
     parser.add_argument("--method", choices=("gptq", "rtn"), default="gptq", help="gptq, or the rtn baseline")
     parser.add_argument("--calib", nargs="+", type=Path, metavar="PATH",
                         help="source files or folders for calibration (default: the Python standard library)")  # fmt: skip
+    parser.add_argument("--calib-mix", choices=CALIB_MIXES,
+                        help="'library': only Python library modules (no tests, test data or codec tables); "
+                             "'all': every source file (default all)")  # fmt: skip
     parser.add_argument(
         "--calib-samples", type=int, help="calibration samples (default: 128 on CUDA, 32 on CPU)"
     )
@@ -58,7 +65,13 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
     import torch
     from tqdm import tqdm
 
-    from engine.quant.calibration import CalibrationConfig, default_calibration_roots, find_source_files
+    from engine.quant.calibration import (
+        CalibrationConfig,
+        CalibrationError,
+        default_calibration_roots,
+        find_source_files,
+        is_library_module,
+    )
     from engine.quant.quantize_model import quantize_checkpoint
     from engine.quant.rtn import QuantSpec
     from exlsp.evaluate import eval_file_paths
@@ -66,12 +79,20 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     samples, tokens, damp = CALIB_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
     calib = CalibrationConfig(args.calib_samples or samples, args.calib_tokens or tokens)
+    mse = args.method == "gptq" if args.mse is None else args.mse
     spec = QuantSpec(bits=args.bits, group_size=args.group_size, sym=args.sym, act_order=args.act_order,
-                     damp_percent=args.damp or damp)  # fmt: skip
-    files = []
+                     damp_percent=args.damp or damp, mse=mse)  # fmt: skip
+    files, calib_mix = [], None
     if args.method == "gptq":
         roots = args.calib or default_calibration_roots()
         files = find_source_files(roots, exclude=eval_file_paths())
+        calib_mix = args.calib_mix or "all"
+        if calib_mix == "library":
+            files = [f for f in files if is_library_module(f)]
+            if not files:
+                raise CalibrationError(
+                    "no Python library modules among the calibration files: pass --calib-mix all"
+                )
     started = time.monotonic()
     with tqdm(desc=f"{args.method} {args.bits}-bit", unit="layer", file=sys.stderr) as bar:
 
@@ -85,10 +106,12 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
         "method": args.method,
         "act_order": spec.act_order,
         "sym": spec.sym,
+        "mse": spec.mse,
         "damp": spec.damp_percent,
         "calibration": "default (Python standard library)"
         if not args.calib
         else [str(p) for p in args.calib],
+        "calibration_mix": calib_mix if args.method == "gptq" else None,
         "calibration_samples": [calib.num_samples, calib.seq_len_tokens],
         "quantize_seconds": round(time.monotonic() - started, 1),
         "device": str(device),

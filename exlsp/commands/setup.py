@@ -19,11 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def quant_args(device: str | None) -> argparse.Namespace:
+    """`exlsp quantize`'s own defaults (one place decides them), at the default model's bits and group."""
+    from exlsp.commands.quantize import add_quant_arguments
     from exlsp.default_model import DEFAULT_BITS, DEFAULT_GROUP_SIZE
 
-    return argparse.Namespace(bits=DEFAULT_BITS, group_size=DEFAULT_GROUP_SIZE, act_order=True, sym=True,
-                              damp=None, method="gptq", calib=None, calib_samples=None, calib_tokens=None,
-                              device=device, keep_float=False, force=False)  # fmt: skip
+    parser = argparse.ArgumentParser(add_help=False)
+    add_quant_arguments(parser)
+    args = parser.parse_args(["--bits", str(DEFAULT_BITS), "--group-size", str(DEFAULT_GROUP_SIZE)])
+    args.device, args.keep_float, args.force = device, False, False
+    return args
 
 
 def run(args: argparse.Namespace) -> int:

@@ -131,3 +131,61 @@ def test_setup_finds_a_prepared_default_model(data_dir, capsys) -> None:
         (f / "config.json").write_text("{}")
     assert main(["setup"]) == 0
     assert f"default model ready: {store.path(DEFAULT_MODEL_NAME)}" in capsys.readouterr().out
+
+
+@pytest.fixture
+def spy_quantizer(monkeypatch) -> list[dict]:
+    """Replaces the quantizer with a recorder of what the CLI asked it for."""
+    calls: list[dict] = []
+
+    def record(src, dst, spec, **kwargs):
+        calls.append({"spec": spec, **kwargs})
+        return dst
+
+    monkeypatch.setattr("engine.quant.quantize_model.quantize_checkpoint", record)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("options", "method", "mse", "sym"),
+    [
+        ([], "gptq", True, False),  # the defaults: GPTQ with MSE grids, asymmetric
+        (["--no-mse", "--sym"], "gptq", False, True),
+        (["--method", "rtn"], "rtn", False, False),  # the baseline stays plain min/max...
+        (["--method", "rtn", "--mse"], "rtn", True, False),  # ...unless asked
+    ],
+)
+def test_quantize_options_reach_the_quantizer(tmp_path, calib, spy_quantizer, options, method, mse, sym) -> None:
+    src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
+    assert main(["quantize", str(src), str(tmp_path / "q"), "--calib", str(calib), "--device", "cpu", *options]) == 0
+    (call,) = spy_quantizer
+    assert (call["method"], call["spec"].mse, call["spec"].sym) == (method, mse, sym)
+
+
+def test_calib_mix_library_keeps_only_library_modules(tmp_path, calib, spy_quantizer) -> None:
+    src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
+    tests = tmp_path / "test"
+    tests.mkdir()
+    (tests / "helper.py").write_text(CORPUS)
+    (tmp_path / "test_thing.py").write_text(CORPUS)
+    (tmp_path / "notes.md").write_text(CORPUS)
+    argv = ["quantize", str(src), str(tmp_path / "q"), "--calib", str(tmp_path), "--device", "cpu"]
+    assert main([*argv, "--calib-mix", "library"]) == 0
+    assert main([*argv, "--calib-mix", "all", "--force"]) == 0
+    library, everything = (sorted(p.name for p in call["calib_files"]) for call in spy_quantizer)
+    assert library == ["calib.py"]
+    assert everything == ["calib.py", "helper.py", "notes.md", "test_thing.py"]
+
+
+def test_setup_quantizes_with_the_quantize_commands_defaults() -> None:
+    import argparse
+
+    from exlsp.commands.quantize import add_quant_arguments
+    from exlsp.commands.setup import quant_args
+
+    parser = argparse.ArgumentParser()
+    add_quant_arguments(parser)
+    expected = vars(parser.parse_args([]))
+    got = vars(quant_args("cpu"))
+    assert {k: got[k] for k in expected if k != "device"} == {k: v for k, v in expected.items() if k != "device"}
+    assert got["device"] == "cpu" and got["bits"] == 4 and got["group_size"] == 128

@@ -20,6 +20,7 @@ from tests.tiny_models import CORPUS, dequantize_gptq_checkpoint, make_tiny_chec
 
 SPECS = [
     QuantSpec(bits=4, group_size=32, act_order=True, sym=False),
+    QuantSpec(bits=4, group_size=32, act_order=True, sym=False, mse=True),  # the CLI's default grid
     QuantSpec(bits=4, group_size=64, act_order=False, sym=True),
     QuantSpec(bits=8, group_size=-1, act_order=True, sym=True),
 ]
