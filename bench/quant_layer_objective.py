@@ -100,6 +100,7 @@ def main() -> None:
     held_files = [p for p in everything if held_out_bucket(p) and is_library_module(p)]
     pool = [p for p in everything if p not in set(held_files)]
     mixes = {"stdlib": pool, "library": [p for p in pool if is_library_module(p)]}
+    mixes = {name: files for name, files in mixes.items() if any(v[0] == name for v in args.variants)}
     max_samples = max([32] + [n for _, n, _, _ in args.variants])
     device = torch.device("cpu")
     batches = {
@@ -113,17 +114,17 @@ def main() -> None:
     all_batches = [b for name in mixes for b in batches[name]] + held
     with torch.no_grad():
         items = capture_first_layer_args(model, all_batches)
-        per_mix = len(batches["stdlib"])
+        per_mix = len(next(iter(batches.values())))
         parts = []  # (name, first item, end item): calibration prefixes of 32 samples, then held-out
         for m, name in enumerate(mixes):
             for s in range(0, max_samples, 32):
                 parts.append((f"{name}:{s}", m * per_mix + s // 8, m * per_mix + (s + 32) // 8))
         parts.append(("held", len(mixes) * per_mix, len(items)))
         for index, layer in enumerate(decoder_layers(model)):
-            if index > max(args.layers):
-                break
             if index in args.layers:
                 run_layer(index, layer, items, parts, args)
+            if index == max(args.layers):
+                break
             items = [next_layer_args(item, layer(*item.args)) for item in items]
 
 

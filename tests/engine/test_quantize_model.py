@@ -218,3 +218,27 @@ def test_an_already_quantized_checkpoint_is_refused(tmp_path) -> None:
     src = make_tiny_checkpoint(tmp_path / "gptq", "llama", quant={"bits": 4, "group_size": 32})
     with pytest.raises(ValueError, match="is already quantized \\(gptq\\); quantize a float checkpoint"):
         qm.quantize_checkpoint(src, tmp_path / "q", QuantSpec(), method="rtn", load_float_model=load_float)
+
+
+def test_next_layer_inputs_come_from_the_kept_down_proj_inputs_not_a_second_forward(
+    float_ckpt, calib_files, monkeypatch
+) -> None:
+    model = load_float(float_ckpt, torch.device("cpu"))
+    batches = qm.calibration_batches(float_ckpt, calib_files, CALIB, 2, torch.device("cpu"))  # 4 batches
+    layer = qm.decoder_layers(model)[0]
+    inputs = qm.capture_first_layer_args(model, batches)
+    with torch.no_grad():
+        last = qm._stage_pass(layer, qm.STAGES[-1].module, inputs, keep=True)
+        expected = [layer(*item.args) for item in inputs]
+        calls = []
+        monkeypatch.setattr(layer, "forward", lambda *a, real=layer.forward: calls.append(1) or real(*a))
+        outputs = qm._layer_outputs(layer, inputs, last)
+    assert len(calls) == 1  # only the check on the first batch
+    for out, (hidden, residual) in zip(outputs, expected, strict=True):
+        torch.testing.assert_close(out.args[1], hidden, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.args[2], residual, rtol=0, atol=0)
+    # Without kept inputs (or where they disagree with the layer) every batch runs whole.
+    calls.clear()
+    with torch.no_grad():
+        qm._layer_outputs(layer, inputs, qm.StagePass(last.hessian, [], []))
+    assert len(calls) == len(inputs)
