@@ -63,10 +63,28 @@ def copy_bandwidth_gbs() -> float:
 
 
 def gemv_gbs(
-    k: int, n: int, rows: int, dtype: torch.dtype, *, tc: bool = True, num_weights: int = 4, repeats: int = 10
+    k: int,
+    n: int,
+    rows: int,
+    dtype: torch.dtype,
+    *,
+    tc: bool = True,
+    splits: int | None = None,
+    pdl: bool = False,
+    num_weights: int = 4,
+    repeats: int = 10,
 ) -> dict:
     """Fused GEMV (tensor-core or CUDA-core kernel) on rotating weight sets (so L2 holds none of
-    them) -> achieved GB/s."""
+    them) -> achieved GB/s. `splits`: K slices per column tile (None: the engine's choice). PDL off
+    by default: back-to-back GEMVs would overlap one's start with the previous one's tail, which
+    flatters the kernel; the decode figures measure PDL where it really applies."""
+    from engine.ops import cuda
+
+    counters = cuda.split_counters(torch.device("cuda"))
+    if splits is None:
+        splits = cuda.gemv_splits(k, n, rows, torch.cuda.get_device_properties(0).multi_processor_count)
+    splits = torch.ops.exlsp.quant_gemv_tc_splits(k, splits)
+    partials = torch.empty((splits, min(rows, 16), n), dtype=torch.float32, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(k + n)
     weights = [
         random_packed(k, n, bits=4, group_size=128, dtype=dtype, bias=False, gen=gen)
@@ -78,15 +96,21 @@ def gemv_gbs(
     def calls():
         for w in weights:
             if tc:
-                torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out)
+                torch.ops.exlsp.quant_gemv_tc(
+                    x, w.qweight, w.scales, w.zeros, None, None, 128, out, partials, counters, splits
+                )
             else:
                 torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
 
-    graph = graph_of(calls, repeats)
+    torch.ops.exlsp.set_launch_pdl(1 if pdl else 0)
+    try:
+        graph = graph_of(calls, repeats)
+    finally:
+        torch.ops.exlsp.set_launch_pdl(-1)
     ms = median_ms(graph.replay) / (repeats * num_weights)
     w = weights[0]
     nbytes = sum(t.numel() * t.element_size() for t in (w.qweight, w.scales, w.zeros, x, out))
-    return {"us": ms * 1e3, "gbs": nbytes / ms / 1e6}
+    return {"us": ms * 1e3, "gbs": nbytes / ms / 1e6, "splits": splits if tc else 0}
 
 
 def torch_int4_gbs(k: int, n: int, rows: int, num_weights: int = 4, repeats: int = 10) -> dict | str:
@@ -157,7 +181,13 @@ def profile_decode(model, kv_cache, ctx: int = 2048, steps: int = 5) -> str:
 
 
 def bench_model(
-    name: str, *, contexts: list[int], full: bool, quant_lm_head: bool, profile_to: Path | None = None
+    name: str,
+    *,
+    contexts: list[int],
+    full: bool,
+    quant_lm_head: bool,
+    profile_to: Path | None = None,
+    compare_pdl: bool = False,
 ) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -178,6 +208,16 @@ def bench_model(
 
     if profile_to is not None:
         profile_to.write_text(profile_decode(model, kv_cache))
+    if compare_pdl:  # the same step captured without programmatic dependent launch, same run
+        torch.ops.exlsp.set_launch_pdl(0)
+        try:
+            graphs = DecodeGraphs(
+                step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS
+            )
+            res["decode_ctx2048_no_pdl_tok_s"] = 1e3 / time_decode(graphs, 2048)[0]
+        finally:
+            torch.ops.exlsp.set_launch_pdl(-1)
+        del graphs
     graphs = DecodeGraphs(step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS)
     for ctx in contexts:
         ms, synced = time_decode(graphs, ctx)
@@ -253,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", default=None, help="write a per-kernel profile of the first model's decode here"
     )
+    parser.add_argument("--gemv-sweep", action="store_true", help="also time every K split at batch 1")
+    parser.add_argument("--no-pdl-compare", action="store_true", help="skip the decode run without PDL")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("exlsp bench: no CUDA device; GPU benchmarks need one", file=sys.stderr)
@@ -266,11 +308,17 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     report["copy_GBs"] = copy_bw = copy_bandwidth_gbs()
     gemv = {}
-    for k, n in [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]:
+    shapes = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]
+    for k, n in shapes:
         for rows in (1, 8, 16):
             r = gemv_gbs(k, n, rows, torch.float16)
             r["of_copy"] = r["gbs"] / copy_bw
             gemv[f"tc_{k}x{n}_m{rows}_fp16"] = r
+    if args.gemv_sweep:  # every split of K at batch 1, to check the engine's choice
+        for k, n in shapes[:5]:
+            for splits in (1, 2, 3, 4):
+                gemv[f"tc_{k}x{n}_m1_fp16_splits{splits}"] = gemv_gbs(k, n, 1, torch.float16, splits=splits)
+            gemv[f"tc_{k}x{n}_m1_fp16_pdl"] = gemv_gbs(k, n, 1, torch.float16, pdl=True)
     for rows in (1, 8):
         gemv[f"cudacore_4096x14336_m{rows}_fp16"] = gemv_gbs(4096, 14336, rows, torch.float16, tc=False)
     gemv["tc_4096x14336_m1_bf16"] = gemv_gbs(4096, 14336, 1, torch.bfloat16)
@@ -282,7 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         full = i == 0 and not args.quick
         profile_to = Path(args.profile) if args.profile and i == 0 else None
         report["models"].append(
-            bench_model(name, contexts=contexts, full=full, quant_lm_head=False, profile_to=profile_to)
+            bench_model(
+                name,
+                contexts=contexts,
+                full=full,
+                quant_lm_head=False,
+                profile_to=profile_to,
+                compare_pdl=i == 0 and not args.no_pdl_compare,
+            )  # fmt: skip
         )
         if full:
             report["models"].append(bench_model(name, contexts=contexts, full=False, quant_lm_head=True))
@@ -293,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  gemv {key:34s} {r}"
             if isinstance(r, str)
-            else f"  gemv {key:34s} {r['us']:8.1f} us {r['gbs']:7.0f} GB/s"
+            else f"  gemv {key:40s} {r['us']:8.1f} us {r['gbs']:7.0f} GB/s {r['gbs'] / copy_bw:5.0%}"
+            f" splits {r.get('splits', '-')}"
         )
     for m in report["models"]:
         print("  " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))

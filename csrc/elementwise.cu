@@ -1,9 +1,11 @@
 // Small fused element-wise kernels of the decoder layer: RMSNorm with the residual add, neox rotary
 // embedding fused with the K/V write into cache slots, and SiLU(gate) * up.
+// Each is launched with PDL (launch.cuh) and waits for its predecessor before its first read.
 #include <cstdint>
 
 #include "dtype_utils.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace exlsp {
 namespace {
@@ -29,6 +31,8 @@ __global__ void __launch_bounds__(kNormThreads)
                     float eps) {
   constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
   __shared__ float scratch[kNormThreads / 32];
+  pdl_wait();
+  pdl_trigger();
   const size_t row = (size_t)blockIdx.x * hidden;
   float v[kMaxVecs][8];
   float sumsq = 0.f;
@@ -73,6 +77,8 @@ __global__ void __launch_bounds__(kNormThreads)
 // thread reads its pair before writing it, so the outputs may alias the inputs.
 template <typename T, typename CS>
 __global__ void rotary_write_kv_kernel(RotaryArgs a) {
+  pdl_wait();
+  pdl_trigger();
   const int token = blockIdx.x;
   const int half = a.head_dim / 2;
   const int64_t slot = a.slot_mapping ? a.slot_mapping[token] : -1;
@@ -117,6 +123,8 @@ __global__ void rotary_write_kv_kernel(RotaryArgs a) {
 
 template <typename T>
 __global__ void silu_and_mul_kernel(const T* __restrict__ x, T* __restrict__ out, int inter) {
+  pdl_wait();
+  pdl_trigger();
   const size_t row = blockIdx.y;
   const int col = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (col >= inter) return;
@@ -134,12 +142,13 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ x, T* __restrict__ out
 cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, const void* weight, void* out,
                             void* residual_out, int num_tokens, int hidden, float eps, cudaStream_t stream) {
   if (hidden % 8 != 0 || hidden > kNormThreads * 8 * 4) return cudaErrorInvalidValue;
+  cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    rms_norm_kernel<T><<<num_tokens, kNormThreads, 0, stream>>>(
-        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
-        static_cast<T*>(residual_out), hidden, eps);
+    err = launch_pdl(rms_norm_kernel<T>, dim3(num_tokens), dim3(kNormThreads), 0, stream, static_cast<const T*>(x),
+                     static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
+                     static_cast<T*>(residual_out), hidden, eps);
   });
-  return cudaGetLastError();
+  return err;
 }
 
 cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_t stream) {
@@ -149,13 +158,12 @@ cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_
   // enough slices that a single token spreads over several SMs; many tokens need none
   const int slices = a.num_tokens >= 64 ? 1 : (pairs + threads - 1) / threads;
   const dim3 grid(a.num_tokens, slices);
+  cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    if (a.cos_sin_is_float)
-      rotary_write_kv_kernel<T, float><<<grid, threads, 0, stream>>>(a);
-    else
-      rotary_write_kv_kernel<T, T><<<grid, threads, 0, stream>>>(a);
+    err = a.cos_sin_is_float ? launch_pdl(rotary_write_kv_kernel<T, float>, grid, dim3(threads), 0, stream, a)
+                             : launch_pdl(rotary_write_kv_kernel<T, T>, grid, dim3(threads), 0, stream, a);
   });
-  return cudaGetLastError();
+  return err;
 }
 
 cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream) {
@@ -163,10 +171,11 @@ cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, in
   if (M == 0) return cudaSuccess;
   dim3 block(128);
   dim3 grid((I / 8 + 127) / 128, M);
+  cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    silu_and_mul_kernel<T><<<grid, block, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(out), I);
+    err = launch_pdl(silu_and_mul_kernel<T>, grid, block, 0, stream, static_cast<const T*>(x), static_cast<T*>(out), I);
   });
-  return cudaGetLastError();
+  return err;
 }
 
 }  // namespace exlsp

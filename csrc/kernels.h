@@ -23,11 +23,17 @@ cudaError_t launch_quant_gemv(Dtype dtype, const void* x, const int32_t* qweight
                               int K, int N, int bits, int group_size, cudaStream_t stream);
 
 // The same product on the tensor cores for 1 <= M (chunks of 16 rows), 4-bit only, integer zeros;
-// quant_gemv_tc_supports says which shapes it takes (quant_gemv_tc.cu).
+// quant_gemv_tc_supports says which shapes it takes (quant_gemv_tc.cu). K is split over `splits`
+// blocks per 32 columns when partials (splits, min(M, 16), N) float32 and counters (N / 32) int32,
+// all zero, are given (the kernel leaves the counters zero again); else splits is 1.
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
+int quant_gemv_tc_effective_splits(int K, int splits);  // the number of K slices actually launched
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
-                                 const void* zeros, const void* bias, const void* residual, void* out, int M, int K,
-                                 int N, int group_size, cudaStream_t stream);
+                                 const void* zeros, const void* bias, const void* residual, void* out, float* partials,
+                                 int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream);
+
+// Programmatic dependent launch for the kernels that support it (launch.cuh): -1 auto, 0 off, 1 on.
+void set_pdl_mode(int mode);
 
 // W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch.
 cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros,

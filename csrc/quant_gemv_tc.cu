@@ -13,10 +13,22 @@
 // (q - zero) is exact in fp16/bf16 for integer zeros; the scale is applied in fp32 once per group.
 // Requirements (else the CUDA-core kernel serves): 4-bit, integer zeros, K % 32 == 0,
 // group_size % 32 == 0, N % 32 == 0.
+//
+// Work split: a block owns 32 columns and one of `splits` equal slices of K; its warps split the
+// slice again. One block per 32 columns leaves most shapes with a ragged last wave (4096 x 14336:
+// 448 blocks for 396 slots, 1.13 waves), so the host picks `splits` to fill the slots evenly
+// (gemv_splits in engine/ops/cuda.py). With splits > 1 each block writes its fp32 partial sums to
+// `partials` and bumps the tile's counter; the last block of a tile adds the partials in split
+// order (deterministic), applies the epilogue and resets the counter to 0 for the next call.
+// Loads: a batch of U 16-byte weight vectors per lane in registers, then its math. (A cp.async
+// shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
+// 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
+// waiting for the kernel that wrote x.
 #include <cstdint>
 
 #include "dtype_utils.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace exlsp {
 namespace {
@@ -27,8 +39,9 @@ template <typename T>
 struct MmaTraits;
 template <>
 struct MmaTraits<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // fp16 1024.0 in both halves
+  static constexpr uint32_t kMagic = 0x64006400u;      // fp16 1024.0 in both halves
   static constexpr float kBias = 1024.f;
+  static constexpr uint32_t kSixteenth = 0x2C002C00u;  // fp16 1/16 in both halves
 };
 template <>
 struct MmaTraits<__nv_bfloat16> {
@@ -36,6 +49,10 @@ struct MmaTraits<__nv_bfloat16> {
   static constexpr float kBias = 128.f;
 };
 
+__device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t b, uint32_t c, __half) {
+  __half2 r = __hfma2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b), *reinterpret_cast<__half2*>(&c));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
 __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b, __half) {
   __half2 r = __hsub2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
   return *reinterpret_cast<uint32_t*>(&r);
@@ -66,17 +83,20 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
 // MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). WARPS split K.
 // One-tile 8-warp blocks fit 3 per SM (24 warps) so the loads of more warps overlap the math.
 template <typename T, int MT, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
+__global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const T* __restrict__ residual,
-                         T* __restrict__ out, int M, int K, int N, int group_size) {
+                         T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
+                         int K, int N, int group_size, int chunks_per_split) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
   const int col0 = blockIdx.x * 32 + 4 * g;  // this lane's 4 columns
   const int num_chunks = K / 32;            // a chunk: 4 packed word rows = 32 k
-  const int per_warp = (num_chunks + WARPS - 1) / WARPS;
-  const int c_begin = min(num_chunks, warp * per_warp);
-  const int c_end = min(num_chunks, c_begin + per_warp);
+  const int split_begin = blockIdx.y * chunks_per_split;
+  const int split_end = min(num_chunks, split_begin + chunks_per_split);
+  const int per_warp = (split_end - split_begin + WARPS - 1) / WARPS;
+  const int c_begin = min(split_end, split_begin + warp * per_warp);
+  const int c_end = min(split_end, c_begin + per_warp);
   const int chunks_per_group = group_size / 32;
 
   float acc[MT][2][4], cur[MT][2][4];
@@ -88,6 +108,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
       for (int i = 0; i < 4; ++i) acc[mt][j][i] = cur[mt][j][i] = 0.f;
   float sc[4];
   uint32_t zz[4];  // (bias + zero) in both halves, per column
+  uint32_t nz[4];  // fp16: -(64 + zero) in both halves, per column
   int cur_group = -1;
   int next_group_chunk = c_begin;  // first chunk of the next group: no division per chunk
 
@@ -104,13 +125,12 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
   };
 
   constexpr int U = MT == 1 ? kUnroll : kUnroll / 2;  // fewer registers when 16 rows share a lane
-  auto load = [&](int c, uint4 (&wv)[U], uint4 (&xv)[U][MT]) {
+  auto load_x = [&](int c, uint4 (&xv)[U][MT]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int chunk = c + u;
       if (chunk < c_end) {
         const size_t word_row = (size_t)chunk * 4 + t;
-        wv[u] = __ldcs(reinterpret_cast<const uint4*>(qweight + word_row * N + col0));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
           const int row = mt * 8 + g;
@@ -140,15 +160,33 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
           const T zb = from_float<T>(to_float(z4[j]) + MmaTraits<T>::kBias);  // exact for integer zeros
           const uint16_t bits = *reinterpret_cast<const uint16_t*>(&zb);
           zz[j] = (uint32_t)bits | ((uint32_t)bits << 16);
+          if constexpr (std::is_same_v<T, __half>) {
+            const T nb = from_float<T>(-(to_float(z4[j]) + MmaTraits<T>::kBias / 16.f));
+            const uint16_t nbits = *reinterpret_cast<const uint16_t*>(&nb);
+            nz[j] = (uint32_t)nbits | ((uint32_t)nbits << 16);
+          }
         }
       }
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
       uint32_t a[4][4];  // [column][pair p]: (q - z) of nibbles (p, p + 4)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
+        constexpr uint32_t kMagic = MmaTraits<T>::kMagic;
+        if constexpr (std::is_same_v<T, __half>) {
+          // Nibbles (0, 4) and (2, 6) masked into the low mantissa bits: 1024 + q, minus (1024 + z).
+          // Nibbles (1, 5) and (3, 7) masked in place: 1024 + 16 q, times 1/16, minus (64 + z).
+          // One shift per word instead of three; every step is exact for 4-bit codes and zeros.
+          // (bf16's 7-bit mantissa has no room for a nibble at bits 4-7.)
+          const uint32_t w = words[j], w8 = words[j] >> 8;
+          constexpr uint32_t kSixteenth = MmaTraits<T>::kSixteenth;
+          a[j][0] = sub2((w & 0x000F000Fu) | kMagic, zz[j], T());
+          a[j][1] = fma2((w & 0x00F000F0u) | kMagic, kSixteenth, nz[j], T());
+          a[j][2] = sub2((w8 & 0x000F000Fu) | kMagic, zz[j], T());
+          a[j][3] = fma2((w8 & 0x00F000F0u) | kMagic, kSixteenth, nz[j], T());
+        } else {
 #pragma unroll
-        for (int p = 0; p < 4; ++p)
-          a[j][p] = sub2(((words[j] >> (4 * p)) & 0x000F000Fu) | MmaTraits<T>::kMagic, zz[j], T());
+          for (int p = 0; p < 4; ++p) a[j][p] = sub2(((words[j] >> (4 * p)) & 0x000F000Fu) | kMagic, zz[j], T());
+        }
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
@@ -163,11 +201,19 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
       }
     }
   };
-  // One batch of U chunks in flight per lane, then its math. (Double-buffering the batches in
-  // registers measured slower on H100: 1393 vs 1574 GB/s at 4096 x 14336, more registers, no gain.)
+  auto load_w = [&](int c, uint4 (&wv)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (c + u < c_end) wv[u] = __ldcs(reinterpret_cast<const uint4*>(qweight + ((size_t)(c + u) * 4 + t) * N + col0));
+  };
+  uint4 wv[U];
+  load_w(c_begin, wv);
+  pdl_wait();
+  pdl_trigger();
   for (int c = c_begin; c < c_end; c += U) {
-    uint4 wv[U], xv[U][MT];
-    load(c, wv, xv);
+    if (c != c_begin) load_w(c, wv);
+    uint4 xv[U][MT];
+    load_x(c, xv);
     compute(c, wv, xv);
   }
   if (cur_group >= 0) flush();
@@ -182,27 +228,50 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS == 8 && MT == 1 ? 3 : 1)
 #pragma unroll
       for (int i = 0; i < 4; ++i) partial[warp][mt * 8 + 2 * t + (i & 1)][4 * g + 2 * j + (i >> 1)] = acc[mt][j][i];
   __syncthreads();
+  const int splits = gridDim.y;
+  if (splits > 1) {
+    // Publish this block's sums; the last block of the tile finishes it.
+    for (int idx = threadIdx.x; idx < M * 32; idx += WARPS * 32) {
+      const int m = idx / 32, cl = idx % 32;
+      float y = 0.f;
+#pragma unroll
+      for (int w = 0; w < WARPS; ++w) y += partial[w][m][cl];
+      partials[((size_t)blockIdx.y * M + m) * N + blockIdx.x * 32 + cl] = y;
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ bool is_last;
+    if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+  }
   for (int idx = threadIdx.x; idx < M * 32; idx += WARPS * 32) {
     const int m = idx / 32, cl = idx % 32;
     const int n = blockIdx.x * 32 + cl;
     float y = 0.f;
+    if (splits > 1) {
+      for (int s = 0; s < splits; ++s) y += __ldcg(&partials[((size_t)s * M + m) * N + n]);  // L2: other blocks' writes
+    } else {
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) y += partial[w][m][cl];
+      for (int w = 0; w < WARPS; ++w) y += partial[w][m][cl];
+    }
     if (bias) y += to_float(bias[n]);
     if (residual) y += to_float(residual[(size_t)m * N + n]);
     out[(size_t)m * N + n] = from_float<T>(y);
   }
+  if (splits > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next call
 }
 
 template <typename T, int MT>
-cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o, int M, int K,
-                      int N, int group_size, int num_sms, cudaStream_t stream) {
-  const int blocks = N / 32;
-  if (blocks >= 2 * num_sms)
-    quant_gemv_tc_kernel<T, MT, 8><<<blocks, 8 * 32, 0, stream>>>(x, qw, s, z, b, r, o, M, K, N, group_size);
-  else
-    quant_gemv_tc_kernel<T, MT, 16><<<blocks, 16 * 32, 0, stream>>>(x, qw, s, z, b, r, o, M, K, N, group_size);
-  return cudaGetLastError();
+cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o, float* partials,
+                      int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream) {
+  const int num_chunks = K / 32;
+  const int chunks_per_split = (num_chunks + splits - 1) / splits;
+  splits = (num_chunks + chunks_per_split - 1) / chunks_per_split;  // no empty slice
+  const dim3 grid(N / 32, splits);
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, 8>, grid, dim3(8 * 32), 0, stream, x, qw, s, z, b, r, o,
+                    partials, counters, M, K, N, group_size, chunks_per_split);
 }
 
 }  // namespace
@@ -211,12 +280,19 @@ bool quant_gemv_tc_supports(int bits, int K, int N, int group_size) {
   return bits == 4 && K % 32 == 0 && N % 32 == 0 && group_size % 32 == 0 && K % group_size == 0;
 }
 
+void set_pdl_mode(int mode) { pdl_mode() = mode; }
+
+int quant_gemv_tc_effective_splits(int K, int splits) {
+  const int num_chunks = K / 32;
+  splits = splits < 1 ? 1 : (splits > num_chunks ? num_chunks : splits);
+  const int chunks_per_split = (num_chunks + splits - 1) / splits;
+  return (num_chunks + chunks_per_split - 1) / chunks_per_split;
+}
+
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
-                                 const void* zeros, const void* bias, const void* residual, void* out, int M, int K,
-                                 int N, int group_size, cudaStream_t stream) {
-  int dev = 0, num_sms = 132;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+                                 const void* zeros, const void* bias, const void* residual, void* out, float* partials,
+                                 int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream) {
+  splits = (partials && counters) ? quant_gemv_tc_effective_splits(K, splits) : 1;
   const uint32_t* qw = reinterpret_cast<const uint32_t*>(qweight);
   cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
@@ -229,9 +305,11 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       const T* rr = re ? re + (size_t)m0 * N : nullptr;
       T* orow = o + (size_t)m0 * N;
       err = rows <= 8 ? launch_mt<T, 1>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
-                                        static_cast<const T*>(bias), rr, orow, rows, K, N, group_size, num_sms, stream)
+                                        static_cast<const T*>(bias), rr, orow, partials, counters, rows, K, N,
+                                        group_size, splits, stream)
                       : launch_mt<T, 2>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
-                                        static_cast<const T*>(bias), rr, orow, rows, K, N, group_size, num_sms, stream);
+                                        static_cast<const T*>(bias), rr, orow, partials, counters, rows, K, N,
+                                        group_size, splits, stream);
     }
   });
   return err;

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <string>
@@ -131,19 +132,47 @@ void quant_gemv(const Tensor& x, const Tensor& qweight, const Tensor& scales, co
 // Tensor-core variant: 4-bit, integer zeros (the caller knows; the kernel does not check values).
 void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
-                   Tensor& out) {
+                   Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
+                   int64_t splits) {
   const char* op = "quant_gemv_tc";
   const Dtype dtype = model_dtype(x, op);
   const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
   EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
               "exlsp::quant_gemv_tc: needs K, N and group_size multiples of 32, got K=%s N=%s group_size=%s",
               to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
+  float* partials_ptr = nullptr;
+  int* counters_ptr = nullptr;
+  if (splits > 1) {
+    EXLSP_CHECK(partials && counters, "exlsp::quant_gemv_tc: splits > 1 needs partials and counters");
+    const int64_t s = quant_gemv_tc_effective_splits((int)K, (int)splits);
+    check_cuda(*partials, op, "partials");
+    check_cuda(*counters, op, "counters");
+    EXLSP_CHECK(partials->scalar_type() == at::kFloat && partials->is_contiguous() &&
+                    partials->numel() >= s * std::min<int64_t>(M, 16) * N,
+                "exlsp::quant_gemv_tc: partials must be contiguous float32 with at least %s elements",
+                to_str(s * std::min<int64_t>(M, 16) * N).c_str());
+    EXLSP_CHECK(counters->scalar_type() == at::kInt && counters->numel() >= N / 32,
+                "exlsp::quant_gemv_tc: counters must be int32 with at least N / 32 = %s elements",
+                to_str(N / 32).c_str());
+    partials_ptr = partials->data_ptr<float>();
+    counters_ptr = counters->data_ptr<int>();
+  }
   if (M == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
-                                    zeros.data_ptr(), opt_ptr(bias), opt_ptr(residual), out.data_ptr(), (int)M, (int)K,
-                                    (int)N, (int)group_size, c10::cuda::getCurrentCUDAStream()),
+                                    zeros.data_ptr(), opt_ptr(bias), opt_ptr(residual), out.data_ptr(), partials_ptr,
+                                    counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits,
+                                    c10::cuda::getCurrentCUDAStream()),
                op);
+}
+
+int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
+  return quant_gemv_tc_effective_splits((int)K, (int)splits);
+}
+
+void set_launch_pdl(int64_t mode) {
+  EXLSP_CHECK(mode >= -1 && mode <= 1, "exlsp::set_launch_pdl: mode must be -1 (auto), 0 (off) or 1 (on)");
+  set_pdl_mode((int)mode);
 }
 
 void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros, int64_t bits, int64_t group_size,
@@ -368,7 +397,9 @@ TORCH_LIBRARY(exlsp, m) {
       "int group_size, Tensor(a!) out) -> ()");
   m.def(
       "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
-      "int group_size, Tensor(a!) out) -> ()");
+      "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
+  m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
+  m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "

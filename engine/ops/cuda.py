@@ -12,6 +12,7 @@ the bottom right (new tokens see every cached token and themselves).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -232,6 +233,42 @@ def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding
     return out
 
 
+_split_counters: dict[torch.device, torch.Tensor] = {}
+_num_sms: dict[torch.device, int] = {}
+MAX_GEMV_SPLITS = 8
+# Cost model of one block, in chunks of 32 k per warp: at least GEMV_MIN_ROUND (a warp with fewer
+# chunks still waits about one memory round trip per batch) plus GEMV_BLOCK_COST (prologue,
+# reduction, epilogue). Fitted on H100 sweeps (bench/bench_gpu.py --gemv-sweep): splitting paid for
+# 14336 x 4096 (+20%) and was neutral or worse for 4096-wide inputs.
+GEMV_MIN_ROUND = 8
+GEMV_BLOCK_COST = 8
+
+
+def gemv_splits(in_features: int, out_features: int, rows: int, num_sms: int) -> int:
+    """K slices per 32 output columns for the tensor-core GEMV: the fewest that fill the GPU's block
+    slots evenly. Cost: waves of blocks x the cost of one block; a ragged last wave costs a whole one."""
+    tiles, chunks = out_features // 32, in_features // 32
+    slots = num_sms * (3 if rows <= 8 else 2)  # 8-warp blocks resident per SM (80 / 94 registers)
+    best, best_cost = 1, math.inf
+    for splits in range(1, MAX_GEMV_SPLITS + 1):
+        per_warp = math.ceil(math.ceil(chunks / splits) / 8)
+        if splits > 1 and per_warp < 2:
+            break
+        cost = math.ceil(tiles * splits / slots) * (max(per_warp, GEMV_MIN_ROUND) + GEMV_BLOCK_COST)
+        if cost < best_cost * 0.95:  # a split must pay for its extra partial-sum traffic
+            best, best_cost = splits, cost
+    return best
+
+
+def split_counters(device: torch.device) -> torch.Tensor:
+    """The zeroed per-tile counters the split GEMV uses (it leaves them zero). Created at load, never
+    inside a CUDA graph capture, one per device; GEMVs on one stream run one after the other."""
+    if device not in _split_counters:
+        _split_counters[device] = torch.zeros(65536, dtype=torch.int32, device=device)
+        _num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _split_counters[device]
+
+
 @dataclass
 class PreparedWeight(PackedWeight):
     """The canonical PackedWeight plus what the kernels need to know about its values, found once at
@@ -248,6 +285,7 @@ def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
         return None if t is None else t.contiguous()
 
     integer_zeros = bool(torch.equal(w.zeros, w.zeros.round())) and bool((w.zeros.abs() <= 256).all())
+    split_counters(w.qweight.device)
     return PreparedWeight(
         w.bits, w.group_size, w.in_features, w.out_features,
         c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros,
@@ -287,7 +325,19 @@ def quant_linear(x, w: PackedWeight):
     num_rows = x.shape[0]
     if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
-        torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out)
+        counters = _split_counters.get(x.device)
+        splits = 1
+        if counters is not None and w.out_features // 32 <= counters.numel():
+            splits = gemv_splits(w.in_features, w.out_features, num_rows, _num_sms[x.device])
+        if splits == 1:
+            torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out)
+        else:
+            partials = torch.empty(
+                (splits, min(num_rows, 16), w.out_features), dtype=torch.float32, device=x.device
+            )
+            torch.ops.exlsp.quant_gemv_tc(
+                x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, partials, counters, splits
+            )
         return out
     if num_rows <= GEMV_MAX_ROWS:
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)

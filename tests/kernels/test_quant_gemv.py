@@ -125,3 +125,64 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
     assert prepared.integer_zeros is not fractional_zeros
     x = torch.randn((4, 1024), generator=generator(22), device="cuda").half()
     assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
+
+
+@pytest.mark.parametrize("pdl", [0, 1])
+@pytest.mark.parametrize("splits", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("rows", [1, 9, 40])
+@pytest.mark.parametrize("shape", [(4096, 14336, 128), (14336, 4096, 128), (512, 96, 32)], ids=str)
+def test_tensor_core_gemv_split_k_matches_reference_and_resets_its_counters(
+    shape, rows, splits, pdl, prefetch
+):
+    """K split over several blocks per column tile: same answer (bias and residual epilogue in the
+    block that finishes the tile), bitwise the same on a second call, and counters left at zero."""
+    k, n, group_size = shape
+    ops = exlsp_ops()
+    seed = k + n + rows * 7 + splits
+    w = random_packed_weight(k, n, bits=4, group_size=group_size, dtype=torch.float16, bias=True, seed=seed)
+    x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").half()
+    residual = torch.randn((rows, n), generator=generator(seed + 2), device="cuda").half()
+    launched = ops.quant_gemv_tc_splits(k, splits)
+    assert launched == 1 if splits == 1 else 2 <= launched <= splits
+    partials = torch.full((launched, min(rows, 16), n), float("nan"), device="cuda")
+    counters = torch.zeros(n // 32 + 5, dtype=torch.int32, device="cuda")
+    out, again = poisoned((rows, n), torch.float16), poisoned((rows, n), torch.float16)
+    ops.set_launch_pdl(pdl)
+    try:
+        ops.quant_gemv_tc(
+            x, w.qweight, w.scales, w.zeros, w.bias, residual, group_size, out, partials, counters, splits
+        )
+        ops.quant_gemv_tc(
+            x, w.qweight, w.scales, w.zeros, w.bias, residual, group_size, again, partials, counters, splits
+        )
+    finally:
+        ops.set_launch_pdl(-1)
+    assert rel_err(out, reference(x, w) + residual.double()) <= REL_TOL
+    assert torch.equal(out, again)
+    assert not counters.any()
+
+
+def test_tensor_core_gemv_split_k_needs_its_buffers():
+    w = random_packed_weight(1024, 512, bits=4, group_size=128, dtype=torch.float16)
+    x = torch.randn((1, 1024), device="cuda").half()
+    out = torch.empty((1, 512), device="cuda").half()
+    with pytest.raises(RuntimeError, match="splits > 1 needs partials and counters"):
+        exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out, None, None, 4)
+    small = torch.empty((1, 1, 512), device="cuda")
+    counters = torch.zeros(16, dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match="partials must be contiguous float32 with at least 2048 elements"):
+        exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out, small, counters, 4)
+
+
+def test_quant_linear_splits_k_for_the_decode_shapes_and_matches_reference():
+    """The public op with the engine's own choice of split (counters created by prepare)."""
+    from engine.ops import cuda
+
+    exlsp_ops()
+    w = cuda.prepare_quant_weight(
+        random_packed_weight(4096, 4096, bits=4, group_size=128, dtype=torch.float16, seed=5)
+    )
+    assert cuda.gemv_splits(4096, 4096, 1, torch.cuda.get_device_properties(0).multi_processor_count) > 1
+    x = torch.randn((1, 4096), generator=generator(6), device="cuda").half()
+    assert rel_err(cuda.quant_linear(x, w), reference(x, w)) <= REL_TOL
+    assert not cuda.split_counters(x.device).any()

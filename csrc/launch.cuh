@@ -1,0 +1,65 @@
+// Kernel launches with programmatic dependent launch (PDL, sm_90+).
+//
+// A decode step is ~10 small kernels per layer; between two of them the GPU drains one grid and
+// ramps up the next, a microsecond or more each time. With PDL the next kernel is launched while the
+// current one still runs: it does the part that needs nothing from its predecessor (the GEMV issues
+// its first weight loads), then waits in pdl_wait() until the predecessor has finished and its
+// writes are visible.
+//
+// The rule every kernel launched through launch_pdl() follows, which keeps this race-free:
+//   - before pdl_wait(): read only data no kernel of the step writes (weights, scales), write nothing;
+//   - pdl_trigger() only after pdl_wait(), so at most two grids overlap and the earlier one's own
+//     predecessors are complete.
+// Kernels launched the ordinary way (torch's, cuBLAS) are unaffected: they start after the previous
+// kernel completes, as always. Before sm_90 pdl_wait/pdl_trigger compile to nothing and launches are
+// ordinary.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace exlsp {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// -1: on where the device supports it (the default); 0: off (for comparisons); 1: on.
+inline int& pdl_mode() {
+  static int mode = -1;
+  return mode;
+}
+
+inline bool pdl_enabled() {
+  if (pdl_mode() >= 0) return pdl_mode() == 1;
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  return major >= 9;
+}
+
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = 1;
+  cudaError_t err = cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+}  // namespace exlsp
