@@ -131,9 +131,7 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
 @pytest.mark.parametrize("splits", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("rows", [1, 9, 40])
 @pytest.mark.parametrize("shape", [(4096, 14336, 128), (14336, 4096, 128), (512, 96, 32)], ids=str)
-def test_tensor_core_gemv_split_k_matches_reference_and_resets_its_counters(
-    shape, rows, splits, pdl, prefetch
-):
+def test_tensor_core_gemv_split_k_matches_reference_and_resets_its_counters(shape, rows, splits, pdl):
     """K split over several blocks per column tile: same answer (bias and residual epilogue in the
     block that finishes the tile), bitwise the same on a second call, and counters left at zero."""
     k, n, group_size = shape
