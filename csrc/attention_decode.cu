@@ -6,11 +6,18 @@
 // memory once and used G times.
 // Grid of phase 1: (num_kv_heads, num_seqs, num_partitions); partitions past a sequence's length exit
 // after marking themselves empty, so a CUDA graph can be captured for the longest context.
-// Thread layout: D/8 lanes cover one token's head vector with 16-byte loads; a block of 4 warps works
-// on 4 * 32 / (D/8) tokens at a time.
+// Thread layout: D/8 lanes cover one token's head vector with 16-byte loads; a block of 8 warps works
+// on 8 * 32 / (D/8) tokens at a time.
+//
+// Short prefills run as one-token sequences (engine/cuda_graph.py): with queries_per_block > 1 the
+// multi-query kernel finds, on the device, consecutive sequences that share the partition's blocks
+// and computes them together on the tensor cores (attention_multi_query.cuh), reading each K/V
+// chunk once instead of once per new token; other sequences take the per-sequence path.
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 
+#include "attention_multi_query.cuh"
 #include "dtype_utils.cuh"
 #include "kernels.h"
 
@@ -21,166 +28,214 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 4;  // tokens whose K/V loads are in flight together per thread
 
+// One sequence's new token against one partition of its context, on the CUDA cores.
+// scores: (G, partition_size) floats of shared memory; reduce_buf: kWarps x G x D floats.
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+__device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
+                                    float (*reduce_buf)[G][D]) {
   constexpr int kLanesPerToken = D / 8;
   constexpr int kTokensPerWarp = 32 / kLanesPerToken;
   constexpr int kTokenGroups = kWarps * kTokensPerWarp;
-  extern __shared__ float scores[];  // (G, partition_size)
-  __shared__ float reduce_buf[kWarps][G][D];
-
-  const int kv_head = blockIdx.x, part = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int lane_in_token = lane % kLanesPerToken;
   const int P = a.partition_size;
-
-  // A block serves queries_per_block consecutive sequences one after the other: when they are the
-  // new tokens of one prompt (short prefill as one-token sequences) they share the partition's K/V,
-  // and every pass after the first reads it from L1 instead of memory.
-  for (int qi = 0; qi < a.queries_per_block; ++qi) {
-    const int seq = blockIdx.y * a.queries_per_block + qi;
-    if (seq >= a.num_seqs) break;
-
-    const int seq_len = a.seq_lens[seq];
-    const int start = part * P;
-    const int end = min(seq_len, start + P);
-    const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
-    const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
-    if (start >= end || end <= window_lo) {
-      if (threadIdx.x < G) {
-        a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
-        a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
-      }
-      continue;  // uniform across the block
+  const int seq_len = a.seq_lens[seq];
+  const int start = part * P;
+  const int end = min(seq_len, start + P);
+  const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
+  const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
+  if (start >= end || end <= window_lo) {
+    if (threadIdx.x < G) {
+      a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
+      a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
     }
-    const int n = end - start;
+    return;  // uniform across the block
+  }
+  const int n = end - start;
 
-    const T* cache = static_cast<const T*>(a.kv_cache);
-    const size_t v_offset = (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
-    const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
-    auto vec_offset = [&](int t) -> size_t {
-      const int blk = block_table[t / a.block_size];
-      return (((size_t)blk * a.block_size + t % a.block_size) * a.num_kv_heads + kv_head) * D + lane_in_token * 8;
-    };
+  const T* cache = static_cast<const T*>(a.kv_cache);
+  const size_t v_offset = (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
+  const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
+  auto vec_offset = [&](int t) -> size_t {
+    const int blk = block_table[t / a.block_size];
+    return (((size_t)blk * a.block_size + t % a.block_size) * a.num_kv_heads + kv_head) * D + lane_in_token * 8;
+  };
 
-    // q of the group's heads, this lane's 8 dims, pre-scaled.
-    float qf[G][8];
-    const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
+  // q of the group's heads, this lane's 8 dims, pre-scaled.
+  float qf[G][8];
+  const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      load8_as_float(q + g * D + lane_in_token * 8, qf[g]);
+  for (int g = 0; g < G; ++g) {
+    load8_as_float(q + g * D + lane_in_token * 8, qf[g]);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
-    }
+    for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
+  }
 
-    // Phase 1: scores = q . k for every token of the partition. The loop bound is uniform per warp
-    // (the shuffles below need all 32 lanes); lanes past the end compute on nothing and store nothing.
-    const int lane_token = lane / kLanesPerToken;
-    for (int it = start + warp * kTokensPerWarp; it < end; it += kTokenGroups * kUnroll) {
-      uint4 kraw[kUnroll];
+  // Phase 1: scores = q . k for every token of the partition. The loop bound is uniform per warp
+  // (the shuffles below need all 32 lanes); lanes past the end compute on nothing and store nothing.
+  const int lane_token = lane / kLanesPerToken;
+  for (int it = start + warp * kTokensPerWarp; it < end; it += kTokenGroups * kUnroll) {
+    uint4 kraw[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = it + lane_token + u * kTokenGroups;
-        kraw[u] = t < end ? *reinterpret_cast<const uint4*>(cache + vec_offset(t)) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = it + lane_token + u * kTokenGroups;
-        const T* kv = reinterpret_cast<const T*>(&kraw[u]);
-        float dot[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          dot[g] = 0.f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], to_float(kv[j]), dot[g]);
-#pragma unroll
-          for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
-        }
-        if (lane_in_token == 0 && t < end) {
-#pragma unroll
-          for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
-        }
-      }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = it + lane_token + u * kTokenGroups;
+      kraw[u] = t < end ? *reinterpret_cast<const uint4*>(cache + vec_offset(t)) : make_uint4(0, 0, 0, 0);
     }
-    __syncthreads();
-
-    // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
-    for (int g = warp; g < G; g += kWarps) {
-      float m = -FLT_MAX;
-      for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-      float l = 0.f;
-      for (int i = lane; i < n; i += 32) {
-        const float s = scores[g * P + i];
-        const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
-        scores[g * P + i] = p;
-        l += p;
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
-      if (lane == 0) {
-        a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
-        a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
-      }
-    }
-    __syncthreads();
-
-    // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's tokens.
-    float acc[G][8];
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-    }
-    for (int t0 = start + warp * kTokensPerWarp + lane / kLanesPerToken; t0 < end; t0 += kTokenGroups * kUnroll) {
-      uint4 vraw[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = t0 + u * kTokenGroups;
-        if (t < end) vraw[u] = *reinterpret_cast<const uint4*>(cache + v_offset + vec_offset(t));
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int t = t0 + u * kTokenGroups;
-        if (t >= end) break;
-        const T* vv = reinterpret_cast<const T*>(&vraw[u]);
-        float vf[8];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float p = scores[g * P + (t - start)];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
-        }
-      }
-    }
-    // Sum over the token groups of a warp (lane bits above lane_in_token), then over warps.
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int off = kLanesPerToken; off < 32; off <<= 1) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], off);
-      }
-    }
-    if (lane < kLanesPerToken) {
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = it + lane_token + u * kTokenGroups;
+      const T* kv = reinterpret_cast<const T*>(&kraw[u]);
+      float dot[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
+        dot[g] = 0.f;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) reduce_buf[warp][g][lane * 8 + j] = acc[g][j];
+        for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], to_float(kv[j]), dot[g]);
+#pragma unroll
+        for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+      }
+      if (lane_in_token == 0 && t < end) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
       }
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < G * D; i += kThreads) {
-      const int g = i / D, d = i % D;
-      float sum = 0.f;
+  }
+  __syncthreads();
+
+  // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
+  for (int g = warp; g < G; g += kWarps) {
+    float m = -FLT_MAX;
+    for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += reduce_buf[w][g][d];
-      a.tmp_out[(part_index + (size_t)g * a.num_partitions) * D + d] = sum;
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float l = 0.f;
+    for (int i = lane; i < n; i += 32) {
+      const float s = scores[g * P + i];
+      const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
+      scores[g * P + i] = p;
+      l += p;
     }
-    __syncthreads();  // scores and reduce_buf are rewritten by the next query
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+    if (lane == 0) {
+      a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
+      a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
+    }
+  }
+  __syncthreads();
+
+  // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's tokens.
+  float acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
+  }
+  for (int t0 = start + warp * kTokensPerWarp + lane / kLanesPerToken; t0 < end; t0 += kTokenGroups * kUnroll) {
+    uint4 vraw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kTokenGroups;
+      if (t < end) vraw[u] = *reinterpret_cast<const uint4*>(cache + v_offset + vec_offset(t));
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int t = t0 + u * kTokenGroups;
+      if (t >= end) break;
+      const T* vv = reinterpret_cast<const T*>(&vraw[u]);
+      float vf[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = scores[g * P + (t - start)];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
+      }
+    }
+  }
+  // Sum over the token groups of a warp (lane bits above lane_in_token), then over warps.
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+      for (int off = kLanesPerToken; off < 32; off <<= 1) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], off);
+    }
+  }
+  if (lane < kLanesPerToken) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) reduce_buf[warp][g][lane * 8 + j] = acc[g][j];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += reduce_buf[w][g][d];
+    a.tmp_out[(part_index + (size_t)g * a.num_partitions) * D + d] = sum;
+  }
+}
+
+// One block per (KV head, sequence, partition): the ordinary decode path.
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+  extern __shared__ float scores[];  // (G, partition_size)
+  __shared__ float reduce_buf[kWarps][G][D];
+  attend_one_sequence<T, D, G>(a, blockIdx.y, blockIdx.x, blockIdx.z, scores, reduce_buf);
+}
+
+// Multi-query path: one block per (KV head, run of queries_per_block consecutive sequences,
+// partition). Inside its run the block splits the sequences into groups: a sequence joins its
+// predecessor's group when both are non-empty and have the same blocks over this partition (the new
+// tokens of one prompt). A group of several is computed from one load of the partition's K/V
+// (attention_multi_query.cuh); a group of one runs the per-sequence path, so independent sequences
+// get exactly the per-sequence result (one after the other, though: the host picks this kernel for
+// short prefills only).
+template <typename T, int D, int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(DecodeAttentionArgs a) {
+  extern __shared__ __align__(16) unsigned char mq_smem[];
+  __shared__ int shares_prev[mq::kMaxMembers];  // [i]: sequence first + i joins the group of first + i - 1
+  const int kv_head = blockIdx.x, part = blockIdx.z;
+  const int first = blockIdx.y * a.queries_per_block;
+  const int num_run = min(a.num_seqs - first, a.queries_per_block);
+  const int P = a.partition_size, start = part * P;
+  int max_len = 0;
+  for (int i = 0; i < num_run; ++i) max_len = max(max_len, a.seq_lens[first + i]);
+  if (start >= max_len) return;  // the merge reads no partition past a sequence's length
+
+  const int bs = a.block_size;
+  const int first_block = start / bs, num_blocks = (start + P - 1) / bs - first_block + 1;
+  if (threadIdx.x < mq::kMaxMembers) shares_prev[threadIdx.x] = threadIdx.x > 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < (num_run - 1) * num_blocks; i += kThreads) {
+    const int m = 1 + i / num_blocks, b = first_block + i % num_blocks, j = first + m;
+    const int len = a.seq_lens[j], prev_len = a.seq_lens[j - 1];
+    if (len <= 0 || prev_len <= 0) {
+      shares_prev[m] = 0;
+      continue;
+    }
+    const int used_end = min(start + P, max(len, prev_len));  // tokens either can see here
+    if (b * bs >= used_end) continue;
+    if (a.block_tables[(size_t)j * a.max_blocks_per_seq + b] != a.block_tables[(size_t)(j - 1) * a.max_blocks_per_seq + b])
+      shares_prev[m] = 0;
+  }
+  __syncthreads();
+  for (int head = 0; head < num_run;) {
+    int num_members = 1;
+    while (head + num_members < num_run && shares_prev[head + num_members]) ++num_members;
+    if (num_members == 1) {
+      float* scores = reinterpret_cast<float*>(mq_smem);
+      auto* reduce_buf = reinterpret_cast<float(*)[G][D]>(scores + G * P);
+      attend_one_sequence<T, D, G>(a, first + head, kv_head, part, scores, reduce_buf);
+    } else {
+      mq::attend_members<T, D, G>(a, first + head, num_members, kv_head, part, mq_smem);
+    }
+    head += num_members;
+    __syncthreads();  // shared memory is rewritten by the next group
   }
 }
 
@@ -227,14 +282,34 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   out[d] = from_float<T>(num * inv_den);
 }
 
+template <typename T, int D, int G>
+cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const int runs = (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block;
+  const dim3 grid(a.num_kv_heads, runs, a.num_partitions);
+  if (a.queries_per_block <= 1) {
+    const size_t smem = sizeof(float) * G * a.partition_size;
+    decode_attention_kernel<T, D, G><<<grid, kThreads, smem, stream>>>(a);
+    return cudaGetLastError();
+  }
+  // The same shared memory serves the per-sequence path (scores + reduce_buf) or the K/V stages.
+  const size_t smem =
+      std::max(mq::kv_smem_bytes<T, D>(), sizeof(float) * (G * a.partition_size + kWarps * G * D));
+  auto kernel = decode_attention_multi_query_kernel<T, D, G>;
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) return err;
+  }
+  kernel<<<grid, kThreads, smem, stream>>>(a);
+  return cudaGetLastError();
+}
+
 template <typename T, int D>
 cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
-  dim3 grid(a.num_kv_heads, (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block, a.num_partitions);
-  const size_t smem = sizeof(float) * G * a.partition_size;
+  cudaError_t err = cudaErrorInvalidValue;
   switch (G) {
-#define EXLSP_ATTN_CASE(GG)                                                                       \
-  case GG:                                                                                        \
-    decode_attention_kernel<T, D, GG><<<grid, kThreads, smem, stream>>>(a);                       \
+#define EXLSP_ATTN_CASE(GG)                    \
+  case GG:                                     \
+    err = launch_phase1<T, D, GG>(a, stream);  \
     break;
     EXLSP_ATTN_CASE(1)
     EXLSP_ATTN_CASE(2)
@@ -248,7 +323,6 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
     default:
       return cudaErrorInvalidValue;
   }
-  cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   decode_attention_reduce_kernel<T><<<dim3(a.num_q_heads, a.num_seqs), D, 0, stream>>>(a);
   return cudaGetLastError();
@@ -263,7 +337,8 @@ bool decode_attention_supports(int head_dim, int group) {
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream) {
   if (a.num_seqs == 0) return cudaSuccess;
   const int G = a.num_q_heads / a.num_kv_heads;
-  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > kMaxPartitions)
+  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > kMaxPartitions ||
+      a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaErrorInvalidValue;
   EXLSP_DISPATCH_DTYPE(dtype, T, {

@@ -55,7 +55,10 @@ struct DecodeAttentionArgs {
   int num_blocks, block_size, max_blocks_per_seq;
   int partition_size, num_partitions;
   int sliding_window;  // 0: none
-  int queries_per_block;  // consecutive sequences one block serves in turn (sharing K/V through L1)
+  // 1: one block per sequence (the per-sequence kernel). > 1 (at most 16): the multi-query kernel,
+  // where up to this many consecutive sequences (aligned runs) that share a partition's blocks (the
+  // new tokens of one prompt) are computed together from one load of its K/V.
+  int queries_per_block;
   float scale;
   int64_t q_stride_token;  // elements between consecutive tokens of q (heads * D when contiguous)
 };

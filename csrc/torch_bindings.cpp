@@ -198,7 +198,7 @@ void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros
 
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
                             const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
-                            Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum) {
+                            int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum) {
   const char* op = "paged_attention_decode";
   const Dtype dtype = model_dtype(q, op);
   EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
@@ -220,6 +220,8 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
               "exlsp::paged_attention_decode: block_tables/seq_lens have fewer rows than q");
   EXLSP_CHECK(partition_size > 0 && partition_size <= 512 && partition_size % 8 == 0,
               "exlsp::paged_attention_decode: partition_size must be in (0, 512] and a multiple of 8");
+  EXLSP_CHECK(queries_per_block >= 1 && queries_per_block <= 16,
+              "exlsp::paged_attention_decode: queries_per_block must be in [1, 16]");
   check_same(out, q, op, "out");
   EXLSP_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
   const int64_t P = tmp_max.size(-1);
@@ -248,9 +250,7 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
   a.partition_size = (int)partition_size;
   a.num_partitions = (int)P;
   a.sliding_window = (int)sliding_window;
-  // Many one-token sequences are a short prefill's tokens (engine/cuda_graph.py) or a big batch:
-  // 8 per block keeps >= 2 blocks per KV head and partition and reads each K/V chunk once per 8.
-  a.queries_per_block = S >= 16 ? 8 : 1;
+  a.queries_per_block = (int)queries_per_block;
   a.scale = (float)scale;
   a.q_stride_token = q.stride(0);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -403,8 +403,8 @@ TORCH_LIBRARY(exlsp, m) {
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
-      "int sliding_window, int partition_size, Tensor(a!) out, Tensor(b!) tmp_out, Tensor(c!) tmp_max, "
-      "Tensor(d!) tmp_sum) -> ()");
+      "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "
+      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum) -> ()");
   m.def(
       "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out) "
       "-> ()");

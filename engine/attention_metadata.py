@@ -21,11 +21,16 @@ import torch
 class AttentionMetadata:
     query_start_loc: torch.Tensor  # (num_seqs + 1,) int32: cumulative count of new tokens per sequence
     seq_lens: torch.Tensor  # (num_seqs,) int32: context length after this step (cached + new)
-    block_tables: torch.Tensor  # (num_seqs, max_blocks_per_seq) int32, padded with 0 past each sequence's blocks
+    block_tables: (
+        torch.Tensor
+    )  # (num_seqs, max_blocks_per_seq) int32, padded with 0 past each sequence's blocks
     slot_mapping: torch.Tensor  # (num_tokens,) int64: where each new token's K/V is written
     max_query_len: int  # host copies of the maxima, so kernels need no device->host sync
     max_seq_len: int
     block_size: int
+    # The one-token sequences are new tokens of prompts (engine/cuda_graph.py token_level_metadata):
+    # consecutive ones may share their blocks, which the CUDA decode kernel then reads once for all.
+    prompt_tokens_as_sequences: bool = False
 
     @property
     def num_seqs(self) -> int:

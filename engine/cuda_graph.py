@@ -13,7 +13,9 @@ sequence's real length exit at once.
 A short prefill (a few new tokens after a cached prefix: the keystroke case) runs through the same
 graphs: `token_level_metadata` turns T new tokens of any sequences into T one-token "sequences",
 each attending to its own causal prefix (its K/V and its predecessors' are written in the same
-layer before attention), which is exactly causal prefill attention.
+layer before attention), which is exactly causal prefill attention. Such steps replay graphs of
+their own (captured with `prompt_tokens_as_sequences`), whose attention reads each K/V chunk once
+for all the new tokens of a prompt; decode steps keep the per-sequence kernel.
 
 Requires the CUDA ops (engine/ops/cuda.py): the reference ops synchronize with the host and cannot
 be captured. Capture happens lazily, the first time a bucket is needed.
@@ -63,7 +65,7 @@ class DecodeGraphs:
         self.seq_lens = torch.zeros(rows, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((rows, self.max_blocks_per_seq), dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle()
         self.disabled_reason: str | None = None
 
@@ -83,9 +85,10 @@ class DecodeGraphs:
         bucket = bucket_for(n, self.buckets)
         assert bucket is not None and self.can_run(attn)
         self._load_inputs(input_ids, positions, attn)
-        entry = self._graphs.get(bucket)
+        key = (bucket, attn.prompt_tokens_as_sequences)
+        entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(bucket)
+            entry = self._capture(*key)
         graph, out = entry
         graph.replay()
         return out[:n]
@@ -103,7 +106,7 @@ class DecodeGraphs:
         self.slot_mapping[n:].fill_(-1)
         self.seq_lens[n:].zero_()
 
-    def _static_metadata(self, rows: int) -> AttentionMetadata:
+    def _static_metadata(self, rows: int, prompt_tokens: bool) -> AttentionMetadata:
         return AttentionMetadata(
             query_start_loc=self.query_start_loc[: rows + 1],
             seq_lens=self.seq_lens[:rows],
@@ -112,10 +115,11 @@ class DecodeGraphs:
             max_query_len=1,
             max_seq_len=self.max_seq_len,
             block_size=self.block_size,
+            prompt_tokens_as_sequences=prompt_tokens,
         )
 
-    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        attn = self._static_metadata(bucket)
+    def _capture(self, bucket: int, prompt_tokens: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        attn = self._static_metadata(bucket, prompt_tokens)
         ids, pos = self.input_ids[:bucket], self.positions[:bucket]
         # warm up on a side stream (lazy inits, cuBLAS workspaces) before capturing
         side = torch.cuda.Stream()
@@ -126,8 +130,8 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             out = self.step(ids, pos, attn)
-        self._graphs[bucket] = (graph, out)
-        log.info("captured the decode step for batch bucket %d", bucket)
+        self._graphs[(bucket, prompt_tokens)] = (graph, out)
+        log.info("captured the decode step for batch bucket %d (prompt tokens: %s)", bucket, prompt_tokens)
         return graph, out
 
 
@@ -149,6 +153,7 @@ def token_level_metadata(attn: AttentionMetadata, num_tokens: int) -> AttentionM
         max_query_len=1,
         max_seq_len=attn.max_seq_len,
         block_size=attn.block_size,
+        prompt_tokens_as_sequences=True,
     )
 
 

@@ -29,6 +29,11 @@ GEMV_MAX_ROWS = 16  # CUDA-core GEMV (one weight pass per 8 rows) up to here, th
 TC_GEMV_MAX_ROWS = 48  # tensor-core GEMV (one weight pass per 16 rows) up to here
 MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequence fills the GPU...
 MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
+# A short prefill's new tokens as one-token sequences (engine/cuda_graph.py token_level_metadata):
+# up to this many consecutive ones that share their blocks are computed by one block from one read
+# of each K/V chunk (the multi-query kernel); 1 selects the per-sequence kernel for them too.
+QUERIES_PER_BLOCK = 16
+MULTI_QUERY_MIN_PARTITION = 256  # tokens per partition of the multi-query kernel (one block each)
 
 _state: dict[str, object] = {}
 
@@ -112,21 +117,24 @@ def write_kv(k, v, kv_cache_layer, slot_mapping):
     torch.ops.exlsp.write_kv(k, v, kv_cache_layer, slot_mapping.long())
 
 
-def partition_size_for(max_seq_len: int) -> int:
+def partition_size_for(max_seq_len: int, min_partition: int = MIN_PARTITION) -> int:
     """Smallest of 128, 256, ... tokens per partition that keeps at most MAX_PARTITIONS partitions:
     small partitions spread a single short sequence over many SMs; the cap bounds the merge."""
-    size = MIN_PARTITION
+    size = min_partition
     while size < 512 and -(-max_seq_len // size) > MAX_PARTITIONS:
         size *= 2
     return size
 
 
 def decode_attention(
-    q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window
-):
-    """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache."""
+    q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window,
+    queries_per_block: int = 1, partition_size: int | None = None,
+):  # fmt: skip
+    """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache.
+    queries_per_block > 1: the multi-query kernel (consecutive sequences sharing blocks together)."""
     num_seqs, num_heads, head_dim = q.shape
-    part = partition_size_for(max(1, max_seq_len))
+    min_partition = MIN_PARTITION if queries_per_block == 1 else MULTI_QUERY_MIN_PARTITION
+    part = partition_size or partition_size_for(max(1, max_seq_len), min_partition)
     num_partitions = -(-max(1, max_seq_len) // part)
     out = torch.empty_like(q)
     tmp_out = torch.empty(
@@ -136,7 +144,7 @@ def decode_attention(
     tmp_sum = torch.empty_like(tmp_max)
     torch.ops.exlsp.paged_attention_decode(
         q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
-        out, tmp_out, tmp_max, tmp_sum,
+        queries_per_block, out, tmp_out, tmp_max, tmp_sum,
     )  # fmt: skip
     return out
 
@@ -169,6 +177,7 @@ def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_w
             attn.max_seq_len,
             scale,
             sliding_window,
+            queries_per_block=QUERIES_PER_BLOCK if attn.prompt_tokens_as_sequences else 1,
         )
     return prefill_attention(q, kv_cache_layer, attn, scale, sliding_window)
 

@@ -15,12 +15,14 @@ pytestmark = gpu
 BLOCK_SIZE = 16
 
 
-def paged_batch(seq_lens, query_lens, num_kv_heads, head_dim, dtype, seed, extra_blocks=7):
+def paged_batch(
+    seq_lens, query_lens, num_kv_heads, head_dim, dtype, seed, extra_blocks=7, block_size=BLOCK_SIZE
+):
     """A random cache whose blocks are handed out in shuffled order, and its metadata."""
     gen = generator(seed)
-    blocks_per_seq = [-(-n // BLOCK_SIZE) for n in seq_lens]
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
     num_blocks = sum(blocks_per_seq) + extra_blocks
-    cache = torch.randn((2, num_blocks, BLOCK_SIZE, num_kv_heads, head_dim), generator=gen, device="cuda").to(
+    cache = torch.randn((2, num_blocks, block_size, num_kv_heads, head_dim), generator=gen, device="cuda").to(
         dtype
     )
     order = torch.randperm(num_blocks, generator=gen, device="cuda").tolist()
@@ -31,7 +33,7 @@ def paged_batch(seq_lens, query_lens, num_kv_heads, head_dim, dtype, seed, extra
         taken += nb
         tables.append(table + [0] * (width - nb))
         slots += [
-            table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(seq_len - query_len, seq_len)
+            table[p // block_size] * block_size + p % block_size for p in range(seq_len - query_len, seq_len)
         ]
     starts = [0]
     for q in query_lens:
@@ -43,7 +45,7 @@ def paged_batch(seq_lens, query_lens, num_kv_heads, head_dim, dtype, seed, extra
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device="cuda"),
         max_query_len=max(query_lens),
         max_seq_len=max(seq_lens),
-        block_size=BLOCK_SIZE,
+        block_size=block_size,
     )
     return cache, attn
 
@@ -57,7 +59,7 @@ DECODE_CASES = {
     "d64-mha": ([64, 65, 1000], 4, 4, 64, None),
     "gqa8-long": ([9000], 8, 1, 64, None),
     "sliding-window": ([40, 1500, 2100], 16, 4, 128, 100),
-    # 16+ sequences: each block serves 8 of them in turn (the short-prefill graph path's shape)
+    # 16+ independent sequences: runs of queries_per_block with no shared blocks
     "twenty-sequences": ([1 + 97 * i for i in range(20)], 8, 2, 128, None),
 }
 
@@ -74,15 +76,106 @@ def test_decode_kernel_matches_reference(case, dtype):
     ref = reference.paged_attention(q, cache, attn, scale, window)
 
     part = cuda.partition_size_for(attn.max_seq_len)
-    num_parts = -(-attn.max_seq_len // part)
-    out = poisoned(q.shape, dtype)
-    tmp_out = poisoned((len(seq_lens), hq, num_parts, d), torch.float32)
-    tmp_max, tmp_sum = poisoned(tmp_out.shape[:3], torch.float32), poisoned(tmp_out.shape[:3], torch.float32)
-    exlsp_ops().paged_attention_decode(
-        q, cache, attn.block_tables, attn.seq_lens, scale, window or 0, part, out, tmp_out, tmp_max, tmp_sum
-    )
+    out = run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block=1)
     assert rel_err(out, ref) <= REL_TOL
     assert rel_err(cuda.paged_attention(q, cache, attn, scale, window), ref) <= REL_TOL
+    # Independent sequences through the multi-query kernel take the per-sequence path: bit for bit.
+    multi = run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block=16)
+    assert torch.equal(multi, out)
+
+
+def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block):
+    """The op on poisoned outputs and scratch, partitions for attn.max_seq_len."""
+    num_seqs, hq, d = q.shape
+    num_parts = -(-attn.max_seq_len // part)
+    out = poisoned(q.shape, q.dtype)
+    tmp_out = poisoned((num_seqs, hq, num_parts, d), torch.float32)
+    tmp_max, tmp_sum = poisoned(tmp_out.shape[:3], torch.float32), poisoned(tmp_out.shape[:3], torch.float32)
+    exlsp_ops().paged_attention_decode(
+        q, cache, attn.block_tables, attn.seq_lens, scale, window or 0, part, queries_per_block,
+        out, tmp_out, tmp_max, tmp_sum,
+    )  # fmt: skip
+    return out
+
+
+# The multi-query path: the new tokens of one prompt as one-token sequences (the short-prefill
+# graph path) sharing their blocks. (cached prefix, new tokens, Hq, Hkv, D, window, block size,
+# partition size or None for the engine's choice)
+MULTI_QUERY_CASES = {
+    "16-after-1000-gqa4-d128": (1000, 16, 32, 8, 128, None, 16, None),
+    "1-query": (300, 1, 8, 2, 128, None, 16, None),
+    "2-queries-gqa8-d64": (257, 2, 8, 1, 64, None, 16, None),
+    "3-queries-gqa1-d128": (129, 3, 4, 4, 128, None, 16, None),
+    "5-queries-gqa1-d64": (130, 5, 4, 4, 64, None, 16, None),
+    "7-queries-gqa7": (999, 7, 28, 4, 128, None, 16, None),
+    "13-queries-gqa6-block8": (517, 13, 12, 2, 128, None, 8, None),
+    "16-queries-gqa8-block32": (4000, 16, 16, 2, 128, None, 32, None),
+    "16-queries-gqa8-d64-long": (9000, 16, 8, 1, 64, None, 16, None),
+    "16-queries-gqa1": (700, 16, 4, 4, 128, None, 16, None),
+    "16-queries-gqa4-d64": (333, 16, 16, 4, 64, None, 16, None),
+    "no-prefix": (0, 16, 32, 8, 128, None, 16, None),
+    "shorter-than-a-partition": (20, 11, 32, 8, 128, None, 16, None),
+    "partitions-straddle-blocks": (611, 16, 8, 2, 128, None, 16, 40),
+    "small-partitions": (250, 9, 8, 2, 64, None, 16, 8),
+    "sliding-window": (1500, 16, 16, 4, 128, 100, 16, None),
+    "window-shorter-than-the-new-tokens": (300, 12, 8, 2, 64, 8, 16, None),
+    "window-at-a-partition-edge": (245, 16, 8, 2, 128, 128, 16, None),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", MULTI_QUERY_CASES.values(), ids=MULTI_QUERY_CASES.keys())
+def test_multi_query_kernel_matches_reference(case, dtype):
+    from engine.cuda_graph import token_level_metadata
+    from engine.ops import cuda
+
+    prefix, new, hq, hkv, d, window, block_size, part = case
+    cache, attn = paged_batch(
+        [prefix + new], [new], hkv, d, dtype, seed=prefix + new + hq, block_size=block_size
+    )
+    q = torch.randn((new, hq, d), generator=generator(7), device="cuda").to(dtype)
+    scale = d**-0.5
+    ref = reference.paged_attention(q, cache, attn, scale, window)
+    tokens = token_level_metadata(attn, new)
+    parts = (
+        [part] if part else [128, cuda.partition_size_for(tokens.max_seq_len, cuda.MULTI_QUERY_MIN_PARTITION)]
+    )
+    for queries_per_block in (16, 1, 4):
+        for p in parts:
+            out = run_decode_kernel(q, cache, tokens, scale, window, p, queries_per_block)
+            assert rel_err(out, ref) <= REL_TOL, (queries_per_block, p)
+    assert rel_err(cuda.paged_attention(q, cache, tokens, scale, window), ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_multi_query_kernel_in_a_mixed_batch(dtype):
+    """Prompts and decode sequences side by side, runs crossing prompt boundaries, and padding rows
+    (sequence length 0, as in a CUDA graph bucket): each row as the reference says."""
+    from engine.cuda_graph import token_level_metadata
+    from engine.ops import cuda
+
+    seq_lens, query_lens = [1200, 77, 530, 16, 2049], [9, 1, 16, 16, 1]
+    hq, hkv, d = 32, 8, 128
+    cache, attn = paged_batch(seq_lens, query_lens, hkv, d, dtype, seed=11)
+    num_tokens = sum(query_lens)
+    q = torch.randn((num_tokens, hq, d), generator=generator(8), device="cuda").to(dtype)
+    ref = reference.paged_attention(q, cache, attn, d**-0.5, None)
+    tokens = token_level_metadata(attn, num_tokens)
+    padding = 5
+    padded = AttentionMetadata(
+        query_start_loc=torch.arange(num_tokens + padding + 1, dtype=torch.int32, device="cuda"),
+        seq_lens=torch.cat([tokens.seq_lens, torch.zeros(padding, dtype=torch.int32, device="cuda")]),
+        block_tables=torch.cat([tokens.block_tables, torch.zeros_like(tokens.block_tables[:padding])]),
+        slot_mapping=tokens.slot_mapping,
+        max_query_len=1,
+        max_seq_len=4096,  # as a graph captured for a longer context: unused partitions stay out
+        block_size=BLOCK_SIZE,
+    )
+    q_padded = torch.cat([q, torch.randn((padding, hq, d), generator=generator(9), device="cuda").to(dtype)])
+    part = cuda.partition_size_for(padded.max_seq_len)
+    for queries_per_block in (16, 8, 1):
+        out = run_decode_kernel(q_padded, cache, padded, d**-0.5, None, part, queries_per_block)
+        assert rel_err(out[:num_tokens], ref) <= REL_TOL, queries_per_block
 
 
 def test_decode_kernel_with_more_partitions_than_the_context_needs():
