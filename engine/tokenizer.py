@@ -42,30 +42,37 @@ class FimTokens:
     eot_id: int | None = None
 
 
-# (prefix, suffix, middle, pad, repo_name, file_sep, eot), most specific first
-_FIM_FAMILIES: tuple[tuple[str, str, str, str | None, str | None, str | None, str | None], ...] = (
-    (
-        "<|fim_prefix|>",
-        "<|fim_suffix|>",
-        "<|fim_middle|>",
-        "<|fim_pad|>",
-        "<|repo_name|>",
-        "<|file_sep|>",
-        None,
+@dataclass(frozen=True)
+class FimFamily:
+    """One model family's fill-in-the-middle special tokens (the one table of them: the engine finds
+    a tokenizer's markers here and exlsp/prompt.py builds its prompts from the same entries)."""
+
+    name: str
+    prefix: str
+    suffix: str
+    middle: str
+    repo_names: tuple[str, ...] = ()  # repository-level prompts: first one the tokenizer has
+    file_seps: tuple[str, ...] = ()
+    pad: str | None = None
+    eot: str | None = None  # CodeLlama's end of infill
+    stops: tuple[str, ...] = ()  # other special tokens that end an infill besides the EOS ids
+
+
+FIM_FAMILIES: tuple[FimFamily, ...] = (
+    FimFamily(
+        "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", ("<|repo_name|>",), ("<|file_sep|>",),
+        pad="<|fim_pad|>", stops=("<|endoftext|>", "<|im_end|>"),
     ),
-    (
-        "<fim_prefix>",
-        "<fim_suffix>",
-        "<fim_middle>",
-        "<fim_pad>",
-        "<reponame>",
-        "<file_sep>",
-        None,
-    ),  # StarCoder
-    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", None, None, None, None),  # DeepSeek-Coder
-    ("▁<PRE>", "▁<SUF>", "▁<MID>", None, None, None, "▁<EOT>"),  # CodeLlama (SentencePiece pieces)
-    ("<PRE>", "<SUF>", "<MID>", None, None, None, "<EOT>"),
-)
+    FimFamily(
+        "starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", ("<repo_name>", "<reponame>"), ("<file_sep>",),
+        pad="<fim_pad>", stops=("<|endoftext|>",),
+    ),
+    FimFamily("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", eot="▁<EOT>"),  # SentencePiece pieces
+    FimFamily("codellama", "<PRE>", "<SUF>", "<MID>", eot="<EOT>"),
+    FimFamily(
+        "deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", stops=("<|EOT|>", "<｜end▁of▁sentence｜>")
+    ),
+)  # fmt: skip
 
 CHATML_FALLBACK = (
     "{% for message in messages %}"
@@ -174,18 +181,24 @@ class Tokenizer:
     # ---- internals -------------------------------------------------------------------------------
 
     def _find_fim(self) -> FimTokens | None:
-        for prefix, suffix, middle, pad, repo, sep, eot in _FIM_FAMILIES:
-            ids = [self.token_to_id(t) for t in (prefix, suffix, middle)]
+        for family in FIM_FAMILIES:
+            ids = [self.token_to_id(t) for t in (family.prefix, family.suffix, family.middle)]
             if any(i is None for i in ids):
                 continue
 
-            def opt(token: str | None) -> tuple[str | None, int | None]:
-                token_id = self.token_to_id(token) if token else None
-                return (token, token_id) if token_id is not None else (None, None)
+            def first(*tokens: str | None) -> tuple[str | None, int | None]:
+                for token in tokens:
+                    token_id = self.token_to_id(token) if token else None
+                    if token_id is not None:
+                        return token, token_id
+                return None, None
 
-            (pad_s, pad_i), (repo_s, repo_i), (sep_s, sep_i), (eot_s, eot_i) = map(opt, (pad, repo, sep, eot))
+            pad_s, pad_i = first(family.pad)
+            repo_s, repo_i = first(*family.repo_names)
+            sep_s, sep_i = first(*family.file_seps)
+            eot_s, eot_i = first(family.eot)
             return FimTokens(
-                prefix, suffix, middle, ids[0], ids[1], ids[2],
+                family.prefix, family.suffix, family.middle, ids[0], ids[1], ids[2],
                 pad_s, pad_i, repo_s, repo_i, sep_s, sep_i, eot_s, eot_i,
             )  # fmt: skip
         return None

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine.tokenizer import FIM_FAMILIES
+
 LINES_PER_BLOCK = 16
 _CACHE_ENTRIES = 4096
 
@@ -48,46 +50,21 @@ class FimTemplate:
         return self.repo_name_id is not None and self.file_sep_id is not None
 
 
-# family, (prefix, suffix, middle), (repo name, file separator) candidates, extra stop tokens
-_FAMILIES: tuple[
-    tuple[str, tuple[str, str, str], tuple[tuple[str, ...], tuple[str, ...]], tuple[str, ...]], ...
-] = (
-    (
-        "qwen",
-        ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-        (("<|repo_name|>",), ("<|file_sep|>",)),
-        ("<|fim_pad|>", "<|endoftext|>", "<|im_end|>"),
-    ),
-    (
-        "starcoder",
-        ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
-        (("<repo_name>", "<reponame>"), ("<file_sep>",)),
-        ("<fim_pad>", "<|endoftext|>"),
-    ),
-    ("codellama", ("▁<PRE>", "▁<SUF>", "▁<MID>"), ((), ()), ("▁<EOT>",)),
-    ("codellama", ("<PRE>", "<SUF>", "<MID>"), ((), ()), ("<EOT>",)),
-    (
-        "deepseek",
-        ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
-        ((), ()),
-        ("<|EOT|>", "<｜end▁of▁sentence｜>"),
-    ),
-)
-
-
 def detect_fim(tokenizer: TokenizerLike) -> FimTemplate | None:
     """The FIM template whose three special tokens this tokenizer has, or None."""
-    for family, names, (repo_names, sep_names), stop_names in _FAMILIES:
+    for family in FIM_FAMILIES:
+        names = (family.prefix, family.suffix, family.middle)
         ids = [tokenizer.token_to_id(n) for n in names]
         if any(i is None for i in ids):
             continue
-        repo_id = next((i for n in repo_names if (i := tokenizer.token_to_id(n)) is not None), None)
-        sep_id = next((i for n in sep_names if (i := tokenizer.token_to_id(n)) is not None), None)
+        repo_id = next((i for n in family.repo_names if (i := tokenizer.token_to_id(n)) is not None), None)
+        sep_id = next((i for n in family.file_seps if (i := tokenizer.token_to_id(n)) is not None), None)
+        stop_names = tuple(n for n in (family.pad, *family.stops, family.eot) if n)
         stops = [i for n in stop_names if (i := tokenizer.token_to_id(n)) is not None]
         # Any FIM marker or file separator in the output means the model left the hole.
         stops += [i for i in (*ids, repo_id, sep_id) if i is not None]
         return FimTemplate(
-            family=family,
+            family=family.name,
             prefix_id=ids[0],
             suffix_id=ids[1],
             middle_id=ids[2],
