@@ -1,7 +1,9 @@
 """Calibration data for the quantizer: local source files cut into fixed-length token samples.
 
 GPTQ only needs inputs that look like what the model will see, so code from this machine serves:
-by default the installed Python standard library. The evaluation files (exlsp/eval_files.txt names
+by default the library modules of the installed Python standard library (`is_library_module`: no
+test suites, test data or generated codec tables, which look little like code someone edits). The
+evaluation files (exlsp/eval_files.txt names
 them, relative to the same standard library) are always excluded so that quantization never tunes
 itself to the text it is measured on. Pure Python: the tokenizer comes in as a function.
 """

@@ -9,11 +9,11 @@ from pathlib import Path
 HELP = "GPTQ-quantize a float checkpoint (folder or store name) into DST"
 
 # Calibration size and dampening: the GPU default is the usual GPTQ set; on a CPU a smaller one keeps
-# a 0.5B model under 15 minutes on 2 cores. With only 8k tokens GPTQ overfits them (on
-# Qwen2.5-Coder-0.5B layer 0 its error on held-out inputs was 3-22x its calibration error), and
-# stronger dampening pulls it back: damp 0.1 cut the held-out layer error by ~25% and beat RTN's
-# perplexity where 0.01 did not (bench/RESULTS.md).
-CALIB_DEFAULTS = {"cuda": (128, 512, 0.01), "cpu": (32, 256, 0.1)}  # device -> (samples, tokens, damp)
+# a 0.5B model under 15 minutes on 2 cores. On Qwen2.5-Coder-0.5B (bench/RESULTS.md, "4-bit GPTQ
+# closer to float") the held-out layer error fell most from calibrating on library modules rather
+# than all of the standard library (codec tables, test data), then from asym and MSE grids; with
+# that mix more tokens help (16k instead of 8k), and damp 0.1 still beats 0.01-0.05.
+CALIB_DEFAULTS = {"cuda": (128, 512, 0.01), "cpu": (64, 256, 0.1)}  # device -> (samples, tokens, damp)
 CALIB_MIXES = ("library", "all")
 
 
@@ -41,7 +41,8 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
                         help="source files or folders for calibration (default: the Python standard library)")  # fmt: skip
     parser.add_argument("--calib-mix", choices=CALIB_MIXES,
                         help="'library': only Python library modules (no tests, test data or codec tables); "
-                             "'all': every source file (default all)")  # fmt: skip
+                             "'all': every source file (default: library for the standard library, all "
+                             "for --calib)")  # fmt: skip
     parser.add_argument(
         "--calib-samples", type=int, help="calibration samples (default: 128 on CUDA, 32 on CPU)"
     )
@@ -86,7 +87,7 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
     if args.method == "gptq":
         roots = args.calib or default_calibration_roots()
         files = find_source_files(roots, exclude=eval_file_paths())
-        calib_mix = args.calib_mix or "all"
+        calib_mix = args.calib_mix or ("all" if args.calib else "library")
         if calib_mix == "library":
             files = [f for f in files if is_library_module(f)]
             if not files:

@@ -189,3 +189,16 @@ def test_setup_quantizes_with_the_quantize_commands_defaults() -> None:
     got = vars(quant_args("cpu"))
     assert {k: got[k] for k in expected if k != "device"} == {k: v for k, v in expected.items() if k != "device"}
     assert got["device"] == "cpu" and got["bits"] == 4 and got["group_size"] == 128
+
+
+def test_default_calibration_is_standard_library_modules_without_the_eval_files(tmp_path, spy_quantizer) -> None:
+    from engine.quant.calibration import is_library_module
+    from exlsp.evaluate import eval_file_paths
+
+    src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
+    assert main(["quantize", str(src), str(tmp_path / "q"), "--device", "cpu"]) == 0
+    (call,) = spy_quantizer
+    files = call["calib_files"]
+    assert len(files) > 100 and all(is_library_module(f) for f in files)
+    assert not {p.resolve() for p in eval_file_paths()} & set(files)
+    assert (call["calib"].num_samples, call["calib"].seq_len_tokens) == (64, 256)  # the CPU default
