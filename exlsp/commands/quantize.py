@@ -44,7 +44,7 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
                              "'all': every source file (default: library for the standard library, all "
                              "for --calib)")  # fmt: skip
     parser.add_argument(
-        "--calib-samples", type=int, help="calibration samples (default: 128 on CUDA, 32 on CPU)"
+        "--calib-samples", type=int, help="calibration samples (default: 128 on CUDA, 64 on CPU)"
     )
     parser.add_argument(
         "--calib-tokens", type=int, help="tokens per sample (default: 512 on CUDA, 256 on CPU)"
