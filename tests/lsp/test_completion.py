@@ -289,3 +289,26 @@ async def test_completion_outranks_a_long_chat_which_the_editor_can_cancel(clien
         assert after["engine"]["generated_tokens"] - started < 3000
     finally:
         await harness.set_settings(client, chatMaxTokens=512)
+
+
+async def test_cancel_request_stops_a_chat_in_the_engine(client):
+    """$/cancelRequest with the chat's own request id: the client gets the cancelled error and the
+    engine stops decoding (pygls alone would only drop the response and let the chat run on)."""
+    await harness.set_settings(client, chatMaxTokens=3000, maxTokens=MAX_TOKENS)
+    try:
+        before = await harness.status(client)
+        started = before["engine"]["generated_tokens"]
+        msg_id = "chat-to-cancel"
+        chat = client.protocol.send_request(
+            types.WORKSPACE_EXECUTE_COMMAND,
+            types.ExecuteCommandParams(command="exlsp.chat", arguments=[{"message": "tell me everything"}]),
+            msg_id=msg_id,
+        )
+        await harness.wait_for(client, lambda s: s["engine"]["generated_tokens"] > started + 10)
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+        with pytest.raises(JsonRpcRequestCancelled):
+            await asyncio.wrap_future(chat)
+        after = await harness.wait_for(client, lambda s: s["engine"]["num_running"] == 0, timeout_s=5)
+        assert after["engine"]["generated_tokens"] - started < 3000
+    finally:
+        await harness.set_settings(client, chatMaxTokens=512)
