@@ -20,6 +20,7 @@
 #include "attention_multi_query.cuh"
 #include "dtype_utils.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace exlsp {
 namespace {
@@ -185,6 +186,8 @@ template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
   extern __shared__ float scores[];  // (G, partition_size)
   __shared__ float reduce_buf[kWarps][G][D];
+  pdl_wait();
+  pdl_trigger();
   attend_one_sequence<T, D, G>(a, blockIdx.y, blockIdx.x, blockIdx.z, scores, reduce_buf);
 }
 
@@ -199,6 +202,8 @@ template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(DecodeAttentionArgs a) {
   extern __shared__ __align__(16) unsigned char mq_smem[];
   __shared__ int shares_prev[mq::kMaxMembers];  // [i]: sequence first + i joins the group of first + i - 1
+  pdl_wait();
+  pdl_trigger();
   const int kv_head = blockIdx.x, part = blockIdx.z;
   const int first = blockIdx.y * a.queries_per_block;
   const int num_run = min(a.num_seqs - first, a.queries_per_block);
@@ -247,6 +252,8 @@ template <typename T>
 __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   __shared__ float weight[kMaxPartitions];
   __shared__ float inv_den;
+  pdl_wait();
+  pdl_trigger();
   const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
   const int D = a.head_dim;
   const int seq_len = a.seq_lens[seq];
@@ -288,8 +295,7 @@ cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
   const dim3 grid(a.num_kv_heads, runs, a.num_partitions);
   if (a.queries_per_block <= 1) {
     const size_t smem = sizeof(float) * G * a.partition_size;
-    decode_attention_kernel<T, D, G><<<grid, kThreads, smem, stream>>>(a);
-    return cudaGetLastError();
+    return launch_pdl(decode_attention_kernel<T, D, G>, grid, dim3(kThreads), smem, stream, a);
   }
   // The same shared memory serves the per-sequence path (scores + reduce_buf) or the K/V stages.
   const size_t smem =
@@ -299,8 +305,7 @@ cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess) return err;
   }
-  kernel<<<grid, kThreads, smem, stream>>>(a);
-  return cudaGetLastError();
+  return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
 }
 
 template <typename T, int D>
@@ -324,8 +329,7 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
       return cudaErrorInvalidValue;
   }
   if (err != cudaSuccess) return err;
-  decode_attention_reduce_kernel<T><<<dim3(a.num_q_heads, a.num_seqs), D, 0, stream>>>(a);
-  return cudaGetLastError();
+  return launch_pdl(decode_attention_reduce_kernel<T>, dim3(a.num_q_heads, a.num_seqs), dim3(D), 0, stream, a);
 }
 
 }  // namespace
