@@ -59,6 +59,10 @@ class Engine:
             raise ValueError("give num_cache_blocks or cache_tokens, not both")
         folder = check_checkpoint_folder(model_path)
         model = load_model(folder, device=device, dtype=dtype)
+        if model.device.type == "cpu":
+            from engine.host_memory import keep_freed_memory
+
+            keep_freed_memory()  # a resident CPU engine reuses its activations' pages (host_memory.py)
         self.config = model.config
         self.device = model.device
         self.tokenizer = Tokenizer.from_folder(folder, self.config.eos_token_ids)
