@@ -31,8 +31,13 @@ from engine.quant.calibration import (
     is_library_module,
 )
 from engine.quant.gptq import Hessian, gptq_quantize
-from engine.quant.quantize_model import STAGES, _Stop, calibration_batches, decoder_layers, next_layer_args
-from engine.quant.quantize_model import capture_first_layer_args
+from engine.quant.quantize_model import (
+    STAGES,
+    calibration_batches,
+    capture_first_layer_args,
+    decoder_layers,
+    next_layer_args,
+)
 from engine.quant.rtn import QuantSpec, rtn_quantize
 from exlsp.evaluate import eval_file_paths
 
@@ -107,7 +112,9 @@ def main() -> None:
         name: calibration_batches(args.src, files, CalibrationConfig(max_samples, SEQ_LEN_TOKENS), 8, device)
         for name, files in mixes.items()
     }
-    held = calibration_batches(args.src, held_files, CalibrationConfig(HELD_OUT_SAMPLES, SEQ_LEN_TOKENS), 8, device)
+    held = calibration_batches(
+        args.src, held_files, CalibrationConfig(HELD_OUT_SAMPLES, SEQ_LEN_TOKENS), 8, device
+    )
     from engine.loader import load_model
 
     model = load_model(args.src, device=device)
@@ -137,7 +144,11 @@ def run_layer(index, layer, items, parts, args) -> None:
         for mse in (False, True):
             variants.append(("rtn", "-", 0, 0.0, QuantSpec(bits=4, group_size=128, sym=sym, mse=mse)))
     variants += [("gptq", mix, n, damp, spec) for mix, n, damp, spec in args.variants]
-    print("| layer | method | calib mix | samples | damp | sym | mse | " + " | ".join(s.module for s in STAGES) + " | sum |")
+    print(
+        "| layer | method | calib mix | samples | damp | sym | mse | "
+        + " | ".join(s.module for s in STAGES)
+        + " | sum |"
+    )
     print("|---" * (8 + len(STAGES)) + "|")
     for method, mix, n, damp, spec in variants:
         scores = []
@@ -151,7 +162,10 @@ def run_layer(index, layer, items, parts, args) -> None:
                 q = gptq_quantize(weight, h, spec)
             scores.append(objective(weight, q.dequantize(), h_held))
         cells = " | ".join(f"{v:.4g}" for v in scores)
-        print(f"| {index} | {method} | {mix} | {n} | {damp} | {spec.sym} | {spec.mse} | {cells} | {sum(scores):.4g} |", flush=True)
+        print(
+            f"| {index} | {method} | {mix} | {n} | {damp} | {spec.sym} | {spec.mse} | {cells} | {sum(scores):.4g} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from engine.quant.rtn import (
     quantize_codes,
 )
 
-
 HESSIAN_BLOCK = 512  # rows of H per matmul when accumulating only its upper block triangle
 
 

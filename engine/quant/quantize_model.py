@@ -179,8 +179,13 @@ def _layer_outputs(layer: nn.Module, inputs: Sequence[LayerArgs], last: StagePas
     if len(last.kept_inputs) == len(last.residuals) == len(inputs):
         whole = layer(*inputs[0].args)
         fast = (down(last.kept_inputs[0]), last.residuals[0])
-        if all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(whole, fast)):
-            outputs = [whole] + [(down(x), r) for x, r in zip(last.kept_inputs[1:], last.residuals[1:])]
+        if all(
+            a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+            for a, b in zip(whole, fast, strict=True)
+        ):
+            outputs = [whole] + [
+                (down(x), r) for x, r in zip(last.kept_inputs[1:], last.residuals[1:], strict=True)
+            ]
             return [next_layer_args(item, out) for item, out in zip(inputs, outputs, strict=True)]
     return [next_layer_args(item, layer(*item.args)) for item in inputs]
 
@@ -210,7 +215,9 @@ def quantize_layers(
             module = layer.get_submodule(stage.module)
             weight = module.weight.data  # (N, K), parts side by side along N
             if method == "gptq":
-                found = _stage_pass(layer, stage.module, inputs, keep=stage is STAGES[-1] and index + 1 < len(layers))
+                found = _stage_pass(
+                    layer, stage.module, inputs, keep=stage is STAGES[-1] and index + 1 < len(layers)
+                )
                 q = gptq_quantize(weight, found.hessian.matrix, spec)
                 found.hessian = None  # type: ignore[assignment]  # free the (K, K) matrix now
                 last = found

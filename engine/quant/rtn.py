@@ -81,7 +81,9 @@ def find_grid(w: torch.Tensor, spec: QuantSpec) -> Grid:
     return _mse_grid(w, wmin, wmax, spec)
 
 
-def _grid_of_range(wmin: torch.Tensor, wmax: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _grid_of_range(
+    wmin: torch.Tensor, wmax: torch.Tensor, spec: QuantSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero of the ranges [wmin, wmax] (any shape; wmin <= 0 <= wmax, not both 0)."""
     maxq = spec.maxq
     scale = ((wmax - wmin) / maxq).half().float()
@@ -99,10 +101,13 @@ def _mse_grid(w: torch.Tensor, wmin: torch.Tensor, wmax: torch.Tensor, spec: Qua
     """The shrink factor per row with the least |w - w_hat|^MSE_NORM; p = 1 (min/max) is a candidate,
     so the result is never worse than the min/max grid in that norm."""
     n, g = w.shape
-    shrink = 1.0 - torch.arange(int(MSE_MAX_SHRINK * MSE_GRID_STEPS), device=w.device) / MSE_GRID_STEPS  # (P,)
+    shrink = (
+        1.0 - torch.arange(int(MSE_MAX_SHRINK * MSE_GRID_STEPS), device=w.device) / MSE_GRID_STEPS
+    )  # (P,)
     best_err = torch.full((n,), float("inf"), device=w.device)
     best_scale = torch.empty(n, device=w.device)
     best_zero = torch.empty(n, device=w.device)
+    rows = torch.arange(n, device=w.device)
     chunk = max(1, MSE_CHUNK_ELEMENTS // (n * g))
     for p in shrink.split(chunk):
         scale, zero = _grid_of_range(p[:, None] * wmin, p[:, None] * wmax, spec)  # (P, N)
@@ -111,7 +116,6 @@ def _mse_grid(w: torch.Tensor, wmin: torch.Tensor, wmax: torch.Tensor, spec: Qua
         err = err.abs_().pow_(MSE_NORM).sum(dim=2)  # (P, N)
         err, index = err.min(dim=0)  # (N,) best candidate of this chunk, first one on ties
         better = err < best_err
-        rows = torch.arange(n, device=w.device)
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale[index, rows], best_scale)
         best_zero = torch.where(better, zero[index, rows], best_zero)

@@ -27,7 +27,9 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
                         help="quantize columns by descending Hessian diagonal (default on)")  # fmt: skip
     sym = parser.add_mutually_exclusive_group()
     sym.add_argument("--sym", dest="sym", action="store_true", default=False, help="symmetric grid")
-    sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid, a zero per group (default)")
+    sym.add_argument(
+        "--asym", dest="sym", action="store_false", help="asymmetric grid, a zero per group (default)"
+    )
     parser.add_argument(
         "--damp",
         type=float,

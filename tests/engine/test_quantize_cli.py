@@ -155,9 +155,14 @@ def spy_quantizer(monkeypatch) -> list[dict]:
         (["--method", "rtn", "--mse"], "rtn", True, False),  # ...unless asked
     ],
 )
-def test_quantize_options_reach_the_quantizer(tmp_path, calib, spy_quantizer, options, method, mse, sym) -> None:
+def test_quantize_options_reach_the_quantizer(
+    tmp_path, calib, spy_quantizer, options, method, mse, sym
+) -> None:
     src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
-    assert main(["quantize", str(src), str(tmp_path / "q"), "--calib", str(calib), "--device", "cpu", *options]) == 0
+    assert (
+        main(["quantize", str(src), str(tmp_path / "q"), "--calib", str(calib), "--device", "cpu", *options])
+        == 0
+    )
     (call,) = spy_quantizer
     assert (call["method"], call["spec"].mse, call["spec"].sym) == (method, mse, sym)
 
@@ -187,11 +192,15 @@ def test_setup_quantizes_with_the_quantize_commands_defaults() -> None:
     add_quant_arguments(parser)
     expected = vars(parser.parse_args([]))
     got = vars(quant_args("cpu"))
-    assert {k: got[k] for k in expected if k != "device"} == {k: v for k, v in expected.items() if k != "device"}
+    assert {k: got[k] for k in expected if k != "device"} == {
+        k: v for k, v in expected.items() if k != "device"
+    }
     assert got["device"] == "cpu" and got["bits"] == 4 and got["group_size"] == 128
 
 
-def test_default_calibration_is_standard_library_modules_without_the_eval_files(tmp_path, spy_quantizer) -> None:
+def test_default_calibration_is_standard_library_modules_without_the_eval_files(
+    tmp_path, spy_quantizer
+) -> None:
     from engine.quant.calibration import is_library_module
     from exlsp.evaluate import eval_file_paths
 
