@@ -10,7 +10,7 @@ hashes into bucket 0 of 8; no calibration set below ever contains them, nor any 
 exlsp/eval_files.txt. Calibration sets: "stdlib" (the quantizer's default: all of the standard
 library) and "library" (the mix `--calib-mix library` builds), both minus the held-out files.
 
-    .venv/bin/python -m bench.quant_layer_objective /tmp/qwen-f --layers 0 11 \
+    .venv/bin/python -m bench.quant_layer_objective FLOAT_CHECKPOINT --layers 0 11 \
         --variant stdlib:32:0.1:sym:minmax --variant stdlib:64:0.1:asym:mse
 (each GPTQ variant is MIX:SAMPLES:DAMP:sym|asym:minmax|mse; the four RTN variants always run)
 """
