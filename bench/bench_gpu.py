@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_shapes import build_model, random_packed  # noqa: E402
+from bench.gpu_shapes import build_model, kernels_ready, random_packed  # noqa: E402
 from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
 from engine.models.base import dense_attention_metadata  # noqa: E402
@@ -296,13 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gemv-sweep", action="store_true", help="also time every K split at batch 1")
     parser.add_argument("--no-pdl-compare", action="store_true", help="skip the decode run without PDL")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("exlsp bench: no CUDA device; GPU benchmarks need one", file=sys.stderr)
-        return 1
-    from engine.ops import cuda
-
-    if not cuda.ensure_loaded():
-        print(f"exlsp bench: kernels unavailable: {cuda.load_error()}", file=sys.stderr)
+    if not kernels_ready("exlsp bench"):
         return 1
     torch.set_grad_enabled(False)
     report: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}

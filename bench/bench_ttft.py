@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_gpu import BLOCK_SIZE, CACHE_TOKENS, first_token_id, graph_of, median_ms  # noqa: E402
-from bench.gpu_shapes import build_model  # noqa: E402
+from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
 from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
 
@@ -134,14 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--json", default=None, help="write the figures to this file")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_ttft: no CUDA device", file=sys.stderr)
+    if not kernels_ready("bench_ttft"):
         return 1
     from engine.ops import cuda
 
-    if not cuda.ensure_loaded():
-        print(f"bench_ttft: kernels unavailable: {cuda.load_error()}", file=sys.stderr)
-        return 1
     torch.set_grad_enabled(False)
     report: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     report["attention_per_sequence"] = attention_kernel(1)

@@ -125,3 +125,18 @@ def build_model(name: str, *, dtype: torch.dtype = torch.float16, quant_lm_head:
         config, RandomWeights(dtype, bits=bits, quant_lm_head=quant_lm_head)
     )
     return model.to("cuda").eval()
+
+
+def kernels_ready(tool: str) -> bool:
+    """A CUDA device and the exlsp kernels built; else say why on stderr (the GPU benchmarks' preamble)."""
+    import sys
+
+    if not torch.cuda.is_available():
+        print(f"{tool}: no CUDA device; GPU benchmarks need one", file=sys.stderr)
+        return False
+    from engine.ops import cuda
+
+    if not cuda.ensure_loaded():
+        print(f"{tool}: kernels unavailable: {cuda.load_error()}", file=sys.stderr)
+        return False
+    return True

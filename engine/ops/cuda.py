@@ -12,6 +12,7 @@ the bottom right (new tokens see every cached token and themselves).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -253,6 +254,7 @@ GEMV_MIN_ROUND = 8
 GEMV_BLOCK_COST = 8
 
 
+@functools.cache  # pure, and asked on every eager GEMV call: a few shapes per model
 def gemv_splits(in_features: int, out_features: int, rows: int, num_sms: int) -> int:
     """K slices per 32 output columns for the tensor-core GEMV: the fewest that fill the GPU's block
     slots evenly. Cost: waves of blocks x the cost of one block; a ragged last wave costs a whole one."""

@@ -179,6 +179,16 @@ async def inline(
     return list(result.items if isinstance(result, types.InlineCompletionList) else result)
 
 
+async def menu(client: LanguageClient, uri: str, line: int, character: int) -> types.CompletionList:
+    """textDocument/completion at a position (the menu fallback of clients without inline completion)."""
+    return await client.text_document_completion_async(
+        types.CompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=types.Position(line=line, character=character),
+        )
+    )
+
+
 async def set_settings(client: LanguageClient, **settings: Any) -> None:
     client.workspace_did_change_configuration(
         types.DidChangeConfigurationParams(settings={"exlsp": settings})

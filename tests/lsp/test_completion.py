@@ -74,12 +74,7 @@ async def test_fallback_completion_for_clients_without_inline_completion(client,
     harness.open_doc(client, uri, SOURCE)
     line, character = last_position(SOURCE)
     inline = await harness.inline(client, uri, line, character)
-    result = await client.text_document_completion_async(
-        types.CompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri),
-            position=types.Position(line=line, character=character),
-        )
-    )
+    result = await harness.menu(client, uri, line, character)
     assert result.is_incomplete is True
     (item,) = result.items
     assert item.label == inline[0].insert_text.split("\n")[0].strip()
@@ -226,12 +221,7 @@ async def test_clients_with_inline_completion_get_no_duplicate_in_the_menu(code_
         uri = (tmp_path / "n.py").as_uri()
         harness.open_doc(c, uri, SOURCE)
         line, character = last_position(SOURCE)
-        result = await c.text_document_completion_async(
-            types.CompletionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=line, character=character),
-            )
-        )
+        result = await harness.menu(c, uri, line, character)
         assert list(result.items) == []
         assert len(await harness.inline(c, uri, line, character)) == 1
     finally:
@@ -245,12 +235,7 @@ async def test_neovim_recorded_capabilities_get_the_menu_fallback(code_model, tm
         uri = (tmp_path / "nv.py").as_uri()
         harness.open_doc(c, uri, SOURCE)
         line, character = last_position(SOURCE)
-        result = await c.text_document_completion_async(
-            types.CompletionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=line, character=character),
-            )
-        )
+        result = await harness.menu(c, uri, line, character)
         (item,) = result.items
         (inline,) = await harness.inline(c, uri, line, character)
         assert item.text_edit.new_text == inline.insert_text
@@ -299,15 +284,16 @@ async def test_cancel_request_stops_a_chat_in_the_engine(client):
         before = await harness.status(client)
         started = before["engine"]["generated_tokens"]
         msg_id = "chat-to-cancel"
-        chat = client.protocol.send_request(
+        chat = harness.request(
+            client,
             types.WORKSPACE_EXECUTE_COMMAND,
             types.ExecuteCommandParams(command="exlsp.chat", arguments=[{"message": "tell me everything"}]),
-            msg_id=msg_id,
+            msg_id,
         )
         await harness.wait_for(client, lambda s: s["engine"]["generated_tokens"] > started + 10)
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
         with pytest.raises(JsonRpcRequestCancelled):
-            await asyncio.wrap_future(chat)
+            await chat
         after = await harness.wait_for(client, lambda s: s["engine"]["num_running"] == 0, timeout_s=5)
         assert after["engine"]["generated_tokens"] - started < 3000
     finally:

@@ -61,12 +61,7 @@ async def test_a_model_that_fails_to_load_is_reported_and_the_server_keeps_answe
         uri = (tmp_path / "a.py").as_uri()
         harness.open_doc(client, uri, "x = 1\n")
         assert await harness.inline(client, uri, 1, 0) == []
-        completion = await client.text_document_completion_async(
-            types.CompletionParams(
-                text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=1, character=0),
-            )
-        )
+        completion = await harness.menu(client, uri, 1, 0)
         assert list(completion.items) == []
     finally:
         await harness.stop(client)
