@@ -83,7 +83,7 @@ def attention_kernel(
 def ttft(model_name: str) -> dict:
     from engine.ops import cuda
 
-    model = build_model(model_name, quant_lm_head=False)
+    model = build_model(model_name)
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
     kv_cache.normal_()  # never time on zeros
     attn = suffix_metadata()

@@ -84,12 +84,11 @@ def random_packed(
 
 class RandomWeights:
     """WeightSource (engine/models/base.py) of random tensors on the GPU; linears are GPTQ-packed,
-    fused as the loader fuses them (q|k|v, gate|up); the output head stays float unless quant_lm_head."""
+    fused as the loader fuses them (q|k|v, gate|up); the output head and the embedding are float, as in
+    a GPTQ checkpoint (build_model quantizes them as the engine does at load)."""
 
-    def __init__(
-        self, dtype: torch.dtype, *, bits: int = 4, group_size: int = 128, quant_lm_head: bool = False
-    ):
-        self.dtype, self.bits, self.group_size, self.quant_lm_head = dtype, bits, group_size, quant_lm_head
+    def __init__(self, dtype: torch.dtype, *, bits: int = 4, group_size: int = 128):
+        self.dtype, self.bits, self.group_size = dtype, bits, group_size
         self.gen = torch.Generator(device="cuda").manual_seed(0)
 
     def tensor(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -102,7 +101,7 @@ class RandomWeights:
         self, prefixes: Sequence[str], in_features: int, out_features: Sequence[int], bias: bool
     ) -> nn.Module:
         n = sum(out_features)
-        if list(prefixes) == ["lm_head"] and not self.quant_lm_head:
+        if list(prefixes) == ["lm_head"]:
             return Linear(self.tensor("lm_head.weight", (n, in_features)))
         w = random_packed(
             in_features,
@@ -116,15 +115,19 @@ class RandomWeights:
         return QuantLinear(w)
 
 
-def build_model(name: str, *, dtype: torch.dtype = torch.float16, quant_lm_head: bool = False, bits: int = 4):
+def build_model(
+    name: str, *, dtype: torch.dtype = torch.float16, bits: int = 4, head_bits: int = 16, embed_bits: int = 16
+):
+    """The model `name` with random weights on the GPU; head_bits / embed_bits as the engine's load
+    (engine/loader.py default_vocab_bits gives the engine's GPU default)."""
     from engine.config import ModelConfig
     from engine.models import model_class
+    from engine.quant.vocab import quantize_vocab_matrices
 
     config = ModelConfig.from_dict(MODELS[name])
-    model = model_class(config.model_type)(
-        config, RandomWeights(dtype, bits=bits, quant_lm_head=quant_lm_head)
-    )
-    return model.to("cuda").eval()
+    model = model_class(config.model_type)(config, RandomWeights(dtype, bits=bits)).to("cuda").eval()
+    quantize_vocab_matrices(model, head_bits=head_bits, embed_bits=embed_bits)
+    return model
 
 
 def kernels_ready(tool: str) -> bool:

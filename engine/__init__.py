@@ -1,9 +1,10 @@
 """exlsp's inference engine: checkpoints, model families, paged KV cache, scheduler.
 
 Public face (a contract other tools rely on):
-    load_model(path, device=None, dtype=None) -> torch.nn.Module
+    load_model(path, device=None, dtype=None, *, head_bits=16, embed_bits=16) -> torch.nn.Module
         calling it on a (batch, seq) LongTensor of token ids returns (batch, seq, vocab) logits,
-        with no cache involved.
+        with no cache involved. head_bits / embed_bits < 16 quantize the output head / embedding
+        at load (engine/quant/vocab.py).
     Engine(path, device=None, ...) -> the cached, scheduled generator (engine/engine.py).
 
 Imports are lazy so that `import engine` stays cheap for the language server.
@@ -19,10 +20,12 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "load_model"]
 
 
-def load_model(path: Any, device: Any = None, dtype: Any = None):
+def load_model(
+    path: Any, device: Any = None, dtype: Any = None, *, head_bits: int = 16, embed_bits: int = 16
+):
     from engine.loader import load_model as _load_model
 
-    return _load_model(path, device=device, dtype=dtype)
+    return _load_model(path, device=device, dtype=dtype, head_bits=head_bits, embed_bits=embed_bits)
 
 
 def __getattr__(name: str):

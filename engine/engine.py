@@ -49,16 +49,25 @@ class Engine:
         max_batch_size: int = 8,
         prefill_chunk_tokens: int = 512,
         enable_prefix_cache: bool = True,
+        head_bits: int | None = None,
+        embed_bits: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from engine.loader import check_checkpoint_folder, load_model
+        from engine.loader import check_checkpoint_folder, choose_device, default_vocab_bits, load_model
         from engine.model_runner import ModelRunner, default_num_cache_blocks
         from engine.tokenizer import Tokenizer
 
         if num_cache_blocks is not None and cache_tokens is not None:
             raise ValueError("give num_cache_blocks or cache_tokens, not both")
         folder = check_checkpoint_folder(model_path)
-        model = load_model(folder, device=device, dtype=dtype)
+        default_head, default_embed = default_vocab_bits(choose_device(device))
+        model = load_model(
+            folder,
+            device=device,
+            dtype=dtype,
+            head_bits=default_head if head_bits is None else head_bits,
+            embed_bits=default_embed if embed_bits is None else embed_bits,
+        )
         if model.device.type == "cpu":
             from engine.host_memory import keep_freed_memory
 

@@ -197,15 +197,21 @@ def evaluate_model(
     device=None,
     files: Sequence[Path] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    head_bits: int | None = None,
+    embed_bits: int | None = None,
 ) -> EvalResult:
-    """Perplexity and FIM exact match of the checkpoint in `model_path` on the held-out files."""
+    """Perplexity and FIM exact match of the checkpoint in `model_path` on the held-out files, as the
+    Engine serves it (head_bits / embed_bits: see engine/quant/vocab.py; None = the device default)."""
     from engine import Engine
     from exlsp.prompt import Budgets, FimInput, PromptBuilder
 
     started = time.monotonic()
     paths = list(files) if files is not None else eval_file_paths()
     texts = [(p.name, p.read_text(encoding="utf-8")) for p in paths]
-    engine = Engine(model_path, device=device, max_batch_size=1, enable_prefix_cache=True)
+    engine = Engine(
+        model_path, device=device, max_batch_size=1, enable_prefix_cache=True,
+        head_bits=head_bits, embed_bits=embed_bits,
+    )  # fmt: skip
     try:
         if engine.device.type == "cpu":
             densify_quantized_linears(engine.model)

@@ -18,6 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fim-samples", type=int, default=40, help="FIM holes (default 40)")
     parser.add_argument("--ppl-windows", type=int, default=1, help="512-token windows per file (default 1)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    add_vocab_bits_arguments(parser)
+
+
+def add_vocab_bits_arguments(parser: argparse.ArgumentParser) -> None:
+    """--head-bits / --embed-bits, shared by every command that loads a model to serve it."""
+    parser.add_argument(
+        "--head-bits", type=int, choices=(4, 8, 16), default=None,
+        help="quantize the output head at load to 4 or 8 bits, or keep it float with 16 "
+        "(default: 8 on a GPU, 16 on the CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--embed-bits", type=int, choices=(8, 16), default=None,
+        help="int8 token embedding (8) or float (16) (default: 8 on a GPU, 16 on the CPU)",
+    )  # fmt: skip
 
 
 def format_table(results: list[dict]) -> str:
@@ -44,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             path = resolve_model(name)
             print(f"evaluating {path} ...", file=sys.stderr, flush=True)
-            result = evaluate_model(path, config, device=args.device).to_dict()
+            result = evaluate_model(
+                path, config, device=args.device, head_bits=args.head_bits, embed_bits=args.embed_bits
+            ).to_dict()
             result["model"] = name or path.name
             results.append(result)
         print(json.dumps(results, indent=2) if args.json else format_table(results))
