@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_shapes import build_model, kernels_ready, random_packed  # noqa: E402
 from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
+from engine.loader import default_vocab_bits  # noqa: E402
 from engine.models.base import dense_attention_metadata  # noqa: E402
 
 BLOCK_SIZE = 16
@@ -180,28 +181,55 @@ def profile_decode(model, kv_cache, ctx: int = 2048, steps: int = 5) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
 
 
+def suffix_metadata(prefix: int, suffix: int) -> AttentionMetadata:
+    """`suffix` new tokens of one sequence after `prefix` cached ones, in blocks 0, 1, 2, ..."""
+    nb = (prefix + suffix) // BLOCK_SIZE + 1
+    return AttentionMetadata(
+        query_start_loc=torch.tensor([0, suffix], dtype=torch.int32, device="cuda"),
+        seq_lens=torch.tensor([prefix + suffix], dtype=torch.int32, device="cuda"),
+        block_tables=torch.arange(nb, dtype=torch.int32, device="cuda").view(1, -1),
+        slot_mapping=torch.arange(prefix, prefix + suffix, device="cuda"),
+        max_query_len=suffix,
+        max_seq_len=prefix + suffix,
+        block_size=BLOCK_SIZE,
+    )
+
+
+def chunked_prefill(model, kv_cache, length: int, chunk: int) -> torch.Tensor:
+    """A `length`-token prompt prefilled `chunk` tokens per forward, as the engine's scheduler does
+    (engine/scheduler.py prefill_chunk_tokens); returns the first generated token."""
+    ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        pos = torch.arange(start, end, device="cuda")
+        token = first_token_id(model, kv_cache, ids[start:end], pos, suffix_metadata(start, end - start))
+    return token
+
+
 def bench_model(
     name: str,
     *,
     contexts: list[int],
     full: bool,
-    quant_lm_head: bool,
+    head_bits: int,
+    embed_bits: int,
     profile_to: Path | None = None,
     compare_pdl: bool = False,
 ) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base_bytes = torch.cuda.memory_allocated()
-    model = build_model(name, quant_lm_head=quant_lm_head)
+    model = build_model(name, head_bits=head_bits, embed_bits=embed_bits)
     torch.cuda.synchronize()
     weight_bytes = torch.cuda.memory_allocated() - base_bytes
     num_blocks = CACHE_TOKENS // BLOCK_SIZE + 4
     kv_cache = model.allocate_kv_cache(num_blocks, BLOCK_SIZE)
     kv_cache.normal_()  # never time on zeros
     cache_bytes = kv_cache.numel() * kv_cache.element_size()
+    torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     res: dict = {"model": name, "weights_GB": weight_bytes / 1e9, "cache_GB": cache_bytes / 1e9,
-                 "lm_head": "4-bit" if quant_lm_head else "fp16"}  # fmt: skip
+                 "head_bits": head_bits, "embed_bits": embed_bits}  # fmt: skip
 
     def step(ids, pos, attn):
         return model.compute_logits(model.forward_paged(ids, pos, attn, kv_cache)).argmax(dim=-1)
@@ -224,28 +252,12 @@ def bench_model(
         res[f"decode_ctx{ctx}_tok_s"] = 1e3 / ms
         res[f"decode_ctx{ctx}_synced_tok_s"] = 1e3 / synced
     if full:
-        for length in (2048, 8192):
-            ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
-            pos = torch.arange(length, device="cuda")
-            attn = dense_attention_metadata(1, length, BLOCK_SIZE, torch.device("cuda"))
-
-            ms = median_ms(
-                lambda a=attn, i=ids, p=pos: first_token_id(model, kv_cache, i, p, a), warmup=1, iters=5
-            )
-            res[f"prefill_{length}_tok_s"] = length * 1e3 / ms
-        # the cache now holds an 8k prefix in blocks 0..511: a 16-token suffix follows it
-        suffix = 16
-        prefix = 8192
-        nb = (prefix + suffix) // BLOCK_SIZE + 1
-        attn = AttentionMetadata(
-            query_start_loc=torch.tensor([0, suffix], dtype=torch.int32, device="cuda"),
-            seq_lens=torch.tensor([prefix + suffix], dtype=torch.int32, device="cuda"),
-            block_tables=torch.arange(nb, dtype=torch.int32, device="cuda").view(1, -1),
-            slot_mapping=torch.arange(prefix, prefix + suffix, device="cuda"),
-            max_query_len=suffix,
-            max_seq_len=prefix + suffix,
-            block_size=BLOCK_SIZE,
-        )
+        # Serving: an 8k prompt in the engine's 512-token chunks (it leaves an 8k prefix in blocks
+        # 0..511), then 16 new tokens after it, the keystroke case.
+        ms = median_ms(lambda: chunked_prefill(model, kv_cache, 8192, 512), warmup=1, iters=3)
+        res["prefill_8192_chunked512_tok_s"] = 8192 * 1e3 / ms
+        suffix, prefix = 16, 8192
+        attn = suffix_metadata(prefix, suffix)
         ids = torch.randint(0, model.config.vocab_size, (suffix,), device="cuda")
         pos = torch.arange(prefix, prefix + suffix, device="cuda")
 
@@ -281,6 +293,19 @@ def bench_model(
                 f.write("\n\nTTFT, 16 tokens after a cached 8k prefix:\n" + table)
     res["peak_vram_GB"] = (torch.cuda.max_memory_allocated() - base_bytes) / 1e9
     res["peak_vram_GiB"] = res["peak_vram_GB"] * 1e9 / 2**30
+    if full:
+        # Cold prefill throughput: each prompt in one forward pass. Its activations (8k x 28672 for
+        # gate|up alone) are a peak the engine's chunked prefill never reaches: reported on its own.
+        torch.cuda.reset_peak_memory_stats()
+        for length in (2048, 8192):
+            ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
+            pos = torch.arange(length, device="cuda")
+            attn = dense_attention_metadata(1, length, BLOCK_SIZE, torch.device("cuda"))
+            ms = median_ms(
+                lambda a=attn, i=ids, p=pos: first_token_id(model, kv_cache, i, p, a), warmup=1, iters=5
+            )
+            res[f"prefill_{length}_tok_s"] = length * 1e3 / ms
+        res["peak_vram_one_pass_8k_prefill_GB"] = (torch.cuda.max_memory_allocated() - base_bytes) / 1e9
     return res
 
 
@@ -323,18 +348,30 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate([] if args.gemv_only else args.models.split(",")):
         full = i == 0 and not args.quick
         profile_to = Path(args.profile) if args.profile and i == 0 else None
+        head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))  # what the engine serves
         report["models"].append(
             bench_model(
                 name,
                 contexts=contexts,
                 full=full,
-                quant_lm_head=False,
+                head_bits=head_bits,
+                embed_bits=embed_bits,
                 profile_to=profile_to,
                 compare_pdl=i == 0 and not args.no_pdl_compare,
             )  # fmt: skip
         )
-        if full:
-            report["models"].append(bench_model(name, contexts=contexts, full=False, quant_lm_head=True))
+        if full:  # the other head and embedding choices, same run
+            for other_head, other_embed in ((4, 8), (16, 16)):
+                report["models"].append(
+                    bench_model(
+                        name,
+                        contexts=contexts,
+                        full=False,
+                        head_bits=other_head,
+                        embed_bits=other_embed,
+                        compare_pdl=False,
+                    )  # fmt: skip
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\ncard: {report['card']}  torch {report['torch']}  copy bandwidth {copy_bw:.0f} GB/s")

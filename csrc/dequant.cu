@@ -2,6 +2,8 @@
 // of the first prefill GEMM (dequantize, then cuBLAS through torch.matmul).
 // One thread per packed word: it reads qweight[w, n] (coalesced along n) and writes the word's
 // 8 (4-bit) or 4 (8-bit) rows of column n (each write coalesced along n across the warp).
+// The input may be a slice of columns of a wider weight (row stride `ld` >= N): a large prefill GEMM
+// dequantizes N-slices one after another so the scratch stays small (engine/ops/cuda.py).
 #include <cstdint>
 
 #include "dtype_utils.cuh"
@@ -12,16 +14,17 @@ namespace {
 
 template <typename T, int BITS>
 __global__ void dequantize_kernel(const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
-                                  const T* __restrict__ zeros, T* __restrict__ out, int K, int N, int group_size) {
+                                  const T* __restrict__ zeros, T* __restrict__ out, int K, int N, int ld,
+                                  int group_size) {
   constexpr int kPerWord = 32 / BITS;
   const int n = blockIdx.x * blockDim.x + threadIdx.x;
   const int w = blockIdx.y;
   if (n >= N) return;
-  const uint32_t word = qweight[(size_t)w * N + n];
+  const uint32_t word = qweight[(size_t)w * ld + n];
   const int k0 = w * kPerWord;
   const int g = k0 / group_size;  // group_size % kPerWord == 0: one group per word
-  const float s = to_float(scales[(size_t)g * N + n]);
-  const float z = to_float(zeros[(size_t)g * N + n]);
+  const float s = to_float(scales[(size_t)g * ld + n]);
+  const float z = to_float(zeros[(size_t)g * ld + n]);
 #pragma unroll
   for (int i = 0; i < kPerWord; ++i) {
     const float q = static_cast<float>((word >> (BITS * i)) & ((1u << BITS) - 1u));
@@ -32,7 +35,7 @@ __global__ void dequantize_kernel(const uint32_t* __restrict__ qweight, const T*
 }  // namespace
 
 cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros, void* out,
-                              int K, int N, int bits, int group_size, cudaStream_t stream) {
+                              int K, int N, int ld, int bits, int group_size, cudaStream_t stream) {
   const int per_word = 32 / bits;
   dim3 block(256);
   dim3 grid((N + 255) / 256, K / per_word);
@@ -40,11 +43,11 @@ cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* s
   EXLSP_DISPATCH_DTYPE(dtype, T, {
     if (bits == 4)
       dequantize_kernel<T, 4><<<grid, block, 0, stream>>>(qw, static_cast<const T*>(scales),
-                                                          static_cast<const T*>(zeros), static_cast<T*>(out), K, N,
+                                                          static_cast<const T*>(zeros), static_cast<T*>(out), K, N, ld,
                                                           group_size);
     else
       dequantize_kernel<T, 8><<<grid, block, 0, stream>>>(qw, static_cast<const T*>(scales),
-                                                          static_cast<const T*>(zeros), static_cast<T*>(out), K, N,
+                                                          static_cast<const T*>(zeros), static_cast<T*>(out), K, N, ld,
                                                           group_size);
   });
   return cudaGetLastError();

@@ -35,9 +35,10 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
 // Programmatic dependent launch for the kernels that support it (launch.cuh): -1 auto, 0 off, 1 on.
 void set_pdl_mode(int mode);
 
-// W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch.
+// W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch. qweight, scales
+// and zeros may be N columns of wider matrices: `ld` is their row stride in elements (>= N).
 cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros,
-                              void* out, int K, int N, int bits, int group_size, cudaStream_t stream);
+                              void* out, int K, int N, int ld, int bits, int group_size, cudaStream_t stream);
 
 // Flash-decoding over the paged cache, one new token per sequence. Phase 1 writes one partial
 // result per context partition (unnormalised output, running max, exp-sum), phase 2 merges them.

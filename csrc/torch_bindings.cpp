@@ -175,23 +175,41 @@ void set_launch_pdl(int64_t mode) {
   set_pdl_mode((int)mode);
 }
 
+// A column slice of a row-major matrix: unit column stride, rows `ld` apart (the dequantize op takes
+// N-slices of a weight without a copy).
+void check_column_slice(const Tensor& t, int64_t ld, const char* op, const char* name) {
+  EXLSP_CHECK(t.is_cuda(), "exlsp::%s: %s must be a CUDA tensor", to_str(op).c_str(), to_str(name).c_str());
+  EXLSP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == ld,
+              "exlsp::%s: %s must be (rows, N) with unit column stride and row stride %s", to_str(op).c_str(),
+              to_str(name).c_str(), to_str(ld).c_str());
+}
+
 void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros, int64_t bits, int64_t group_size,
                 Tensor& out) {
   const char* op = "dequantize";
   const Dtype dtype = model_dtype(scales, op);
-  check_cuda(qweight, op, "qweight");
   EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
   EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got %s", to_str(bits).c_str());
-  const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1);
+  const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1), ld = qweight.stride(0);
+  EXLSP_CHECK(ld >= N, "exlsp::dequantize: qweight row stride %s is below its width %s", to_str(ld).c_str(),
+              to_str(N).c_str());
+  check_column_slice(qweight, ld, op, "qweight");
   EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
               "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());
-  check_cuda(scales, op, "scales");
-  check_same(zeros, scales, op, "zeros");
+  check_column_slice(scales, ld, op, "scales");
+  check_column_slice(zeros, ld, op, "zeros");
+  EXLSP_CHECK(zeros.scalar_type() == scales.scalar_type() && zeros.sizes() == scales.sizes(),
+              "exlsp::dequantize: zeros must match scales in dtype and shape");
+  EXLSP_CHECK(scales.device() == qweight.device() && zeros.device() == qweight.device(),
+              "exlsp::dequantize: qweight, scales and zeros must be on one device");
+  EXLSP_CHECK(scales.size(0) == K / group_size && scales.size(1) == N,
+              "exlsp::dequantize: scales must be (K / group_size, N)");
   check_same(out, scales, op, "out");
-  EXLSP_CHECK(out.size(0) == K && out.size(1) == N, "exlsp::dequantize: out must be (K, N)");
+  EXLSP_CHECK(out.is_contiguous() && out.size(0) == K && out.size(1) == N,
+              "exlsp::dequantize: out must be a contiguous (K, N)");
   const c10::cuda::CUDAGuard guard(qweight.device());
   check_launch(launch_dequantize(dtype, qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
-                                 out.data_ptr(), (int)K, (int)N, (int)bits, (int)group_size,
+                                 out.data_ptr(), (int)K, (int)N, (int)ld, (int)bits, (int)group_size,
                                  c10::cuda::getCurrentCUDAStream()),
                op);
 }

@@ -354,16 +354,38 @@ def quant_linear(x, w: PackedWeight):
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
         torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, w.bias, None, w.bits, w.group_size, out)
         return out
-    weight = dequantize(w)  # (K, N) scratch, freed after the product
-    out = x @ weight
+    cols = dequant_slice_columns(w.in_features, w.out_features)
+    if cols == w.out_features:
+        out = x @ dequantize(w)  # (K, N) scratch, freed after the product
+    else:
+        out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
+        for n0 in range(0, w.out_features, cols):
+            n1 = min(n0 + cols, w.out_features)
+            torch.matmul(x, dequantize(w, n0, n1), out=out[:, n0:n1])
     if w.bias is not None:
         out += w.bias
     return out
 
 
-def dequantize(w: PackedWeight) -> torch.Tensor:
-    weight = torch.empty((w.in_features, w.out_features), dtype=w.scales.dtype, device=w.qweight.device)
-    torch.ops.exlsp.dequantize(w.qweight, w.scales, w.zeros, w.bits, w.group_size, weight)
+DEQUANT_SCRATCH_ELEMENTS = 1 << 25  # 64 MB of fp16: the prefill GEMM's dequantized weight, at most
+
+
+def dequant_slice_columns(in_features: int, out_features: int) -> int:
+    """Output features dequantized per GEMM of a prefill: all of them when the scratch fits, else
+    multiples of 256 (whole tiles for cuBLAS) up to the scratch. The largest linear of an 8B model
+    (gate|up, 4096 x 28672) would otherwise need 235 MB of scratch at every prefill chunk."""
+    if in_features * out_features <= DEQUANT_SCRATCH_ELEMENTS:
+        return out_features
+    return max(256, DEQUANT_SCRATCH_ELEMENTS // in_features // 256 * 256)
+
+
+def dequantize(w: PackedWeight, n0: int = 0, n1: int | None = None) -> torch.Tensor:
+    """Output features [n0, n1) of the weight as a dense (K, n1 - n0) tensor in the model dtype."""
+    n1 = w.out_features if n1 is None else n1
+    weight = torch.empty((w.in_features, n1 - n0), dtype=w.scales.dtype, device=w.qweight.device)
+    torch.ops.exlsp.dequantize(
+        w.qweight[:, n0:n1], w.scales[:, n0:n1], w.zeros[:, n0:n1], w.bits, w.group_size, weight
+    )
     return weight
 
 

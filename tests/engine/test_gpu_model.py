@@ -4,10 +4,13 @@ equal the reference's for the first 32 tokens."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 import engine
+from engine.loader import default_vocab_bits
 from tests.tiny_models import make_tiny_checkpoint
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -60,16 +63,44 @@ def test_cuda_logits_match_the_cpu_reference(tmp_path, kernels, case, seq_len):
     assert rel_err(out.cpu(), ref) <= 1e-2
 
 
+@pytest.mark.parametrize("head_bits, embed_bits", [(8, 8), (4, 8)])
+@pytest.mark.parametrize("tie", [False, True])
+def test_cuda_logits_with_quantized_head_and_embedding_match_the_cpu_reference(
+    tmp_path, kernels, tie, head_bits, embed_bits
+):
+    """The head through the quantized GEMV (4-bit: tensor cores; 8-bit: CUDA cores) and the int8
+    embedding lookup on the GPU, against the CPU reference computing with the same quantized
+    matrices (copied over, so both sides hold exactly the same codes and scales)."""
+    folder = make_tiny_checkpoint(
+        tmp_path, "qwen2", quant={"bits": 4, "group_size": 32}, tie=tie, **KERNEL_SHAPE
+    )
+    gpu_model = engine.load_model(
+        folder, device="cuda", dtype=torch.float16, head_bits=head_bits, embed_bits=embed_bits
+    )
+    ref_model = engine.load_model(folder, device="cpu", dtype=torch.float32)
+    ref_model.lm_head = copy.deepcopy(gpu_model.lm_head).to(device="cpu", dtype=torch.float32)
+    ref_model.embed_tokens = copy.deepcopy(gpu_model.embed_tokens).to(device="cpu", dtype=torch.float32)
+    for rows in (1, 20, 70):  # GEMV, tensor-core GEMV (2 x 20 rows) and dequantize + GEMM
+        ids = torch.randint(
+            0, ref_model.config.vocab_size, (2, rows), generator=torch.Generator().manual_seed(rows)
+        )
+        assert rel_err(gpu_model(ids.cuda()).cpu(), ref_model(ids)) <= 1e-2
+
+
 @pytest.mark.parametrize("prompt_len", [40, 12], ids=["eager-prefill", "graph-prefill"])  # <= 16: graphs
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case, prompt_len):
     """Greedy decoding on the GPU picks, at each of the first 32 steps, the token the float32 CPU
-    model ranks first given the same history. Where the CPU model's top two logits are closer than
+    model (with the head and embedding quantized as the Engine's GPU default) ranks first given the
+    same history. Where the CPU model's top two logits are closer than
     fp16 noise (a near tie in a random model; fp16 activations move these logits by up to ~3%)
     either token is a faithful pick; such steps are counted and may be at most a few."""
     family, kwargs, overrides = case
     folder = make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides)
-    ref = engine.load_model(folder, device="cpu", dtype=torch.float32)
+    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
+    ref = engine.load_model(
+        folder, device="cpu", dtype=torch.float32, head_bits=head_bits, embed_bits=embed_bits
+    )
     gen = torch.Generator().manual_seed(2)
     prompt = torch.randint(0, ref.config.vocab_size, (prompt_len,), generator=gen).tolist()
     with engine.Engine(folder, device="cuda", dtype=torch.float16, cache_tokens=2048) as eng:

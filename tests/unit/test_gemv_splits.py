@@ -1,4 +1,5 @@
-"""The tensor-core GEMV's choice of K split (engine/ops/cuda.py gemv_splits): pure arithmetic."""
+"""engine/ops/cuda.py's pure-arithmetic choices: the tensor-core GEMV's K split (gemv_splits) and the prefill
+GEMM's dequantized column slices (dequant_slice_columns)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,13 @@ def test_more_sms_never_ask_for_fewer_blocks():
     for k, n in [(4096, 6144), (4096, 4096), (14336, 4096)]:
         small, large = gemv_splits(k, n, 1, 46), gemv_splits(k, n, 1, 132)
         assert (n // 32) * large >= (n // 32) * small
+
+
+def test_prefill_dequantizes_whole_weights_that_fit_the_scratch_and_slices_the_rest():
+    from engine.ops.cuda import DEQUANT_SCRATCH_ELEMENTS, dequant_slice_columns
+
+    assert DEQUANT_SCRATCH_ELEMENTS == 1 << 25  # 64 MB of fp16
+    assert dequant_slice_columns(4096, 6144) == 6144  # q|k|v of an 8B model: 50 MB, one GEMM
+    assert dequant_slice_columns(4096, 28672) == 8192  # gate|up: 235 MB -> 4 slices of 64 MB
+    assert dequant_slice_columns(14336, 4096) == 2304  # down: multiples of 256 columns
+    assert dequant_slice_columns(1 << 20, 4096) == 256  # never narrower than one cuBLAS tile
