@@ -23,28 +23,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_gpu import BLOCK_SIZE, CACHE_TOKENS, first_token_id, graph_of, median_ms  # noqa: E402
+from bench.bench_gpu import (  # noqa: E402
+    BLOCK_SIZE,
+    CACHE_TOKENS,
+    first_token_id,
+    graph_of,
+    median_ms,
+    suffix_metadata,
+)
 from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
-from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
+from engine.loader import default_vocab_bits  # noqa: E402
 
 PREFIX_TOKENS = 8192
 SUFFIX_TOKENS = 16
-
-
-def suffix_metadata() -> AttentionMetadata:
-    """The 16 new tokens of one sequence whose first 8192 tokens are cached in blocks 0, 1, 2, ..."""
-    total = PREFIX_TOKENS + SUFFIX_TOKENS
-    nb = total // BLOCK_SIZE + 1
-    return AttentionMetadata(
-        query_start_loc=torch.tensor([0, SUFFIX_TOKENS], dtype=torch.int32, device="cuda"),
-        seq_lens=torch.tensor([total], dtype=torch.int32, device="cuda"),
-        block_tables=torch.arange(nb, dtype=torch.int32, device="cuda").view(1, -1),
-        slot_mapping=torch.arange(PREFIX_TOKENS, total, device="cuda"),
-        max_query_len=SUFFIX_TOKENS,
-        max_seq_len=total,
-        block_size=BLOCK_SIZE,
-    )
 
 
 def attention_kernel(
@@ -53,7 +45,7 @@ def attention_kernel(
     """Decode attention of the 16 suffix tokens as one-token sequences (Llama-3-8B heads), per layer."""
     from engine.ops import cuda
 
-    tokens = token_level_metadata(suffix_metadata(), SUFFIX_TOKENS)
+    tokens = token_level_metadata(suffix_metadata(PREFIX_TOKENS, SUFFIX_TOKENS), SUFFIX_TOKENS)
     num_blocks = tokens.block_tables.shape[1] + 1
     gen = torch.Generator(device="cuda").manual_seed(0)
     caches = torch.randn((layers, 2, num_blocks, BLOCK_SIZE, hkv, d), generator=gen, device="cuda").half()
@@ -83,10 +75,11 @@ def attention_kernel(
 def ttft(model_name: str) -> dict:
     from engine.ops import cuda
 
-    model = build_model(model_name)
+    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))  # what the engine serves
+    model = build_model(model_name, head_bits=head_bits, embed_bits=embed_bits)
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
     kv_cache.normal_()  # never time on zeros
-    attn = suffix_metadata()
+    attn = suffix_metadata(PREFIX_TOKENS, SUFFIX_TOKENS)
     ids = torch.randint(0, model.config.vocab_size, (SUFFIX_TOKENS,), device="cuda")
     pos = torch.arange(PREFIX_TOKENS, PREFIX_TOKENS + SUFFIX_TOKENS, device="cuda")
 
