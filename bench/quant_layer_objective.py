@@ -12,7 +12,8 @@ library) and "library" (the mix `--calib-mix library` builds), both minus the he
 
     .venv/bin/python -m bench.quant_layer_objective FLOAT_CHECKPOINT --layers 0 11 \
         --variant stdlib:32:0.1:sym:minmax --variant stdlib:64:0.1:asym:mse
-(each GPTQ variant is MIX:SAMPLES:DAMP:sym|asym:minmax|mse; the four RTN variants always run)
+(each GPTQ variant is MIX:SAMPLES:DAMP:sym|asym:minmax|mse[:refit], refit = --refit-scales; the four
+RTN variants always run)
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ HELD_OUT_SAMPLES = 16
 
 
 def parse_variant(text: str) -> tuple[str, int, float, QuantSpec]:
-    mix, samples, damp, sym, mse = text.split(":")
+    mix, samples, damp, sym, mse, *refit = text.split(":")
     assert mix in ("stdlib", "library") and sym in ("sym", "asym") and mse in ("minmax", "mse"), text
+    assert refit in ([], ["refit"]), text
     assert int(samples) % 32 == 0, "calibration sizes are multiples of 32 samples"
-    spec = QuantSpec(4, 128, sym=sym == "sym", act_order=True, damp_percent=float(damp), mse=mse == "mse")
+    spec = QuantSpec(4, 128, sym=sym == "sym", act_order=True, damp_percent=float(damp), mse=mse == "mse",
+                     refit_scales=bool(refit))  # fmt: skip
     return mix, int(samples), float(damp), spec
 
 
@@ -96,7 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("src", type=Path)
     parser.add_argument("--layers", type=int, nargs="+", default=[0])
-    parser.add_argument("--variant", action="append", default=[], help="MIX:SAMPLES:DAMP:sym|asym:minmax|mse")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="MIX:SAMPLES:DAMP:sym|asym:minmax|mse[:refit]"
+    )
     args = parser.parse_args()
     args.variants = [parse_variant(v) for v in args.variant]
     torch.manual_seed(0)
@@ -145,11 +150,11 @@ def run_layer(index, layer, items, parts, args) -> None:
             variants.append(("rtn", "-", 0, 0.0, QuantSpec(bits=4, group_size=128, sym=sym, mse=mse)))
     variants += [("gptq", mix, n, damp, spec) for mix, n, damp, spec in args.variants]
     print(
-        "| layer | method | calib mix | samples | damp | sym | mse | "
+        "| layer | method | calib mix | samples | damp | sym | mse | refit | "
         + " | ".join(s.module for s in STAGES)
         + " | sum |"
     )
-    print("|---" * (8 + len(STAGES)) + "|")
+    print("|---" * (9 + len(STAGES)) + "|")
     for method, mix, n, damp, spec in variants:
         scores = []
         for stage in STAGES:
@@ -163,7 +168,8 @@ def run_layer(index, layer, items, parts, args) -> None:
             scores.append(objective(weight, q.dequantize(), h_held))
         cells = " | ".join(f"{v:.4g}" for v in scores)
         print(
-            f"| {index} | {method} | {mix} | {n} | {damp} | {spec.sym} | {spec.mse} | {cells} | {sum(scores):.4g} |",
+            f"| {index} | {method} | {mix} | {n} | {damp} | {spec.sym} | {spec.mse} | {spec.refit_scales} | "
+            f"{cells} | {sum(scores):.4g} |",
             flush=True,
         )
 

@@ -54,6 +54,72 @@ class Hessian:
         return h.mul_(2.0 / max(self.num_samples, 1))
 
 
+class OutputShift:
+    """Delta = 2/n * sum_i W (xf_i - x_i) x_i^T (N, K): for one linear W (N, K), how the outputs the
+    float model computes (W xf_i, on the float model's inputs xf_i) differ from what W computes on
+    the quantized model's inputs x_i, correlated with those inputs. Same 2/n scale as `Hessian`.
+
+    With it, the "asymmetric" objective ||W Xf - W_hat X||^2 (hit the float model's outputs from the
+    inputs the quantized layer will really see, as in GPTAQ and Qronos) becomes ordinary GPTQ on a
+    shifted weight, see `float_target_weight`. Two ways to the same sum, whichever is cheaper per
+    token: the (K, K) cross matrix sum (xf - x) x^T, multiplied by W at the end (K^2 multiply-adds
+    per token: q/k/v, o, gate/up), or W (xf - x) first, then its outer product with x (2 N K:
+    down_proj, K = 4864 inputs for N = 896 outputs).
+    """
+
+    def __init__(self, weight: torch.Tensor, device: torch.device | str | None = None) -> None:
+        n, k = weight.shape
+        self.in_features = k
+        self.weight = weight.detach().to(device, torch.float32)
+        self.by_cross = k < 2 * n
+        self._sum = torch.zeros(k if self.by_cross else n, k, dtype=torch.float32, device=device)
+        self.num_samples = 0
+
+    def add(self, x_float: torch.Tensor, x: torch.Tensor) -> None:
+        """x_float, x: (..., K) the float model's and the quantized model's inputs, token for token."""
+        k = self.in_features
+        x = x.reshape(-1, k).to(self._sum.device, torch.float32)  # (n, K)
+        d = x_float.reshape(-1, k).to(self._sum.device, torch.float32) - x  # (n, K)
+        assert d.shape == x.shape, (d.shape, x.shape)
+        if self.by_cross:
+            self._sum.addmm_(d.t(), x)  # (K, K)
+        else:
+            self._sum.addmm_((d @ self.weight.t()).t(), x)  # (N, n) @ (n, K)
+        self.num_samples += x.shape[0]
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """(N, K) float32."""
+        total = self.weight @ self._sum if self.by_cross else self._sum.clone()
+        return total.mul_(2.0 / max(self.num_samples, 1))
+
+
+def float_target_weight(
+    weight: torch.Tensor, hessian: torch.Tensor, shift: torch.Tensor, damp_percent: float, alpha: float = 1.0
+) -> torch.Tensor:
+    """W* = W + alpha * Delta (H + lambda I)^-1, with lambda = damp_percent * mean(diag(H)).
+
+    At alpha = 1 this minimises ||W Xf - W* X||^2 + lambda/2 ||W* - W||^2 (a ridge pulled towards W,
+    not 0, so that W* == W exactly where the inputs agree, Xf == X), and for every W_hat
+    ||W Xf - W_hat X||^2 = ||(W* - W_hat) X||^2 + const (exactly at lambda 0): GPTQ of W* with
+    H = 2 X X^T then minimises the asymmetric objective. Returns (N, K) float32.
+    """
+    h = hessian.to(torch.float32)
+    k = h.shape[0]
+    mean_diag = torch.mean(torch.diag(h)).item()
+    eye = torch.eye(k, dtype=h.dtype, device=h.device)
+    damp = damp_percent
+    for _ in range(6):
+        lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
+        if info.item() == 0:
+            break
+        damp *= 10
+    else:
+        raise RuntimeError(f"Hessian of a {k}-input layer is not positive definite even with damp {damp}")
+    correction = torch.cholesky_solve(shift.to(h.device, torch.float32).t(), lower).t()  # (N, K)
+    return weight.detach().to(h.device, torch.float32) + alpha * correction
+
+
 def _inverse_cholesky_upper(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
     """Upper Cholesky factor U of H^-1 (H^-1 = U^T U) after dampening the diagonal.
 
@@ -129,11 +195,59 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) 
 
     inv_perm = torch.argsort(perm)
     g_idx = (torch.arange(k, device=w.device) // group_size)[inv_perm]  # group of each input feature
-    return QuantizedWeight(
+    q = QuantizedWeight(
         codes=codes[:, inv_perm].t().to(torch.int32).contiguous(),
         scales=torch.stack(scales),
         zeros=torch.stack(zeros).to(torch.int32),
         g_idx=g_idx.to(torch.int32),
         bits=spec.bits,
         group_size=group_size,
+    )
+    if spec.refit_scales:
+        h0 = h[inv_perm][:, inv_perm] if spec.act_order else h  # dead inputs' fix included
+        w0 = weight.detach().to(h.device, torch.float32).clone()
+        w0[:, dead] = 0.0
+        q = refit_scales(q, w0, h0, spec.damp_percent)
+    return q
+
+
+def refit_scales(q: QuantizedWeight, weight: torch.Tensor, hessian: torch.Tensor, damp_percent: float):
+    """The same codes and zeros with each row's group scales refit to the least (w - w_hat)^T H' (w - w_hat),
+    H' = H + damp_percent * mean(diag(H)) I (the dampened Hessian GPTQ propagated its errors with).
+
+    With codes and zeros fixed, row r's weight is linear in its G group scales: w_hat = A_r s_r,
+    A_r[k, g] = (code[k] - zero[g]) if g_idx[k] == g. The optimum solves the (G, G) system
+    A_r^T H' A_r s_r = A_r^T H' w_r, batched over rows. GPTQ picked each group's scale before most of
+    its codes (the grid of the group's columns as they were when it started), so the codes it then
+    chose may fit a slightly different scale better. A row keeps its old scales unless the new ones
+    (rounded to fp16, as stored) lower its objective.
+    """
+    n, k = weight.shape
+    h = hessian.to(torch.float32)
+    h = h + damp_percent * torch.mean(torch.diag(h)) * torch.eye(k, dtype=h.dtype, device=h.device)
+    g_idx = q.g_idx.long().to(h.device)
+    groups = q.scales.shape[0]
+    member = torch.nn.functional.one_hot(g_idx, groups).to(h.dtype)  # (K, G)
+    offsets = q.codes.t().float().to(h.device) - q.zeros.t().float().to(h.device)[:, g_idx]  # (N, K)
+    rhs = ((weight @ h) * offsets) @ member  # (N, G): A_r^T H' w_r
+    lhs = torch.empty(n, groups, groups, dtype=h.dtype, device=h.device)  # A_r^T H' A_r
+    for g in range(groups):
+        cols = torch.nonzero(g_idx == g).squeeze(1)
+        lhs[:, g, :] = ((offsets[:, cols] @ h[cols, :]) * offsets) @ member  # (N, G)
+    old = q.scales.t().float().to(h.device)  # (N, G)
+    # A group whose codes all sit on its zero has no say in its scale: a tiny ridge keeps the old one.
+    ridge = 1e-6 * lhs.diagonal(dim1=1, dim2=2).mean(dim=1).clamp(min=1e-30)  # (N,)
+    eye = torch.eye(groups, dtype=h.dtype, device=h.device)
+    new = torch.linalg.solve(lhs + ridge[:, None, None] * eye, (rhs + ridge[:, None] * old).unsqueeze(2))
+    new = new.squeeze(2).half().float()  # (N, G) what an fp16 checkpoint stores
+    new = torch.where(torch.isfinite(new) & (new > 0), new, old)
+
+    def objective(scales: torch.Tensor) -> torch.Tensor:
+        err = weight - offsets * scales[:, g_idx]  # (N, K)
+        return ((err @ h) * err).sum(dim=1)  # (N,)
+
+    better = objective(new) < objective(old)
+    scales = torch.where(better[:, None], new, old)
+    return QuantizedWeight(
+        q.codes, scales.t().contiguous().to(q.scales.device), q.zeros, q.g_idx, q.bits, q.group_size
     )

@@ -38,7 +38,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from engine.quant.calibration import CalibrationConfig, build_samples
-from engine.quant.gptq import Hessian, gptq_quantize
+from engine.quant.gptq import Hessian, OutputShift, float_target_weight, gptq_quantize
 from engine.quant.gptq_writer import (
     check_destination,
     pack_linear,
@@ -141,14 +141,30 @@ class StagePass:
     hessian: Hessian
     kept_inputs: list[torch.Tensor]  # the stage's input per calibration batch, when asked to keep them
     residuals: list[torch.Tensor]  # RESIDUAL_NORM's residual output per batch, idem
+    shift: OutputShift | None = None  # towards the float model's outputs, when given its inputs
 
 
-def _stage_pass(layer: nn.Module, path: str, inputs: Sequence[LayerArgs], keep: bool = False) -> StagePass:
+def _stage_pass(
+    layer: nn.Module,
+    path: str,
+    inputs: Sequence[LayerArgs],
+    keep: bool = False,
+    float_inputs: Sequence[torch.Tensor] | None = None,
+) -> StagePass:
+    """float_inputs: the stage's input per batch in the float model, for `StagePass.shift`."""
     module = layer.get_submodule(path)
-    found = StagePass(Hessian(module.weight.shape[1], device=module.weight.device), [], [])
+    device = module.weight.device
+    found = StagePass(Hessian(module.weight.shape[1], device=device), [], [])
+    if float_inputs is not None:
+        assert len(float_inputs) == len(inputs), (len(float_inputs), len(inputs))
+        found.shift = OutputShift(module.weight.data, device=device)
+    seen = [0]  # batches so far: float_inputs pairs with the inputs by position
 
     def record(_module, args):
         found.hessian.add(args[0].detach())
+        if found.shift is not None:
+            found.shift.add(float_inputs[seen[0]], args[0].detach())
+        seen[0] += 1
         if keep:
             found.kept_inputs.append(args[0].detach())
         raise _Stop
@@ -165,6 +181,34 @@ def _stage_pass(layer: nn.Module, path: str, inputs: Sequence[LayerArgs], keep: 
                 layer(*item.args)
             except _Stop:
                 pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+@dataclass
+class FloatPass:
+    stage_inputs: dict[str, list[torch.Tensor]]  # stage module -> its input per batch, float model
+    outputs: list[LayerArgs]  # the next layer's arguments in the float model
+
+
+def _float_pass(layer: nn.Module, inputs: Sequence[LayerArgs]) -> FloatPass:
+    """One whole forward of a still-float layer on the float model's inputs, keeping every stage's
+    input (the targets of `StagePass.shift`) and the outputs (the float model's next inputs)."""
+    found = FloatPass({stage.module: [] for stage in STAGES}, [])
+
+    def record(_module, args, key):
+        found.stage_inputs[key].append(args[0].detach())
+
+    handles = [
+        layer.get_submodule(stage.module).register_forward_pre_hook(
+            lambda m, a, key=stage.module: record(m, a, key)
+        )
+        for stage in STAGES
+    ]
+    try:
+        found.outputs = [next_layer_args(item, layer(*item.args)) for item in inputs]
     finally:
         for handle in handles:
             handle.remove()
@@ -209,17 +253,30 @@ def quantize_layers(
     layers = decoder_layers(model)
     results: dict[str, QuantizedWeight] = {}
     inputs = capture_first_layer_args(model, batches) if method == "gptq" else []
+    # With float targets a second stream of inputs runs through the float layers beside the quantized
+    # one (the same embeddings enter layer 0): one more whole layer forward per layer.
+    float_inputs = inputs if method == "gptq" and spec.float_target > 0 else None
     for index, layer in enumerate(layers):
         last: StagePass | None = None
+        float_pass = _float_pass(layer, float_inputs) if float_inputs is not None else None
         for stage in STAGES:
             module = layer.get_submodule(stage.module)
             weight = module.weight.data  # (N, K), parts side by side along N
             if method == "gptq":
                 found = _stage_pass(
-                    layer, stage.module, inputs, keep=stage is STAGES[-1] and index + 1 < len(layers)
-                )
-                q = gptq_quantize(weight, found.hessian.matrix, spec)
-                found.hessian = None  # type: ignore[assignment]  # free the (K, K) matrix now
+                    layer, stage.module, inputs, keep=stage is STAGES[-1] and index + 1 < len(layers),
+                    float_inputs=float_pass.stage_inputs.pop(stage.module) if float_pass else None,
+                )  # fmt: skip
+                hessian = found.hessian.matrix
+                found.hessian = None  # type: ignore[assignment]  # free the (K, K) accumulator now
+                target = weight
+                if found.shift is not None:
+                    target = float_target_weight(
+                        weight, hessian, found.shift.matrix, spec.damp_percent, spec.float_target
+                    )
+                    found.shift = None
+                q = gptq_quantize(target, hessian, spec)
+                del hessian, target
                 last = found
             else:
                 q = rtn_quantize(weight, spec)
@@ -233,6 +290,9 @@ def quantize_layers(
             assert last is not None
             inputs = _layer_outputs(layer, inputs, last)
             del last
+            if float_pass is not None:
+                float_inputs = float_pass.outputs
+        del float_pass
         if on_layer_done is not None:
             on_layer_done(index, len(layers))
     return results

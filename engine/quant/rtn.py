@@ -33,6 +33,11 @@ class QuantSpec:
     damp_percent: float = 0.01  # GPTQ only: damping added to diag(H), as a fraction of its mean
     block_size: int = 128  # GPTQ only: columns updated lazily per block (speed, not the result)
     mse: bool = False  # search a shrunk range per group instead of plain min/max (see module doc)
+    # GPTQ only, in the sequential driver: how far each linear's target moves from its own float
+    # outputs on the quantized model's inputs towards the float model's outputs (engine/quant/gptq.py
+    # float_target_weight); 0 is plain GPTQ, 1 the full asymmetric objective ||W Xf - W_hat X||^2.
+    float_target: float = 0.0
+    refit_scales: bool = False  # GPTQ only: refit each row's scales to its final codes (gptq.refit_scales)
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -41,6 +46,8 @@ class QuantSpec:
             raise ValueError(f"group size must be positive or -1, got {self.group_size}")
         if not 0.0 < self.damp_percent < 1.0:
             raise ValueError(f"damp must be in (0, 1), got {self.damp_percent}")
+        if not 0.0 <= self.float_target <= 1.0:
+            raise ValueError(f"float target must be in [0, 1], got {self.float_target}")
 
     @property
     def maxq(self) -> int:

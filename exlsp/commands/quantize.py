@@ -16,6 +16,10 @@ HELP = "GPTQ-quantize a float checkpoint (folder or store name) into DST"
 # damp 0.1 beats 0.01-0.03 (0.05 and 0.2 within 2%).
 CALIB_DEFAULTS = {"cuda": (128, 512, 0.01), "cpu": (64, 256, 0.1)}  # device -> (samples, tokens, damp)
 CALIB_MIXES = ("library", "all")
+# GPTQ's target per linear: 0 = its own float outputs on the quantized model's inputs (plain GPTQ), 1 =
+# the float model's outputs (engine/quant/gptq.py float_target_weight).
+FLOAT_TARGET_DEFAULT = 0.0
+REFIT_SCALES_DEFAULT = False  # gptq: refit each row's group scales to its final codes
 
 
 def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +43,13 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mse", action=argparse.BooleanOptionalAction, default=None,
                         help="per group, shrink the min/max range to the one with the least |w - q(w)|^2.4 "
                              "(default: on for gptq, off so the rtn baseline stays plain min/max)")  # fmt: skip
+    parser.add_argument("--float-target", type=float, metavar="ALPHA",
+                        help="gptq: aim each linear at the float model's outputs (1) instead of its own "
+                             "float outputs on the quantized model's inputs (0), or between "
+                             f"(default {FLOAT_TARGET_DEFAULT:g}; one more layer forward per layer)")  # fmt: skip
+    parser.add_argument("--refit-scales", action=argparse.BooleanOptionalAction, default=None,
+                        help="gptq: once the codes are chosen, refit each row's group scales to them "
+                             f"(least squares on the layer objective; default {'on' if REFIT_SCALES_DEFAULT else 'off'})")  # fmt: skip
     parser.add_argument("--method", choices=("gptq", "rtn"), default="gptq", help="gptq, or the rtn baseline")
     parser.add_argument("--calib", nargs="+", type=Path, metavar="PATH",
                         help="source files or folders for calibration (default: the Python standard library)")  # fmt: skip
@@ -85,7 +96,9 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
     calib = CalibrationConfig(args.calib_samples or samples, args.calib_tokens or tokens)
     mse = args.method == "gptq" if args.mse is None else args.mse
     spec = QuantSpec(bits=args.bits, group_size=args.group_size, sym=args.sym, act_order=args.act_order,
-                     damp_percent=args.damp or damp, mse=mse)  # fmt: skip
+                     damp_percent=args.damp or damp, mse=mse,
+                     float_target=FLOAT_TARGET_DEFAULT if args.float_target is None else args.float_target,
+                     refit_scales=REFIT_SCALES_DEFAULT if args.refit_scales is None else args.refit_scales)  # fmt: skip
     files, calib_mix = [], None
     if args.method == "gptq":
         roots = args.calib or default_calibration_roots()
@@ -112,6 +125,8 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
         "sym": spec.sym,
         "mse": spec.mse,
         "damp": spec.damp_percent,
+        "float_target": spec.float_target if args.method == "gptq" else None,
+        "refit_scales": spec.refit_scales if args.method == "gptq" else None,
         "calibration": "default (Python standard library)"
         if not args.calib
         else [str(p) for p in args.calib],

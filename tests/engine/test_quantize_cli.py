@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from exlsp.cli import main
+from exlsp.commands.quantize import FLOAT_TARGET_DEFAULT, REFIT_SCALES_DEFAULT
 from tests.engine.gguf_files import write_gguf
 from tests.tiny_models import CORPUS, make_tiny_checkpoint
 
@@ -147,16 +148,19 @@ def spy_quantizer(monkeypatch) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("options", "method", "mse", "sym"),
+    ("options", "method", "mse", "sym", "float_target"),
     [
-        ([], "gptq", True, False),  # the defaults: GPTQ with MSE grids, asymmetric
-        (["--no-mse", "--sym"], "gptq", False, True),
-        (["--method", "rtn"], "rtn", False, False),  # the baseline stays plain min/max...
-        (["--method", "rtn", "--mse"], "rtn", True, False),  # ...unless asked
+        ([], "gptq", True, False, FLOAT_TARGET_DEFAULT),  # the defaults: GPTQ with MSE grids, asymmetric
+        (["--no-mse", "--sym"], "gptq", False, True, FLOAT_TARGET_DEFAULT),
+        (["--float-target", "0.5"], "gptq", True, False, 0.5),
+        (["--float-target", "0"], "gptq", True, False, 0.0),
+        # The baseline stays plain min/max unless asked.
+        (["--method", "rtn"], "rtn", False, False, FLOAT_TARGET_DEFAULT),
+        (["--method", "rtn", "--mse"], "rtn", True, False, FLOAT_TARGET_DEFAULT),
     ],
 )
 def test_quantize_options_reach_the_quantizer(
-    tmp_path, calib, spy_quantizer, options, method, mse, sym
+    tmp_path, calib, spy_quantizer, options, method, mse, sym, float_target
 ) -> None:
     src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
     assert (
@@ -164,7 +168,18 @@ def test_quantize_options_reach_the_quantizer(
         == 0
     )
     (call,) = spy_quantizer
-    assert (call["method"], call["spec"].mse, call["spec"].sym) == (method, mse, sym)
+    spec = call["spec"]
+    assert (call["method"], spec.mse, spec.sym, spec.float_target) == (method, mse, sym, float_target)
+    assert spec.refit_scales == REFIT_SCALES_DEFAULT
+
+
+@pytest.mark.parametrize("option", ["--refit-scales", "--no-refit-scales"])
+def test_refit_scales_option_reaches_the_quantizer(tmp_path, calib, spy_quantizer, option) -> None:
+    src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
+    argv = ["quantize", str(src), str(tmp_path / "q"), "--calib", str(calib), "--device", "cpu", option]
+    assert main(argv) == 0
+    (call,) = spy_quantizer
+    assert call["spec"].refit_scales == (option == "--refit-scales")
 
 
 def test_calib_mix_library_keeps_only_library_modules(tmp_path, calib, spy_quantizer) -> None:

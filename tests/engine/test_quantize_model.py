@@ -242,3 +242,51 @@ def test_next_layer_inputs_come_from_the_kept_down_proj_inputs_not_a_second_forw
     with torch.no_grad():
         qm._layer_outputs(layer, inputs, qm.StagePass(last.hessian, [], []))
     assert len(calls) == len(inputs)
+
+
+def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_inputs(
+    float_ckpt, calib_files, monkeypatch
+) -> None:
+    # Record the shift (engine/quant/gptq.py OutputShift) each linear was aimed with...
+    used: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = qm.float_target_weight
+
+    def spy(weight, hessian, shift, damp_percent, alpha):
+        used.append((weight.clone(), shift.clone()))
+        return real(weight, hessian, shift, damp_percent, alpha)
+
+    monkeypatch.setattr(qm, "float_target_weight", spy)
+    model = load_float(float_ckpt, torch.device("cpu"))
+    float_model = load_float(float_ckpt, torch.device("cpu"))
+    batches = qm.calibration_batches(float_ckpt, calib_files, CALIB, 4, torch.device("cpu"))
+    qm.quantize_layers(model, batches, QuantSpec(bits=4, group_size=32, float_target=1.0))
+
+    # ...and rebuild it from the inputs each linear sees in the float model and in the finished
+    # quantized model (a linear's input does not depend on itself or anything after it).
+    def inputs_of(m):
+        found, handles = {}, []
+        for layer_index, layer in enumerate(qm.decoder_layers(m)):
+            for stage in qm.STAGES:
+                xs = found[(layer_index, stage.module)] = []
+                module = layer.get_submodule(stage.module)
+                handles.append(module.register_forward_pre_hook(lambda _m, a, xs=xs: xs.append(a[0])))
+        with torch.no_grad():
+            for batch in batches:
+                m(batch)
+        for handle in handles:
+            handle.remove()
+        return {key: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]).double() for key, xs in found.items()}  # fmt: skip
+
+    quantized, floats = inputs_of(model), inputs_of(float_model)
+    assert len(used) == len(quantized) == 2 * len(qm.STAGES)
+    for (weight, shift), key in zip(used, quantized, strict=True):  # in the order they were quantized
+        layer_index, path = key
+        float_weight = qm.decoder_layers(float_model)[layer_index].get_submodule(path).weight
+        assert torch.equal(weight, float_weight)  # aimed from the float weight, not a quantized one
+        x, x_float = quantized[key], floats[key]
+        expected = 2.0 / x.shape[0] * float_weight.double() @ (x_float - x).t() @ x
+        torch.testing.assert_close(shift.double(), expected, rtol=1e-4, atol=1e-6)
+    # Layer 0's q/k/v sees the embeddings in both models: nothing to aim for there; every later
+    # linear has something (the shifts' largest entries are 0.008-0.04 in this model).
+    assert torch.equal(used[0][1], torch.zeros_like(used[0][1]))
+    assert all(float(shift.abs().max()) > 1e-3 for _, shift in used[1:])
