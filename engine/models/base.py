@@ -96,7 +96,7 @@ def dense_attention_metadata(
         query_start_loc=torch.arange(0, batch_size * seq_len + 1, seq_len, device=device, dtype=torch.int32),
         seq_lens=torch.full((batch_size,), seq_len, device=device, dtype=torch.int32),
         block_tables=block_tables.to(torch.int32),
-        slot_mapping=slots.view(batch_size, -1)[:, :seq_len].reshape(-1),  # (B * S,) int64
+        slot_mapping=slots.view(batch_size, -1)[:, :seq_len].reshape(-1).contiguous(),  # (B * S,) int64
         max_query_len=seq_len,
         max_seq_len=seq_len,
         block_size=block_size,

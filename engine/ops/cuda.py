@@ -115,7 +115,7 @@ def apply_rotary(q, k, positions, cos_sin_cache):
 def write_kv(k, v, kv_cache_layer, slot_mapping):
     if not (_is_model_dtype(k, v, kv_cache_layer) and _heads_contiguous(k) and _heads_contiguous(v)):
         return reference.write_kv(k, v, kv_cache_layer, slot_mapping)
-    torch.ops.exlsp.write_kv(k, v, kv_cache_layer, slot_mapping.long())
+    torch.ops.exlsp.write_kv(k, v, kv_cache_layer, slot_mapping.long().contiguous())
 
 
 def partition_size_for(max_seq_len: int, min_partition: int = MIN_PARTITION) -> int:

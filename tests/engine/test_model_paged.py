@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 import engine
 from engine.attention_metadata import AttentionMetadata
+from engine.models.base import dense_attention_metadata
 from tests.tiny_models import make_tiny_checkpoint
 
 BLOCK_SIZE = 4
@@ -92,3 +94,13 @@ def test_casting_the_model_keeps_the_rotary_table_in_float32(tmp_path):
     )
     logits = model(ids)
     assert ((logits - reference).norm() / reference.norm()).item() < 5e-2
+
+
+@pytest.mark.parametrize("batch_size, seq_len", [(2, 1), (3, 5), (1, 16)])
+def test_dense_metadata_slots_are_contiguous_whatever_the_batch(batch_size, seq_len):
+    """The CUDA K/V write reads slot_mapping as a flat array: a (B, 1) slice viewed as (B,) would keep
+    the block stride (it did, and the kernel refused it)."""
+    attn = dense_attention_metadata(batch_size, seq_len, 16, torch.device("cpu"))
+    assert attn.slot_mapping.is_contiguous()
+    expected = [b * 16 * -(-seq_len // 16) + t for b in range(batch_size) for t in range(seq_len)]
+    assert attn.slot_mapping.tolist() == expected
