@@ -158,11 +158,30 @@ def first_token_id(model, kv_cache, ids, pos, attn) -> torch.Tensor:
     return model.compute_logits(hidden[-1:]).argmax(dim=-1)  # (1,)
 
 
-def time_decode(graphs: DecodeGraphs, ctx: int, steps: int = 50) -> tuple[float, float]:
+class ServedStep:
+    """A step as engine/model_runner.py runs it on a GPU: the decode graph (engine/cuda_graph.py) computes
+    the hidden states, then the head runs eagerly on the rows that sample (all of a decode step's
+    rows; the last one of a prefill), and argmax stands in for the sampler."""
+
+    def __init__(self, model, kv_cache) -> None:
+        self.model = model
+        self.graphs = DecodeGraphs(
+            lambda ids, pos, attn: model.forward_paged(ids, pos, attn, kv_cache),
+            device=torch.device("cuda"),
+            block_size=BLOCK_SIZE,
+            max_seq_len=CACHE_TOKENS,
+        )
+
+    def run(self, ids, pos, attn, rows: slice = slice(None)) -> torch.Tensor:
+        hidden = self.graphs.run(ids, pos, attn)[rows]
+        return self.model.compute_logits(hidden).argmax(dim=-1)
+
+
+def time_decode(step: ServedStep, ctx: int, steps: int = 50) -> tuple[float, float]:
     """(ms per token with steps queued back to back, ms per token with the token read each step)."""
     ids, pos, attn = decode_metadata(ctx, "cuda")
-    queued = median_ms(lambda: [graphs.run(ids, pos, attn) for _ in range(steps)], warmup=2, iters=7) / steps
-    synced = median_ms(lambda: graphs.run(ids, pos, attn).item(), warmup=3, iters=30)
+    queued = median_ms(lambda: [step.run(ids, pos, attn) for _ in range(steps)], warmup=2, iters=7) / steps
+    synced = median_ms(lambda: step.run(ids, pos, attn).item(), warmup=3, iters=30)
     return queued, synced
 
 
@@ -231,24 +250,19 @@ def bench_model(
     res: dict = {"model": name, "weights_GB": weight_bytes / 1e9, "cache_GB": cache_bytes / 1e9,
                  "head_bits": head_bits, "embed_bits": embed_bits}  # fmt: skip
 
-    def step(ids, pos, attn):
-        return model.compute_logits(model.forward_paged(ids, pos, attn, kv_cache)).argmax(dim=-1)
-
     if profile_to is not None:
         profile_to.write_text(profile_decode(model, kv_cache))
     if compare_pdl:  # the same step captured without programmatic dependent launch, same run
         torch.ops.exlsp.set_launch_pdl(0)
         try:
-            graphs = DecodeGraphs(
-                step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS
-            )
-            res["decode_ctx2048_no_pdl_tok_s"] = 1e3 / time_decode(graphs, 2048)[0]
+            served = ServedStep(model, kv_cache)
+            res["decode_ctx2048_no_pdl_tok_s"] = 1e3 / time_decode(served, 2048)[0]
         finally:
             torch.ops.exlsp.set_launch_pdl(-1)
-        del graphs
-    graphs = DecodeGraphs(step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS)
+        del served
+    served = ServedStep(model, kv_cache)
     for ctx in contexts:
-        ms, synced = time_decode(graphs, ctx)
+        ms, synced = time_decode(served, ctx)
         res[f"decode_ctx{ctx}_tok_s"] = 1e3 / ms
         res[f"decode_ctx{ctx}_synced_tok_s"] = 1e3 / synced
     if full:
@@ -275,7 +289,7 @@ def bench_model(
             """The engine's short-prefill path: the 16 tokens as one-token sequences, one graph replay."""
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            graphs.run(ids, pos, token_level_metadata(attn, suffix))[-1].item()
+            served.run(ids, pos, token_level_metadata(attn, suffix), rows=slice(-1, None)).item()
             return (time.perf_counter() - t0) * 1e3
 
         for _ in range(3):

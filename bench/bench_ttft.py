@@ -26,13 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_gpu import (  # noqa: E402
     BLOCK_SIZE,
     CACHE_TOKENS,
+    ServedStep,
     first_token_id,
     graph_of,
     median_ms,
     suffix_metadata,
 )
 from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
-from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
+from engine.cuda_graph import token_level_metadata  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 
 PREFIX_TOKENS = 8192
@@ -83,9 +84,6 @@ def ttft(model_name: str) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (SUFFIX_TOKENS,), device="cuda")
     pos = torch.arange(PREFIX_TOKENS, PREFIX_TOKENS + SUFFIX_TOKENS, device="cuda")
 
-    def step(i, p, a):
-        return model.compute_logits(model.forward_paged(i, p, a, kv_cache)).argmax(dim=-1)
-
     def timed(fn) -> float:
         for _ in range(3):
             fn()
@@ -104,18 +102,16 @@ def ttft(model_name: str) -> dict:
     for label, queries_per_block in (("per_sequence", 1), ("multi_query", default)):
         cuda.QUERIES_PER_BLOCK = queries_per_block  # read when the graph is captured
         try:
-            graphs = DecodeGraphs(
-                step, device=torch.device("cuda"), block_size=BLOCK_SIZE, max_seq_len=CACHE_TOKENS
-            )
+            served = ServedStep(model, kv_cache)
 
-            def run(g=graphs):
-                return g.run(ids, pos, token_level_metadata(attn, SUFFIX_TOKENS))[-1].item()
+            def run(s=served):
+                return s.run(ids, pos, token_level_metadata(attn, SUFFIX_TOKENS), rows=slice(-1, None)).item()
 
             res[f"ttft_graph_{label}_ms"] = timed(run)
-            tokens_out[label] = graphs.run(ids, pos, token_level_metadata(attn, SUFFIX_TOKENS)).clone()
+            tokens_out[label] = served.run(ids, pos, token_level_metadata(attn, SUFFIX_TOKENS)).clone()
         finally:
             cuda.QUERIES_PER_BLOCK = default
-        del graphs
+        del served
     res["graph_tokens_agree"] = float(
         (tokens_out["per_sequence"] == tokens_out["multi_query"]).float().mean().item()
     )
