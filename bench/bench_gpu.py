@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
         )
         if full:  # the other head and embedding choices, same run
-            for other_head, other_embed in ((4, 8), (16, 16)):
+            for other_head, other_embed in ((4, 8), (8, 4), (16, 16)):
                 report["models"].append(
                     bench_model(
                         name,

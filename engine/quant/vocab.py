@@ -8,8 +8,9 @@ them, is what lets an 8B model with a 16k-token cache fit in 7 GB and makes ever
 - the head (V, H) becomes a QuantLinear of the engine's canonical layout (round-to-nearest,
   asymmetric, group 128 along H; the best shrunk range per group at 4 bits), so the decode step runs
   it through the same quantized GEMV as every other linear;
-- the embedding becomes int8 rows with one fp16 scale per 128 features (QuantEmbedding): a lookup
-  reads 1 byte per feature and rescales; nothing of the matrix multiplies.
+- the embedding becomes int8 (symmetric) or 4-bit (the head's grid) rows with one scale per 128
+  features (QuantEmbedding): a lookup reads 1 or half a byte per feature and rescales; nothing of
+  the matrix multiplies.
 
 Both are off on the CPU by default (the float matmul is what is fast there). With tied embeddings
 (one matrix serves both) the head gets its own quantized copy and the float matrix is dropped as soon
@@ -75,8 +76,7 @@ def quantize_vocab_matrices(model: nn.Module, head_bits: int = 16, embed_bits: i
 
     A head that is already quantized (a checkpoint that shipped it as GPTQ) is left as it is."""
     check_vocab_bits("head", head_bits)
-    if embed_bits not in (8, 16):
-        raise ValueError(f"embedding bits must be 8 or 16 (16 keeps float), got {embed_bits}")
+    check_vocab_bits("embedding", embed_bits)
     float_embedding = model.embed_tokens.weight if isinstance(model.embed_tokens, Embedding) else None
     if head_bits != 16:
         if model.lm_head is None:  # tied: the head reads the embedding matrix
@@ -92,12 +92,12 @@ def quantize_vocab_matrices(model: nn.Module, head_bits: int = 16, embed_bits: i
             head.packed()  # backend preparation now, never inside a later CUDA graph capture
             model.lm_head = head
         del source
-    if embed_bits == 8 and float_embedding is not None:
+    if embed_bits != 16 and float_embedding is not None:
         if model.lm_head is None:
             raise ValueError(
                 "a tied head needs its own matrix before the embedding is quantized: give head bits too"
             )
-        model.embed_tokens = QuantEmbedding.from_float(float_embedding, dtype=model.dtype)
+        model.embed_tokens = QuantEmbedding.from_float(float_embedding, bits=embed_bits, dtype=model.dtype)
     del float_embedding
     if model.device.type == "cuda":
         torch.cuda.empty_cache()  # hand the float matrices' memory back for the KV cache

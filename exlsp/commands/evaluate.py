@@ -29,8 +29,8 @@ def add_vocab_bits_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 8 on a GPU, 16 on the CPU)",
     )  # fmt: skip
     parser.add_argument(
-        "--embed-bits", type=int, choices=(8, 16), default=None,
-        help="int8 token embedding (8) or float (16) (default: 8 on a GPU, 16 on the CPU)",
+        "--embed-bits", type=int, choices=(4, 8, 16), default=None,
+        help="token embedding in 4 or 8 bits, or float with 16 (default: 8 on a GPU, 16 on the CPU)",
     )  # fmt: skip
 
 

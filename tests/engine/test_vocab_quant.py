@@ -44,6 +44,25 @@ def test_quant_embedding_scales_take_the_model_dtype_and_codes_use_the_stored_sc
     assert torch.equal(emb.codes.float(), codes)
 
 
+def test_4bit_embedding_rows_are_the_heads_grid_packed_two_codes_per_byte():
+    w = torch.randn(40, 256, generator=torch.Generator().manual_seed(3))
+    emb = QuantEmbedding.from_float(w, bits=4, rows_per_pass=16)
+    assert emb.codes.dtype == torch.uint8 and emb.codes.shape == (40, 128) and emb.scales.shape == (40, 2)
+    spec = head_spec(4, 256)  # the same asymmetric grid with the searched range as a 4-bit head
+    for g in range(2):
+        cols = w[:, g * 128 : (g + 1) * 128]
+        grid = find_grid(cols, spec)
+        codes = quantize_codes(cols, grid, 15)
+        packed = emb.codes[:, g * 64 : (g + 1) * 64]
+        assert torch.equal((packed & 15).float(), codes[:, 0::2])  # even features: low nibble
+        assert torch.equal((packed >> 4).float(), codes[:, 1::2])
+        expected = (codes - grid.zero[:, None]) * grid.scale[:, None]
+        assert torch.allclose(emb.dense()[:, g * 128 : (g + 1) * 128], expected, rtol=0, atol=1e-6)
+    ids = torch.tensor([[5, 0, 39]])
+    assert torch.equal(emb(ids), emb.dense()[ids])
+    assert ((emb.dense() - w).norm() / w.norm()).item() < 0.12
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_head_weight_packs_the_round_to_nearest_codes_of_every_vocabulary_row(bits, monkeypatch):
     monkeypatch.setattr("engine.quant.vocab.HEAD_ROWS_PER_PASS", 24)  # blocks of rows, stitched back
@@ -65,15 +84,15 @@ def test_head_of_an_odd_width_is_one_group():
 
 
 @pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("head_bits, embed_bits", [(4, 16), (8, 16), (4, 8), (8, 8), (16, 16)])
+@pytest.mark.parametrize("head_bits, embed_bits", [(4, 16), (8, 16), (4, 8), (8, 8), (8, 4), (16, 16)])
 def test_model_computes_with_the_quantized_head_and_embedding(tmp_path, tie, head_bits, embed_bits):
     folder = make_tiny_checkpoint(tmp_path, "qwen2", tie=tie, seed=4)
     float_model = engine.load_model(folder, device="cpu")
-    if tie and embed_bits == 8 and head_bits == 16:
+    if tie and embed_bits != 16 and head_bits == 16:
         pytest.skip("refused, see test_tied_embedding_alone_cannot_be_quantized")
     model = engine.load_model(folder, device="cpu")
     quantize_vocab_matrices(model, head_bits=head_bits, embed_bits=embed_bits)
-    assert isinstance(model.embed_tokens, QuantEmbedding if embed_bits == 8 else Embedding)
+    assert isinstance(model.embed_tokens, QuantEmbedding if embed_bits != 16 else Embedding)
     if head_bits == 16:
         assert (model.lm_head is None) == tie
     else:
@@ -88,7 +107,7 @@ def test_model_computes_with_the_quantized_head_and_embedding(tmp_path, tie, hea
     if head_bits != 16:
         head_dense = dequantize(model.lm_head.packed()).t().contiguous()  # (V, H)
         float_model.lm_head = Linear(head_dense)
-    if embed_bits == 8:
+    if embed_bits != 16:
         float_model.embed_tokens = Embedding(model.embed_tokens.dense())
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(model(ids), float_model(ids), rtol=1e-5, atol=1e-5)
@@ -106,7 +125,7 @@ def test_tied_embedding_alone_cannot_be_quantized(tmp_path):
 
 
 @pytest.mark.parametrize("head_bits, embed_bits, message", [(6, 16, "head bits must be one of 4, 8, 16"),
-                                                            (16, 4, "embedding bits must be 8 or 16")])  # fmt: skip
+                                                            (16, 6, "embedding bits must be one of 4, 8, 16")])  # fmt: skip
 def test_unsupported_bits_are_refused_by_name(tmp_path, head_bits, embed_bits, message):
     folder = make_tiny_checkpoint(tmp_path, "llama")
     with pytest.raises(ValueError, match=message):
