@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.gpu_shapes import build_model, kernels_ready, random_packed  # noqa: E402
 from engine.attention_metadata import AttentionMetadata  # noqa: E402
 from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
+from engine.engine import default_prefill_chunk_tokens  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 from engine.models.base import dense_attention_metadata  # noqa: E402
 
@@ -266,8 +267,11 @@ def bench_model(
         res[f"decode_ctx{ctx}_tok_s"] = 1e3 / ms
         res[f"decode_ctx{ctx}_synced_tok_s"] = 1e3 / synced
     if full:
-        # Serving: an 8k prompt in the engine's 512-token chunks (it leaves an 8k prefix in blocks
-        # 0..511), then 16 new tokens after it, the keystroke case.
+        # Serving: an 8k prompt in the engine's prefill chunks, and in 512-token ones (either leaves an
+        # 8k prefix in blocks 0..511), then 16 new tokens after it, the keystroke case.
+        chunk = default_prefill_chunk_tokens(torch.device("cuda"))
+        ms = median_ms(lambda: chunked_prefill(model, kv_cache, 8192, chunk), warmup=1, iters=3)
+        res[f"prefill_8192_chunked{chunk}_tok_s"] = 8192 * 1e3 / ms
         ms = median_ms(lambda: chunked_prefill(model, kv_cache, 8192, 512), warmup=1, iters=3)
         res["prefill_8192_chunked512_tok_s"] = 8192 * 1e3 / ms
         suffix, prefix = 16, 8192

@@ -36,6 +36,14 @@ from engine.sequence import Sequence as EngineSequence
 log = logging.getLogger(__name__)
 
 
+def default_prefill_chunk_tokens(device) -> int:
+    """Prompt tokens prefilled per step, shared by all sequences: a long prompt delays the others by at
+    most one chunk. On a GPU every chunk dequantizes each linear's weight once (engine/ops/cuda.py),
+    which 512-token chunks cannot amortize: an 8k prompt prefilled at 17-19k tokens/s in 512-token
+    chunks on an H100, half its one-pass rate (bench/RESULTS.md). On the CPU 512 tokens are ~50 ms."""
+    return 2048 if getattr(device, "type", str(device)) == "cuda" else 512
+
+
 class Engine:
     def __init__(
         self,
@@ -47,7 +55,7 @@ class Engine:
         num_cache_blocks: int | None = None,
         cache_tokens: int | None = None,
         max_batch_size: int = 8,
-        prefill_chunk_tokens: int = 512,
+        prefill_chunk_tokens: int | None = None,
         enable_prefix_cache: bool = True,
         head_bits: int | None = None,
         embed_bits: int | None = None,
@@ -85,7 +93,11 @@ class Engine:
         self.scheduler = Scheduler(
             self.block_manager,
             max_batch_size=max_batch_size,
-            prefill_chunk_tokens=prefill_chunk_tokens,
+            prefill_chunk_tokens=(
+                default_prefill_chunk_tokens(self.device)
+                if prefill_chunk_tokens is None
+                else prefill_chunk_tokens
+            ),
             clock=clock,
         )
         self.runner = ModelRunner(model, num_cache_blocks=num_cache_blocks, block_size=block_size)

@@ -377,3 +377,14 @@ def test_engine_thread_adopts_the_callers_torch_thread_count(checkpoint, monkeyp
     with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=16) as e:
         e.generate([11, 12, 13], max_new_tokens=1)
     assert ("exlsp-engine", torch.get_num_threads()) in calls
+
+
+def test_prefill_chunk_default_is_larger_on_a_gpu(tmp_path):
+    """A GPU chunk dequantizes every weight once, so it needs many tokens to pay for that; the CPU keeps
+    short chunks (a long prompt delays a keystroke's completion by at most one chunk)."""
+    from engine.engine import default_prefill_chunk_tokens
+
+    assert default_prefill_chunk_tokens(torch.device("cuda")) == 2048
+    assert default_prefill_chunk_tokens(torch.device("cpu")) == 512
+    with Engine(make_tiny_checkpoint(tmp_path, "llama"), device="cpu", cache_tokens=256) as e:
+        assert e.scheduler.prefill_chunk_tokens == 512
