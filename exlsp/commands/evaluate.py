@@ -7,6 +7,8 @@ import json
 import math
 import sys
 
+from exlsp.commands.vocab_bits import add_vocab_bits_arguments
+
 HELP = "perplexity and fill-in-the-middle exact match on held-out files (table, or --json)"
 
 
@@ -19,19 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ppl-windows", type=int, default=1, help="512-token windows per file (default 1)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     add_vocab_bits_arguments(parser)
-
-
-def add_vocab_bits_arguments(parser: argparse.ArgumentParser) -> None:
-    """--head-bits / --embed-bits, shared by every command that loads a model to serve it."""
-    parser.add_argument(
-        "--head-bits", type=int, choices=(4, 8, 16), default=None,
-        help="quantize the output head at load to 4 or 8 bits, or keep it float with 16 "
-        "(default: 8 on a GPU, 16 on the CPU)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--embed-bits", type=int, choices=(4, 8, 16), default=None,
-        help="token embedding in 4 or 8 bits, or float with 16 (default: 8 on a GPU, 16 on the CPU)",
-    )  # fmt: skip
 
 
 def format_table(results: list[dict]) -> str:

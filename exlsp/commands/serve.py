@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from exlsp.commands.vocab_bits import add_vocab_bits_arguments
+
 HELP = "run the language server for editors (stdio; --tcp HOST:PORT for a socket)"
 
 
@@ -17,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
     parser.add_argument("--device", help="engine device (cuda, cuda:1, cpu); overrides the settings")
     parser.add_argument("--log-level", default="WARNING", help="log level on stderr (default WARNING)")
+    add_vocab_bits_arguments(parser)
 
 
 def config_dir_from_env() -> Path:
@@ -45,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     from exlsp.server import build_server, default_engine_factory
 
-    factory = default_engine_factory(args.model, args.device)
+    factory = default_engine_factory(
+        args.model, args.device, head_bits=args.head_bits, embed_bits=args.embed_bits
+    )
     server = build_server(factory, config_dir=config_dir_from_env(), answers_dir=answers_dir_from_env())
     if args.tcp:
         host, _, port = args.tcp.rpartition(":")

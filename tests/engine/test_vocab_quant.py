@@ -142,7 +142,7 @@ def test_load_model_keeps_the_checkpoint_matrices_unless_asked(tmp_path):
 
 
 def test_engine_defaults_quantize_on_a_gpu_and_keep_float_on_the_cpu(tmp_path):
-    assert default_vocab_bits(torch.device("cuda")) == (8, 8)
+    assert default_vocab_bits(torch.device("cuda")) == (8, 4)
     assert default_vocab_bits(torch.device("cpu")) == (16, 16)
     with engine.Engine(make_tiny_checkpoint(tmp_path / "a", "llama"), device="cpu", cache_tokens=256) as eng:
         assert isinstance(eng.model.lm_head, Linear) and isinstance(eng.model.embed_tokens, Embedding)

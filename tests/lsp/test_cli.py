@@ -126,3 +126,31 @@ async def test_serve_over_tcp(code_model, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_serve_hands_head_and_embedding_bits_to_the_engine(monkeypatch):
+    """`exlsp serve --head-bits 4 --embed-bits 8` reaches Engine(...) through the engine factory; left
+    out, the Engine picks its per-device default (None)."""
+    import exlsp.server
+    from exlsp.cli import build_parser
+    from exlsp.commands import serve
+
+    made = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_build_server(factory, **_kwargs):
+        made.append(factory.engine_kwargs)
+        raise Stop
+
+    monkeypatch.setattr(exlsp.server, "build_server", fake_build_server)
+    for argv, expected in (
+        (["serve", "--head-bits", "4", "--embed-bits", "8"], (4, 8)),
+        (["serve"], (None, None)),
+    ):
+        with pytest.raises(Stop):
+            serve.run(build_parser().parse_args(argv))
+        assert (made[-1]["head_bits"], made[-1]["embed_bits"]) == expected
+    with pytest.raises(SystemExit):  # argparse names the allowed values
+        build_parser().parse_args(["serve", "--head-bits", "6"])
