@@ -46,8 +46,8 @@ def test_more_sms_never_ask_for_fewer_blocks():
 def test_prefill_dequantizes_whole_weights_that_fit_the_scratch_and_slices_the_rest():
     from engine.ops.cuda import DEQUANT_SCRATCH_ELEMENTS, dequant_slice_columns
 
-    assert DEQUANT_SCRATCH_ELEMENTS == 1 << 25  # 64 MB of fp16
-    assert dequant_slice_columns(4096, 6144) == 6144  # q|k|v of an 8B model: 50 MB, one GEMM
-    assert dequant_slice_columns(4096, 28672) == 8192  # gate|up: 235 MB -> 4 slices of 64 MB
-    assert dequant_slice_columns(14336, 4096) == 2304  # down: multiples of 256 columns
+    assert DEQUANT_SCRATCH_ELEMENTS == 1 << 24  # 32 MB of fp16
+    assert dequant_slice_columns(4096, 4096) == 4096  # o of an 8B model: 32 MB, one GEMM
+    assert dequant_slice_columns(4096, 28672) == 4096  # gate|up: 235 MB -> 7 slices of 32 MB
+    assert dequant_slice_columns(14336, 4096) == 1024  # down: multiples of 256 columns
     assert dequant_slice_columns(1 << 20, 4096) == 256  # never narrower than one cuBLAS tile
