@@ -246,6 +246,7 @@ def bench_model(
     kv_cache = model.allocate_kv_cache(num_blocks, BLOCK_SIZE)
     kv_cache.normal_()  # never time on zeros
     cache_bytes = kv_cache.numel() * kv_cache.element_size()
+    model.rotary.limit_positions(num_blocks * BLOCK_SIZE)  # as engine/model_runner.py does
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     res: dict = {"model": name, "weights_GB": weight_bytes / 1e9, "cache_GB": cache_bytes / 1e9,

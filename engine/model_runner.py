@@ -58,6 +58,9 @@ class ModelRunner:
         c = self.config
         shape = (c.num_layers, 2, num_cache_blocks, block_size, c.num_kv_heads, c.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        rotary = getattr(model, "rotary", None)
+        if rotary is not None:  # no position reaches past what the cache holds
+            rotary.limit_positions(num_cache_blocks * block_size)
         # Widest block table a sequence can need: a captured decode graph can size its buffers by it.
         self.max_blocks_per_seq = min(num_cache_blocks, -(-c.max_position_embeddings // block_size))
         self._generators: dict[int, torch.Generator] = {}  # request_id -> its seeded random stream

@@ -51,14 +51,24 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None, max_positions: int):
         super().__init__()
         self._args = (head_dim, theta, scaling, max_positions)
+        self._rows = max_positions  # rows kept (limit_positions)
         # float32 even in a half-precision model: cos/sin of large positions need the mantissa
         self.register_buffer("cos_sin_cache", cos_sin_cache(*self._args), persistent=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
         if self.cos_sin_cache.dtype != torch.float32:  # the model was cast: rebuild, never round the table
-            self.cos_sin_cache = cos_sin_cache(*self._args).to(self.cos_sin_cache.device)
+            self.cos_sin_cache = cos_sin_cache(*self._args)[: self._rows].to(self.cos_sin_cache.device)
         return self
+
+    def limit_positions(self, max_positions: int) -> None:
+        """Keep only the table's first `max_positions` rows (same values: the scaling depends on the
+        model's context, not on the rows kept). An engine whose KV cache holds N tokens never sees a
+        position >= N, since every token of a sequence holds a slot (the scheduler refuses longer
+        ones), and the whole table of a 128k-context model is 67 MB of GPU memory."""
+        if max_positions < self._rows:
+            self._rows = max_positions
+            self.cos_sin_cache = self.cos_sin_cache[:max_positions].clone()
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor

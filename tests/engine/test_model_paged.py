@@ -104,3 +104,17 @@ def test_dense_metadata_slots_are_contiguous_whatever_the_batch(batch_size, seq_
     assert attn.slot_mapping.is_contiguous()
     expected = [b * 16 * -(-seq_len // 16) + t for b in range(batch_size) for t in range(seq_len)]
     assert attn.slot_mapping.tolist() == expected
+
+
+def test_engine_keeps_the_rotary_rows_its_cache_can_reach(tmp_path):
+    """A 16-block cache of 16 tokens holds positions 0..255: the runner trims the table to them,
+    with the same values, and a cast keeps the trim (the table is rebuilt in float32)."""
+    folder = make_tiny_checkpoint(tmp_path, "llama")
+    full = engine.load_model(folder, device="cpu").rotary.cos_sin_cache.clone()
+    assert full.shape[0] > 256  # the model reaches further than this cache
+    with engine.Engine(folder, device="cpu", num_cache_blocks=16, block_size=16) as eng:
+        rotary = eng.model.rotary
+        assert torch.equal(rotary.cos_sin_cache, full[:256])
+        rotary.to(torch.float16)
+        assert rotary.cos_sin_cache.dtype == torch.float32 and torch.equal(rotary.cos_sin_cache, full[:256])
+        assert eng.generate([1, 2, 3], max_new_tokens=3).token_ids
