@@ -73,24 +73,37 @@ class OutputShift:
         self.weight = weight.detach().to(device, torch.float32)
         self.by_cross = k < 2 * n
         self._sum = torch.zeros(k if self.by_cross else n, k, dtype=torch.float32, device=device)
+        self._extra: torch.Tensor | None = None  # (N, K) sum of extra output drifts times x^T
         self.num_samples = 0
 
-    def add(self, x_float: torch.Tensor, x: torch.Tensor) -> None:
-        """x_float, x: (..., K) the float model's and the quantized model's inputs, token for token."""
+    def add(self, x_float: torch.Tensor, x: torch.Tensor, extra: torch.Tensor | None = None) -> None:
+        """x_float, x: (..., K) the float model's and the quantized model's inputs, token for token.
+        extra: (..., N) an output drift to cancel as well (the target becomes W xf + extra)."""
         k = self.in_features
         x = x.reshape(-1, k).to(self._sum.device, torch.float32)  # (n, K)
         d = x_float.reshape(-1, k).to(self._sum.device, torch.float32) - x  # (n, K)
         assert d.shape == x.shape, (d.shape, x.shape)
+        if extra is not None:
+            extra = extra.reshape(x.shape[0], -1).to(self._sum.device, torch.float32)  # (n, N)
         if self.by_cross:
             self._sum.addmm_(d.t(), x)  # (K, K)
+            if extra is not None:
+                if self._extra is None:
+                    self._extra = torch.zeros(self.weight.shape, dtype=torch.float32, device=self._sum.device)
+                self._extra.addmm_(extra.t(), x)  # (N, K)
         else:
-            self._sum.addmm_((d @ self.weight.t()).t(), x)  # (N, n) @ (n, K)
+            out = d @ self.weight.t()  # (n, N)
+            if extra is not None:
+                out += extra
+            self._sum.addmm_(out.t(), x)  # (N, n) @ (n, K)
         self.num_samples += x.shape[0]
 
     @property
     def matrix(self) -> torch.Tensor:
         """(N, K) float32."""
         total = self.weight @ self._sum if self.by_cross else self._sum.clone()
+        if self._extra is not None:
+            total += self._extra
         return total.mul_(2.0 / max(self.num_samples, 1))
 
 

@@ -134,6 +134,10 @@ def capture_first_layer_args(model: nn.Module, batches: Sequence[torch.Tensor]) 
 
 
 RESIDUAL_NORM = "post_attention_layernorm"  # returns (mlp input, residual) in every family's layer
+# The norm whose residual output (the stream so far) a stage's output is added to, for the stages that
+# write the residual stream: o_proj's output enters post_attention_layernorm as x, down_proj's the
+# next layer's input_layernorm.
+STREAM_NORMS = {"self_attn.o_proj": "input_layernorm", "mlp.down_proj": RESIDUAL_NORM}
 
 
 @dataclass
@@ -150,8 +154,11 @@ def _stage_pass(
     inputs: Sequence[LayerArgs],
     keep: bool = False,
     float_inputs: Sequence[torch.Tensor] | None = None,
+    float_streams: Sequence[torch.Tensor] | None = None,
 ) -> StagePass:
-    """float_inputs: the stage's input per batch in the float model, for `StagePass.shift`."""
+    """float_inputs: the stage's input per batch in the float model, for `StagePass.shift`;
+    float_streams: the residual stream per batch in the float model where the stage's output joins
+    it (STREAM_NORMS), to cancel its drift as well."""
     module = layer.get_submodule(path)
     device = module.weight.device
     found = StagePass(Hessian(module.weight.shape[1], device=device), [], [])
@@ -159,11 +166,13 @@ def _stage_pass(
         assert len(float_inputs) == len(inputs), (len(float_inputs), len(inputs))
         found.shift = OutputShift(module.weight.data, device=device)
     seen = [0]  # batches so far: float_inputs pairs with the inputs by position
+    stream: list[torch.Tensor] = []  # this batch's residual stream in the quantized model
 
     def record(_module, args):
         found.hessian.add(args[0].detach())
         if found.shift is not None:
-            found.shift.add(float_inputs[seen[0]], args[0].detach())
+            drift = None if float_streams is None else float_streams[seen[0]] - stream.pop()
+            found.shift.add(float_inputs[seen[0]], args[0].detach(), drift)
         seen[0] += 1
         if keep:
             found.kept_inputs.append(args[0].detach())
@@ -173,6 +182,9 @@ def _stage_pass(
         found.residuals.append(output[1].detach())
 
     handles = [module.register_forward_pre_hook(record)]
+    if float_streams is not None:
+        norm = layer.get_submodule(STREAM_NORMS[path])
+        handles.append(norm.register_forward_hook(lambda _m, _a, output: stream.append(output[1].detach())))
     if keep:
         handles.append(layer.get_submodule(RESIDUAL_NORM).register_forward_hook(record_residual))
     try:
@@ -191,12 +203,13 @@ def _stage_pass(
 class FloatPass:
     stage_inputs: dict[str, list[torch.Tensor]]  # stage module -> its input per batch, float model
     outputs: list[LayerArgs]  # the next layer's arguments in the float model
+    streams: dict[str, list[torch.Tensor]]  # stage module -> the residual stream it joins (STREAM_NORMS)
 
 
 def _float_pass(layer: nn.Module, inputs: Sequence[LayerArgs]) -> FloatPass:
     """One whole forward of a still-float layer on the float model's inputs, keeping every stage's
     input (the targets of `StagePass.shift`) and the outputs (the float model's next inputs)."""
-    found = FloatPass({stage.module: [] for stage in STAGES}, [])
+    found = FloatPass({stage.module: [] for stage in STAGES}, [], {path: [] for path in STREAM_NORMS})
 
     def record(_module, args, key):
         found.stage_inputs[key].append(args[0].detach())
@@ -206,6 +219,12 @@ def _float_pass(layer: nn.Module, inputs: Sequence[LayerArgs]) -> FloatPass:
             lambda m, a, key=stage.module: record(m, a, key)
         )
         for stage in STAGES
+    ]
+    handles += [
+        layer.get_submodule(norm).register_forward_hook(
+            lambda _m, _a, output, key=path: found.streams[key].append(output[1].detach())
+        )
+        for path, norm in STREAM_NORMS.items()
     ]
     try:
         found.outputs = [next_layer_args(item, layer(*item.args)) for item in inputs]
@@ -266,6 +285,8 @@ def quantize_layers(
                 found = _stage_pass(
                     layer, stage.module, inputs, keep=stage is STAGES[-1] and index + 1 < len(layers),
                     float_inputs=float_pass.stage_inputs.pop(stage.module) if float_pass else None,
+                    float_streams=float_pass.streams.pop(stage.module, None)
+                    if float_pass and spec.residual_target else None,
                 )  # fmt: skip
                 hessian = found.hessian.matrix
                 found.hessian = None  # type: ignore[assignment]  # free the (K, K) accumulator now

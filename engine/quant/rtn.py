@@ -37,6 +37,9 @@ class QuantSpec:
     # outputs on the quantized model's inputs towards the float model's outputs (engine/quant/gptq.py
     # float_target_weight); 0 is plain GPTQ, 1 the full asymmetric objective ||W Xf - W_hat X||^2.
     float_target: float = 0.0
+    # With float_target: o_proj and down_proj, whose outputs are added to the residual stream, also aim
+    # to cancel the stream's drift from the float model so far (target W Xf + Rf - R).
+    residual_target: bool = False
     refit_scales: bool = False  # GPTQ only: refit each row's scales to its final codes (gptq.refit_scales)
 
     def __post_init__(self) -> None:

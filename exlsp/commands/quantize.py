@@ -19,6 +19,7 @@ CALIB_MIXES = ("library", "all")
 # GPTQ's target per linear: 0 = its own float outputs on the quantized model's inputs (plain GPTQ), 1 =
 # the float model's outputs (engine/quant/gptq.py float_target_weight).
 FLOAT_TARGET_DEFAULT = 0.0
+RESIDUAL_TARGET_DEFAULT = False  # with a float target: o/down also cancel the residual stream's drift
 REFIT_SCALES_DEFAULT = False  # gptq: refit each row's group scales to its final codes
 
 
@@ -47,6 +48,10 @@ def add_quant_arguments(parser: argparse.ArgumentParser) -> None:
                         help="gptq: aim each linear at the float model's outputs (1) instead of its own "
                              "float outputs on the quantized model's inputs (0), or between "
                              f"(default {FLOAT_TARGET_DEFAULT:g}; one more layer forward per layer)")  # fmt: skip
+    parser.add_argument("--residual-target", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --float-target: o_proj and down_proj also aim to cancel the residual "
+                             "stream's drift from the float model "
+                             f"(default {'on' if RESIDUAL_TARGET_DEFAULT else 'off'})")  # fmt: skip
     parser.add_argument("--refit-scales", action=argparse.BooleanOptionalAction, default=None,
                         help="gptq: once the codes are chosen, refit each row's group scales to them "
                              f"(least squares on the layer objective; default {'on' if REFIT_SCALES_DEFAULT else 'off'})")  # fmt: skip
@@ -98,6 +103,7 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
     spec = QuantSpec(bits=args.bits, group_size=args.group_size, sym=args.sym, act_order=args.act_order,
                      damp_percent=args.damp or damp, mse=mse,
                      float_target=FLOAT_TARGET_DEFAULT if args.float_target is None else args.float_target,
+                     residual_target=RESIDUAL_TARGET_DEFAULT if args.residual_target is None else args.residual_target,
                      refit_scales=REFIT_SCALES_DEFAULT if args.refit_scales is None else args.refit_scales)  # fmt: skip
     files, calib_mix = [], None
     if args.method == "gptq":
@@ -126,6 +132,7 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
         "mse": spec.mse,
         "damp": spec.damp_percent,
         "float_target": spec.float_target if args.method == "gptq" else None,
+        "residual_target": spec.residual_target if args.method == "gptq" else None,
         "refit_scales": spec.refit_scales if args.method == "gptq" else None,
         "calibration": "default (Python standard library)"
         if not args.calib

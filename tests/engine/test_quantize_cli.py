@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from exlsp.cli import main
-from exlsp.commands.quantize import FLOAT_TARGET_DEFAULT, REFIT_SCALES_DEFAULT
+from exlsp.commands.quantize import FLOAT_TARGET_DEFAULT, REFIT_SCALES_DEFAULT, RESIDUAL_TARGET_DEFAULT
 from tests.engine.gguf_files import write_gguf
 from tests.tiny_models import CORPUS, make_tiny_checkpoint
 
@@ -170,16 +170,20 @@ def test_quantize_options_reach_the_quantizer(
     (call,) = spy_quantizer
     spec = call["spec"]
     assert (call["method"], spec.mse, spec.sym, spec.float_target) == (method, mse, sym, float_target)
-    assert spec.refit_scales == REFIT_SCALES_DEFAULT
+    assert (spec.refit_scales, spec.residual_target) == (REFIT_SCALES_DEFAULT, RESIDUAL_TARGET_DEFAULT)
 
 
-@pytest.mark.parametrize("option", ["--refit-scales", "--no-refit-scales"])
-def test_refit_scales_option_reaches_the_quantizer(tmp_path, calib, spy_quantizer, option) -> None:
+@pytest.mark.parametrize(
+    ("option", "field"), [("refit-scales", "refit_scales"), ("residual-target", "residual_target")]
+)
+@pytest.mark.parametrize("on", [True, False])
+def test_boolean_gptq_options_reach_the_quantizer(tmp_path, calib, spy_quantizer, option, field, on) -> None:
     src = make_tiny_checkpoint(tmp_path / "float", "qwen2")
-    argv = ["quantize", str(src), str(tmp_path / "q"), "--calib", str(calib), "--device", "cpu", option]
+    flag = f"--{option}" if on else f"--no-{option}"
+    argv = ["quantize", str(src), str(tmp_path / "q"), "--calib", str(calib), "--device", "cpu", flag]
     assert main(argv) == 0
     (call,) = spy_quantizer
-    assert call["spec"].refit_scales == (option == "--refit-scales")
+    assert getattr(call["spec"], field) is on
 
 
 def test_calib_mix_library_keeps_only_library_modules(tmp_path, calib, spy_quantizer) -> None:

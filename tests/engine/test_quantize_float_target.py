@@ -116,3 +116,21 @@ def test_the_shift_reads_inputs_shaped_like_a_layers_activations() -> None:
     h = Hessian(32)
     h.add(x)
     assert h.num_samples == shift.num_samples  # the same 2/n scale as the Hessian it is solved with
+
+
+def test_an_extra_output_drift_is_added_to_the_target_in_both_ways_to_accumulate() -> None:
+    # o_proj and down_proj can also aim to cancel the residual stream's drift E: target W Xf + E.
+    x_float, x = drifted(correlated_inputs(500, 64, seed=18), seed=19)
+    for n in (8, 100):
+        weight = torch.randn(n, 64, generator=torch.Generator().manual_seed(20))
+        extra = torch.randn(500, n, generator=torch.Generator().manual_seed(21))
+        expected = (
+            2.0 / 500 * ((x_float - x).double() @ weight.double().t() + extra.double()).t() @ x.double()
+        )
+        for by_cross in (True, False):
+            shift = OutputShift(weight)
+            shift.by_cross = by_cross
+            shift._sum = torch.zeros(64 if by_cross else n, 64)
+            for i in range(0, 500, 200):
+                shift.add(x_float[i : i + 200], x[i : i + 200], extra[i : i + 200])
+            torch.testing.assert_close(shift.matrix.double(), expected, rtol=1e-4, atol=1e-4)

@@ -244,8 +244,9 @@ def test_next_layer_inputs_come_from_the_kept_down_proj_inputs_not_a_second_forw
     assert len(calls) == len(inputs)
 
 
+@pytest.mark.parametrize("residual_target", [False, True])
 def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_inputs(
-    float_ckpt, calib_files, monkeypatch
+    float_ckpt, calib_files, monkeypatch, residual_target
 ) -> None:
     # Record the shift (engine/quant/gptq.py OutputShift) each linear was aimed with...
     used: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -259,10 +260,12 @@ def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_i
     model = load_float(float_ckpt, torch.device("cpu"))
     float_model = load_float(float_ckpt, torch.device("cpu"))
     batches = qm.calibration_batches(float_ckpt, calib_files, CALIB, 4, torch.device("cpu"))
-    qm.quantize_layers(model, batches, QuantSpec(bits=4, group_size=32, float_target=1.0))
+    spec = QuantSpec(bits=4, group_size=32, float_target=1.0, residual_target=residual_target)
+    qm.quantize_layers(model, batches, spec)
 
     # ...and rebuild it from the inputs each linear sees in the float model and in the finished
-    # quantized model (a linear's input does not depend on itself or anything after it).
+    # quantized model (a linear's input does not depend on itself or anything after it), and the
+    # residual stream that o_proj's and down_proj's outputs join (the norms' residual outputs).
     def inputs_of(m):
         found, handles = {}, []
         for layer_index, layer in enumerate(qm.decoder_layers(m)):
@@ -270,6 +273,10 @@ def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_i
                 xs = found[(layer_index, stage.module)] = []
                 module = layer.get_submodule(stage.module)
                 handles.append(module.register_forward_pre_hook(lambda _m, a, xs=xs: xs.append(a[0])))
+            for path, norm in qm.STREAM_NORMS.items():
+                rs = found[(layer_index, path, "stream")] = []
+                module = layer.get_submodule(norm)
+                handles.append(module.register_forward_hook(lambda _m, _a, out, rs=rs: rs.append(out[1])))
         with torch.no_grad():
             for batch in batches:
                 m(batch)
@@ -278,13 +285,18 @@ def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_i
         return {key: torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]).double() for key, xs in found.items()}  # fmt: skip
 
     quantized, floats = inputs_of(model), inputs_of(float_model)
-    assert len(used) == len(quantized) == 2 * len(qm.STAGES)
-    for (weight, shift), key in zip(used, quantized, strict=True):  # in the order they were quantized
+    stages = [key for key in quantized if len(key) == 2]  # in the order they were quantized
+    assert len(used) == len(stages) == 2 * len(qm.STAGES)
+    for (weight, shift), key in zip(used, stages, strict=True):
         layer_index, path = key
         float_weight = qm.decoder_layers(float_model)[layer_index].get_submodule(path).weight
         assert torch.equal(weight, float_weight)  # aimed from the float weight, not a quantized one
         x, x_float = quantized[key], floats[key]
-        expected = 2.0 / x.shape[0] * float_weight.double() @ (x_float - x).t() @ x
+        drift = float_weight.double() @ (x_float - x).t()  # (N, n)
+        if residual_target and path in qm.STREAM_NORMS:
+            stream = (layer_index, path, "stream")
+            drift += (floats[stream] - quantized[stream]).t()
+        expected = 2.0 / x.shape[0] * drift @ x
         torch.testing.assert_close(shift.double(), expected, rtol=1e-4, atol=1e-6)
     # Layer 0's q/k/v sees the embeddings in both models: nothing to aim for there; every later
     # linear has something (the shifts' largest entries are 0.008-0.04 in this model).
