@@ -147,8 +147,13 @@ class Engine:
         return self.submit(prompt, params, **kwargs).result()
 
     def stats(self) -> dict[str, int]:
+        from engine.quant.vocab import vocab_bits
+
         bm, sched = self.block_manager, self.scheduler
+        head_bits, embed_bits = vocab_bits(self.model)
         return {
+            "head_bits": head_bits,
+            "embed_bits": embed_bits,
             "num_cache_blocks": bm.num_blocks,
             "block_size": bm.block_size,
             "num_free_blocks": bm.num_free_blocks,

@@ -101,3 +101,11 @@ def quantize_vocab_matrices(model: nn.Module, head_bits: int = 16, embed_bits: i
     del float_embedding
     if model.device.type == "cuda":
         torch.cuda.empty_cache()  # hand the float matrices' memory back for the KV cache
+
+
+def vocab_bits(model: nn.Module) -> tuple[int, int]:
+    """(head bits, embedding bits) the model computes with; 16 = the float matrix."""
+    head = model.lm_head
+    head_bits = head.bits if isinstance(head, QuantLinear) else 16
+    embedding = model.embed_tokens
+    return head_bits, embedding.bits if isinstance(embedding, QuantEmbedding) else 16

@@ -56,10 +56,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         seconds = time.perf_counter() - started
         result = engine.generate("def ", max_new_tokens=4)
+        stats = engine.stats()
         ok &= _line(
             result.finish_reason != "error",
             "model",
-            f"{path} on {engine.device} loaded in {seconds:.1f}s, "
+            f"{path} on {engine.device} loaded in {seconds:.1f}s "
+            f"(head {stats['head_bits']}-bit, embedding {stats['embed_bits']}-bit), "
             f"generated {len(result.token_ids)} tokens ({result.finish_reason})",
         )
         template = detect_fim(engine.tokenizer)

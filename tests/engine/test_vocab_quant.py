@@ -146,6 +146,7 @@ def test_engine_defaults_quantize_on_a_gpu_and_keep_float_on_the_cpu(tmp_path):
     assert default_vocab_bits(torch.device("cpu")) == (16, 16)
     with engine.Engine(make_tiny_checkpoint(tmp_path / "a", "llama"), device="cpu", cache_tokens=256) as eng:
         assert isinstance(eng.model.lm_head, Linear) and isinstance(eng.model.embed_tokens, Embedding)
+        assert (eng.stats()["head_bits"], eng.stats()["embed_bits"]) == (16, 16)
     with engine.Engine(
         make_tiny_checkpoint(tmp_path / "b", "llama"),
         device="cpu",
@@ -156,4 +157,5 @@ def test_engine_defaults_quantize_on_a_gpu_and_keep_float_on_the_cpu(tmp_path):
         assert isinstance(eng.model.lm_head, QuantLinear) and isinstance(
             eng.model.embed_tokens, QuantEmbedding
         )
+        assert (eng.stats()["head_bits"], eng.stats()["embed_bits"]) == (8, 8)
         assert eng.generate([1, 2, 3], max_new_tokens=4).token_ids  # serves with them
