@@ -107,7 +107,9 @@ def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case, promp
     gen = torch.Generator().manual_seed(2)
     prompt = torch.randint(0, ref.config.vocab_size, (prompt_len,), generator=gen).tolist()
     with engine.Engine(folder, device="cuda", dtype=torch.float16, cache_tokens=2048) as eng:
-        assert (eng.model.lm_head.bits, eng.model.embed_tokens.bits) == default_vocab_bits(torch.device("cuda"))
+        assert (eng.model.lm_head.bits, eng.model.embed_tokens.bits) == default_vocab_bits(
+            torch.device("cuda")
+        )
         result = eng.generate(prompt, max_new_tokens=NUM_TOKENS, temperature=0.0, ignore_eos=True)
         # The reference computes with the very codes the engine quantized (from fp16 weights; the
         # CPU's own quantization of the fp32 weights may pick another 4-bit range for some groups).
