@@ -1,8 +1,8 @@
 """Load-time quantization of the two vocabulary matrices: the output head and the token embedding.
 
 A GPTQ checkpoint quantizes the decoder's linears and keeps the head and the embedding in fp16. For
-an 8B model with a 128k vocabulary those two are 2.1 GB of the GPU's memory, and the head alone is a
-sixth of the bytes a decode step reads. Quantizing them once at load, on the device that will hold
+an 8B model with a 128k vocabulary those two are 2.1 GB of the GPU's memory, and the fp16 head alone is a
+fifth of the bytes a decode step reads. Quantizing them once at load, on the device that will hold
 them, is what lets an 8B model with a 16k-token cache fit in 7 GB and makes every step faster:
 
 - the head (V, H) becomes a QuantLinear of the engine's canonical layout (round-to-nearest,
