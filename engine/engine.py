@@ -89,7 +89,9 @@ class Engine:
             num_cache_blocks = default_num_cache_blocks(
                 self.config, model.dtype, self.device, block_size, max_batch_size
             )
-        self.block_manager = BlockManager(num_cache_blocks, block_size, enable_prefix_cache)
+        # The runner allocates the cache first: it sizes it down when the memory is not there.
+        self.runner = ModelRunner(model, num_cache_blocks=num_cache_blocks, block_size=block_size)
+        self.block_manager = BlockManager(self.runner.num_cache_blocks, block_size, enable_prefix_cache)
         self.scheduler = Scheduler(
             self.block_manager,
             max_batch_size=max_batch_size,
@@ -100,7 +102,6 @@ class Engine:
             ),
             clock=clock,
         )
-        self.runner = ModelRunner(model, num_cache_blocks=num_cache_blocks, block_size=block_size)
         self.model = model
         self._clock = clock
         self._decode_fn = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)

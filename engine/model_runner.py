@@ -54,10 +54,9 @@ class ModelRunner:
         self.device: torch.device = model.device
         self.dtype: torch.dtype = model.dtype
         self.block_size = block_size
-        self.num_cache_blocks = num_cache_blocks
         c = self.config
-        shape = (c.num_layers, 2, num_cache_blocks, block_size, c.num_kv_heads, c.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_cache = self._allocate_cache(num_cache_blocks)
+        self.num_cache_blocks = num_cache_blocks = self.kv_cache.shape[2]
         rotary = getattr(model, "rotary", None)
         if rotary is not None:  # no position reaches past what the cache holds
             rotary.limit_positions(num_cache_blocks * block_size)
@@ -68,6 +67,31 @@ class ModelRunner:
         # its GEMMs on every core, whatever torch.set_num_threads said elsewhere. The engine thread
         # adopts the count of the thread that built the runner (see adopt_thread).
         self.num_threads = torch.get_num_threads()
+
+    def _allocate_cache(self, num_blocks: int) -> torch.Tensor:
+        """The KV cache of `num_blocks` blocks, or of as many as the device's memory holds (each try
+        three quarters of the last) with a warning naming both sizes: a cache asked too large for the
+        card must not stop the engine from starting."""
+        c = self.config
+        wanted = num_blocks
+        while True:
+            shape = (c.num_layers, 2, num_blocks, self.block_size, c.num_kv_heads, c.head_dim)
+            try:
+                cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                break
+            except torch.OutOfMemoryError:
+                if num_blocks == 1:
+                    raise
+                num_blocks = max(1, num_blocks * 3 // 4)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if num_blocks < wanted:
+            log.warning(
+                "a KV cache of %d tokens does not fit in %s memory: using %d tokens (%.2f GB) instead",
+                wanted * self.block_size, self.device, num_blocks * self.block_size,
+                cache.numel() * cache.element_size() / 1e9,
+            )  # fmt: skip
+        return cache
 
     def adopt_thread(self) -> None:
         """Call first on the thread that will run execute(): gives it the builder thread's torch

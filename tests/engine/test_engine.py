@@ -388,3 +388,26 @@ def test_prefill_chunk_default_is_larger_on_a_gpu(tmp_path):
     assert default_prefill_chunk_tokens(torch.device("cpu")) == 512
     with Engine(make_tiny_checkpoint(tmp_path, "llama"), device="cpu", cache_tokens=256) as e:
         assert e.scheduler.prefill_chunk_tokens == 512
+
+
+def test_a_cache_too_large_for_the_memory_is_sized_down_and_said(tmp_path, monkeypatch, caplog):
+    """Out of memory while allocating the KV cache: the engine still starts, with the largest cache
+    that fits (three quarters at a time), and the warning names both sizes."""
+    real_zeros = torch.zeros
+    fits = 300  # blocks this "device" has room for
+
+    def zeros(*shape, **kwargs):
+        dims = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if len(dims) == 6 and dims[2] > fits:  # (layers, 2, blocks, block_size, kv_heads, head_dim)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_zeros(*shape, **kwargs)
+
+    monkeypatch.setattr(torch, "zeros", zeros)
+    with caplog.at_level("WARNING", logger="engine.model_runner"):
+        with Engine(
+            make_tiny_checkpoint(tmp_path, "llama"), device="cpu", num_cache_blocks=1000, block_size=4
+        ) as e:
+            assert e.runner.num_cache_blocks == e.block_manager.num_blocks == 236  # 1000 * (3/4)^5
+            assert e.runner.kv_cache.shape[2] == 236
+            assert e.generate([1, 2, 3], max_new_tokens=3).token_ids
+    assert "a KV cache of 4000 tokens does not fit in cpu memory: using 944 tokens" in caplog.text
