@@ -8,6 +8,7 @@ import math
 import sys
 
 from exlsp.commands.vocab_bits import add_vocab_bits_arguments
+from exlsp.evaluate import EvalConfig
 
 HELP = "perplexity and fill-in-the-middle exact match on held-out files (table, or --json)"
 
@@ -18,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     parser.add_argument("--fim-samples", type=int, default=40, help="FIM holes (default 40)")
-    parser.add_argument("--ppl-windows", type=int, default=1, help="512-token windows per file (default 1)")
+    parser.add_argument(
+        "--ppl-windows", type=int, default=EvalConfig.ppl_windows_per_file,
+        help=f"512-token windows per file (default {EvalConfig.ppl_windows_per_file})",
+    )  # fmt: skip
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     add_vocab_bits_arguments(parser)
 

@@ -130,7 +130,9 @@ def test_perplexity_matches_a_direct_computation(tmp_path) -> None:
 @pytest.mark.parametrize("fim", [True, False])
 def test_exlsp_eval_prints_a_table_and_json(tmp_path, capsys, fim) -> None:
     src = make_tiny_checkpoint(tmp_path / "m", "qwen2", fim=fim)
-    assert main(["eval", str(src), "--fim-samples", "2", "--device", "cpu", "--json"]) == 0
+    assert (
+        main(["eval", str(src), "--fim-samples", "2", "--device", "cpu", "--ppl-windows", "1", "--json"]) == 0
+    )
     (result,) = json.loads(capsys.readouterr().out)
     assert result["model"] == str(src)
     assert result["ppl_tokens"] == 10 * 511  # one full window from each held-out file
@@ -141,7 +143,7 @@ def test_exlsp_eval_prints_a_table_and_json(tmp_path, capsys, fim) -> None:
     else:
         assert result["fim_samples"] == 0 and math.isnan(result["fim_exact_match"])
         assert math.isnan(result["fim_similarity"])
-    assert main(["eval", str(src), "--fim-samples", "1", "--device", "cpu"]) == 0
+    assert main(["eval", str(src), "--fim-samples", "1", "--device", "cpu", "--ppl-windows", "1"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == [
         "MODEL",
@@ -157,3 +159,15 @@ def test_exlsp_eval_prints_a_table_and_json(tmp_path, capsys, fim) -> None:
         "SECONDS",
     ]
     assert ("n/a (no FIM tokens)" in table[1]) == (not fim)
+
+
+def test_perplexity_reads_eight_windows_per_file_unless_told() -> None:
+    """The first 512 tokens of each file (5110 tokens) could not tell quantizers 1% apart; the default
+    reads up to 8 windows of each file, on the command line too."""
+    from exlsp.cli import build_parser
+
+    assert EvalConfig().ppl_windows_per_file == 8
+    assert build_parser().parse_args(["eval"]).ppl_windows == 8
+    long_file, short_file = list(range(600 * 10)), list(range(700))
+    windows = perplexity_windows([long_file, short_file], EvalConfig())
+    assert [len(w) for w in windows] == [512] * 8 + [512, 188]
