@@ -32,9 +32,9 @@ from engine.quant.calibration import (
     is_library_module,
 )
 from engine.quant.gptq import Hessian, gptq_quantize
+from engine.quant.quantize_checkpoint import calibration_batches
 from engine.quant.quantize_model import (
     STAGES,
-    calibration_batches,
     capture_first_layer_args,
     decoder_layers,
     next_layer_args,

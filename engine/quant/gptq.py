@@ -9,6 +9,8 @@ it from batches of activations; `gptq_quantize` consumes it. Pure torch: runs wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from engine.quant.rtn import (
@@ -118,6 +120,18 @@ def float_target_weight(
     H = 2 X X^T then minimises the asymmetric objective. Returns (N, K) float32.
     """
     h = hessian.to(torch.float32)
+    lower = _dampened_cholesky(h, damp_percent)
+    correction = torch.cholesky_solve(shift.to(h.device, torch.float32).t(), lower).t()  # (N, K)
+    return weight.detach().to(h.device, torch.float32) + alpha * correction
+
+
+def _dampened_cholesky(
+    h: torch.Tensor, damp_percent: float, finish: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+) -> torch.Tensor:
+    """finish(L) (default: L itself) for the lower Cholesky factor L of H + damp * mean(diag(H)) * I.
+
+    If H is not positive definite (too few distinct inputs), or `finish` returns None, the dampening
+    grows tenfold and the factorisation is tried again, up to six times."""
     k = h.shape[0]
     mean_diag = torch.mean(torch.diag(h)).item()
     eye = torch.eye(k, dtype=h.dtype, device=h.device)
@@ -125,34 +139,25 @@ def float_target_weight(
     for _ in range(6):
         lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
         if info.item() == 0:
-            break
+            result = lower if finish is None else finish(lower)
+            if result is not None:
+                return result
         damp *= 10
-    else:
-        raise RuntimeError(f"Hessian of a {k}-input layer is not positive definite even with damp {damp}")
-    correction = torch.cholesky_solve(shift.to(h.device, torch.float32).t(), lower).t()  # (N, K)
-    return weight.detach().to(h.device, torch.float32) + alpha * correction
+    raise RuntimeError(f"Hessian of a {k}-input layer is not positive definite even with damp {damp}")
 
 
 def _inverse_cholesky_upper(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
     """Upper Cholesky factor U of H^-1 (H^-1 = U^T U) after dampening the diagonal.
 
     Row i of U, divided by U[i, i], is how quantizing column i must update the later columns; this
-    is the sequential elimination of the GPTQ paper done once up front. If H is still not positive
-    definite (too few distinct inputs), the dampening grows until it is.
+    is the sequential elimination of the GPTQ paper done once up front.
     """
-    k = h.shape[0]
-    mean_diag = torch.mean(torch.diag(h)).item()
-    eye = torch.eye(k, dtype=h.dtype, device=h.device)
-    damp = damp_percent
-    for _ in range(6):
-        lower, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)
-        if info.item() == 0:
-            h_inv = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(h_inv, upper=True)
-            if info.item() == 0:
-                return upper
-        damp *= 10
-    raise RuntimeError(f"Hessian of a {k}-input layer is not positive definite even with damp {damp}")
+
+    def upper_of_inverse(lower: torch.Tensor) -> torch.Tensor | None:
+        upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+        return upper if info.item() == 0 else None
+
+    return _dampened_cholesky(h, damp_percent, upper_of_inverse)
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:

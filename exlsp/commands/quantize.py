@@ -94,7 +94,7 @@ def quantize_from_args(args: argparse.Namespace, src: Path, dst: Path, force: bo
         find_source_files,
         is_library_module,
     )
-    from engine.quant.quantize_model import quantize_checkpoint
+    from engine.quant.quantize_checkpoint import quantize_checkpoint
     from engine.quant.rtn import QuantSpec
     from exlsp.evaluate import eval_file_paths
 

@@ -143,7 +143,7 @@ def spy_quantizer(monkeypatch) -> list[dict]:
         calls.append({"spec": spec, **kwargs})
         return dst
 
-    monkeypatch.setattr("engine.quant.quantize_model.quantize_checkpoint", record)
+    monkeypatch.setattr("engine.quant.quantize_checkpoint.quantize_checkpoint", record)
     return calls
 
 

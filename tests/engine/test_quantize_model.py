@@ -10,9 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import engine.quant.quantize_checkpoint as qc
 import engine.quant.quantize_model as qm
 from engine.loader import load_model
 from engine.quant.calibration import CalibrationConfig, CalibrationError
+from engine.quant.gptq import Hessian, float_target_weight
 from engine.quant.gptq_writer import DestinationExists
 from engine.quant.rtn import QuantSpec
 from tests.tiny_models import CORPUS, gptq_unpack, make_tiny_checkpoint
@@ -45,7 +47,7 @@ CALIB = CalibrationConfig(num_samples=8, seq_len_tokens=64)
 
 
 def quantize(src: Path, dst: Path, spec: QuantSpec, calib_files, **kw) -> Path:
-    return qm.quantize_checkpoint(
+    return qc.quantize_checkpoint(
         src, dst, spec, calib_files=calib_files, calib=CALIB, batch_size=4, device="cpu",
         **{"load_float_model": load_float, **kw},
     )  # fmt: skip
@@ -67,7 +69,7 @@ def test_checkpoint_has_gptq_tensors_that_unpack_to_the_weights_the_model_comput
         seen.update({name: q.dequantize() for name, q in results.items()})
         return results
 
-    monkeypatch.setattr(qm, "quantize_layers", spy)
+    monkeypatch.setattr(qc, "quantize_layers", spy)  # as quantize_checkpoint calls it
     dst = quantize(float_ckpt, tmp_path / "q", spec, calib_files)
     config = json.loads((dst / "config.json").read_text())
     assert config["quantization_config"] == {
@@ -116,7 +118,7 @@ def test_each_stage_is_calibrated_on_inputs_from_the_already_quantized_model(
     for layer_index, layer in enumerate(layers):
         for stage in qm.STAGES:
             order.append((layer_index, stage.module, layer.get_submodule(stage.module).weight.data_ptr()))
-    batches = qm.calibration_batches(float_ckpt, calib_files, CALIB, 4, torch.device("cpu"))
+    batches = qc.calibration_batches(float_ckpt, calib_files, CALIB, 4, torch.device("cpu"))
     qm.quantize_layers(model, batches, QuantSpec(bits=4, group_size=32))
 
     # ...and compare with the inputs each linear sees in the finished quantized model: a linear's
@@ -126,7 +128,7 @@ def test_each_stage_is_calibrated_on_inputs_from_the_already_quantized_model(
         for layer_index, layer in enumerate(qm.decoder_layers(m)):
             for stage in qm.STAGES:
                 module = layer.get_submodule(stage.module)
-                h = found[(layer_index, stage.module)] = qm.Hessian(module.weight.shape[1])
+                h = found[(layer_index, stage.module)] = Hessian(module.weight.shape[1])
                 handles.append(module.register_forward_pre_hook(lambda _m, a, h=h: h.add(a[0])))
         with torch.no_grad():
             for batch in batches:
@@ -149,7 +151,7 @@ def test_rtn_needs_no_calibration_and_matches_rtn_of_each_weight(float_ckpt, tmp
     from engine.quant.rtn import rtn_quantize
 
     spec = QuantSpec(bits=4, group_size=32)
-    dst = qm.quantize_checkpoint(
+    dst = qc.quantize_checkpoint(
         float_ckpt, tmp_path / "rtn", spec, method="rtn", load_float_model=load_float
     )
     tensors = load_file(str(dst / "model.safetensors"))
@@ -217,14 +219,14 @@ def test_too_little_calibration_text_is_a_clear_error(float_ckpt, tmp_path) -> N
 def test_an_already_quantized_checkpoint_is_refused(tmp_path) -> None:
     src = make_tiny_checkpoint(tmp_path / "gptq", "llama", quant={"bits": 4, "group_size": 32})
     with pytest.raises(ValueError, match="is already quantized \\(gptq\\); quantize a float checkpoint"):
-        qm.quantize_checkpoint(src, tmp_path / "q", QuantSpec(), method="rtn", load_float_model=load_float)
+        qc.quantize_checkpoint(src, tmp_path / "q", QuantSpec(), method="rtn", load_float_model=load_float)
 
 
 def test_next_layer_inputs_come_from_the_kept_down_proj_inputs_not_a_second_forward(
     float_ckpt, calib_files, monkeypatch
 ) -> None:
     model = load_float(float_ckpt, torch.device("cpu"))
-    batches = qm.calibration_batches(float_ckpt, calib_files, CALIB, 2, torch.device("cpu"))  # 4 batches
+    batches = qc.calibration_batches(float_ckpt, calib_files, CALIB, 2, torch.device("cpu"))  # 4 batches
     layer = qm.decoder_layers(model)[0]
     inputs = qm.capture_first_layer_args(model, batches)
     with torch.no_grad():
@@ -250,7 +252,7 @@ def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_i
 ) -> None:
     # Record the shift (engine/quant/gptq.py OutputShift) each linear was aimed with...
     used: list[tuple[torch.Tensor, torch.Tensor]] = []
-    real = qm.float_target_weight
+    real = float_target_weight
 
     def spy(weight, hessian, shift, damp_percent, alpha):
         used.append((weight.clone(), shift.clone()))
@@ -259,7 +261,7 @@ def test_float_targets_pair_each_stages_quantized_inputs_with_the_float_models_i
     monkeypatch.setattr(qm, "float_target_weight", spy)
     model = load_float(float_ckpt, torch.device("cpu"))
     float_model = load_float(float_ckpt, torch.device("cpu"))
-    batches = qm.calibration_batches(float_ckpt, calib_files, CALIB, 4, torch.device("cpu"))
+    batches = qc.calibration_batches(float_ckpt, calib_files, CALIB, 4, torch.device("cpu"))
     spec = QuantSpec(bits=4, group_size=32, float_target=1.0, residual_target=residual_target)
     qm.quantize_layers(model, batches, spec)
 

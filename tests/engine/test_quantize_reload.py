@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import engine.quant.quantize_model as qm
+import engine.quant.quantize_checkpoint as qc
 from engine.config import parse_quant_config
 from engine.loader import load_model
+from engine.quant.calibration import CalibrationConfig
 from engine.quant.gptq import Hessian, gptq_quantize
 from engine.quant.gptq_format import repack_gptq
 from engine.quant.gptq_writer import pack_linear, quantization_config
@@ -30,8 +31,8 @@ def quantize_tiny(tmp_path: Path, family: str, spec: QuantSpec) -> tuple[Path, P
     src = make_tiny_checkpoint(tmp_path / "float", family, seed=5)
     calib = tmp_path / "calib.py"
     calib.write_text(CORPUS * 3)
-    dst = qm.quantize_checkpoint(
-        src, tmp_path / "gptq", spec, calib_files=[calib], calib=qm.CalibrationConfig(6, 48), device="cpu",
+    dst = qc.quantize_checkpoint(
+        src, tmp_path / "gptq", spec, calib_files=[calib], calib=CalibrationConfig(6, 48), device="cpu",
         load_float_model=lambda path, device: load_model(path, device=device, dtype=torch.float32),
     )  # fmt: skip
     return src, dst
