@@ -21,15 +21,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.engine_step import (  # noqa: E402
+    BLOCK_SIZE,
+    CACHE_TOKENS,
+    ServedStep,
+    chunked_prefill,
+    decode_metadata,
+    first_token_id,
+    suffix_metadata,
+)
 from bench.gpu_shapes import build_model, kernels_ready, random_packed  # noqa: E402
-from engine.attention_metadata import AttentionMetadata  # noqa: E402
-from engine.cuda_graph import DecodeGraphs, token_level_metadata  # noqa: E402
+from engine.cuda_graph import token_level_metadata  # noqa: E402
 from engine.engine import default_prefill_chunk_tokens  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 from engine.models.base import dense_attention_metadata  # noqa: E402
-
-BLOCK_SIZE = 16
-CACHE_TOKENS = 16384
 
 
 def median_ms(fn, *, warmup: int = 3, iters: int = 20) -> float:
@@ -139,48 +144,9 @@ def torch_int4_gbs(k: int, n: int, rows: int, num_weights: int = 4, repeats: int
         return f"unavailable: {type(exc).__name__}: {str(exc)[:120]}"
 
 
-def decode_metadata(ctx: int, device) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-    """One sequence whose token at position ctx is new; its blocks are 0, 1, 2, ... of the cache."""
-    num_blocks = ctx // BLOCK_SIZE + 1
-    attn = AttentionMetadata(
-        query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device=device),
-        seq_lens=torch.tensor([ctx + 1], dtype=torch.int32, device=device),
-        block_tables=torch.arange(num_blocks, dtype=torch.int32, device=device).view(1, -1),
-        slot_mapping=torch.tensor([ctx], dtype=torch.int64, device=device),
-        max_query_len=1,
-        max_seq_len=ctx + 1,
-        block_size=BLOCK_SIZE,
-    )
-    return torch.tensor([7], device=device), torch.tensor([ctx], device=device), attn
-
-
-def first_token_id(model, kv_cache, ids, pos, attn) -> torch.Tensor:
-    hidden = model.forward_paged(ids, pos, attn, kv_cache)  # (T, H)
-    return model.compute_logits(hidden[-1:]).argmax(dim=-1)  # (1,)
-
-
-class ServedStep:
-    """A step as engine/model_runner.py runs it on a GPU: the decode graph (engine/cuda_graph.py) computes
-    the hidden states, then the head runs eagerly on the rows that sample (all of a decode step's
-    rows; the last one of a prefill), and argmax stands in for the sampler."""
-
-    def __init__(self, model, kv_cache) -> None:
-        self.model = model
-        self.graphs = DecodeGraphs(
-            lambda ids, pos, attn: model.forward_paged(ids, pos, attn, kv_cache),
-            device=torch.device("cuda"),
-            block_size=BLOCK_SIZE,
-            max_seq_len=CACHE_TOKENS,
-        )
-
-    def run(self, ids, pos, attn, rows: slice = slice(None)) -> torch.Tensor:
-        hidden = self.graphs.run(ids, pos, attn)[rows]
-        return self.model.compute_logits(hidden).argmax(dim=-1)
-
-
 def time_decode(step: ServedStep, ctx: int, steps: int = 50) -> tuple[float, float]:
     """(ms per token with steps queued back to back, ms per token with the token read each step)."""
-    ids, pos, attn = decode_metadata(ctx, "cuda")
+    ids, pos, attn = decode_metadata(ctx)
     queued = median_ms(lambda: [step.run(ids, pos, attn) for _ in range(steps)], warmup=2, iters=7) / steps
     synced = median_ms(lambda: step.run(ids, pos, attn).item(), warmup=3, iters=30)
     return queued, synced
@@ -190,7 +156,7 @@ def profile_decode(model, kv_cache, ctx: int = 2048, steps: int = 5) -> str:
     """Per-kernel GPU time of eager decode steps (same kernels and grids as the graph replays)."""
     from torch.profiler import ProfilerActivity, profile
 
-    ids, pos, attn = decode_metadata(ctx, "cuda")
+    ids, pos, attn = decode_metadata(ctx)
     for _ in range(2):
         first_token_id(model, kv_cache, ids, pos, attn)
     torch.cuda.synchronize()
@@ -199,31 +165,6 @@ def profile_decode(model, kv_cache, ctx: int = 2048, steps: int = 5) -> str:
             first_token_id(model, kv_cache, ids, pos, attn)
         torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
-
-
-def suffix_metadata(prefix: int, suffix: int) -> AttentionMetadata:
-    """`suffix` new tokens of one sequence after `prefix` cached ones, in blocks 0, 1, 2, ..."""
-    nb = (prefix + suffix) // BLOCK_SIZE + 1
-    return AttentionMetadata(
-        query_start_loc=torch.tensor([0, suffix], dtype=torch.int32, device="cuda"),
-        seq_lens=torch.tensor([prefix + suffix], dtype=torch.int32, device="cuda"),
-        block_tables=torch.arange(nb, dtype=torch.int32, device="cuda").view(1, -1),
-        slot_mapping=torch.arange(prefix, prefix + suffix, device="cuda"),
-        max_query_len=suffix,
-        max_seq_len=prefix + suffix,
-        block_size=BLOCK_SIZE,
-    )
-
-
-def chunked_prefill(model, kv_cache, length: int, chunk: int) -> torch.Tensor:
-    """A `length`-token prompt prefilled `chunk` tokens per forward, as the engine's scheduler does
-    (engine/scheduler.py prefill_chunk_tokens); returns the first generated token."""
-    ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
-    for start in range(0, length, chunk):
-        end = min(start + chunk, length)
-        pos = torch.arange(start, end, device="cuda")
-        token = first_token_id(model, kv_cache, ids[start:end], pos, suffix_metadata(start, end - start))
-    return token
 
 
 def bench_model(

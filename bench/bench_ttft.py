@@ -23,13 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_gpu import (  # noqa: E402
+from bench.bench_gpu import graph_of, median_ms  # noqa: E402
+from bench.engine_step import (  # noqa: E402
     BLOCK_SIZE,
     CACHE_TOKENS,
     ServedStep,
     first_token_id,
-    graph_of,
-    median_ms,
     suffix_metadata,
 )
 from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402

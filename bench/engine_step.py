@@ -1,0 +1,69 @@
+"""The engine's step, driven by the GPU benchmarks (bench_gpu.py, bench_ttft.py) on a random model and a
+KV cache of their own: the metadata of a sequence in blocks 0, 1, 2, ... of the cache, a forward to the
+first token, a prompt prefilled chunk by chunk as the scheduler does, and ServedStep, which runs a step
+as engine/model_runner.py does on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.attention_metadata import AttentionMetadata
+from engine.cuda_graph import DecodeGraphs
+
+BLOCK_SIZE = 16
+CACHE_TOKENS = 16384
+
+
+def suffix_metadata(prefix: int, suffix: int) -> AttentionMetadata:
+    """`suffix` new tokens of one sequence after `prefix` cached ones, in blocks 0, 1, 2, ..."""
+    nb = (prefix + suffix) // BLOCK_SIZE + 1
+    return AttentionMetadata(
+        query_start_loc=torch.tensor([0, suffix], dtype=torch.int32, device="cuda"),
+        seq_lens=torch.tensor([prefix + suffix], dtype=torch.int32, device="cuda"),
+        block_tables=torch.arange(nb, dtype=torch.int32, device="cuda").view(1, -1),
+        slot_mapping=torch.arange(prefix, prefix + suffix, device="cuda"),
+        max_query_len=suffix,
+        max_seq_len=prefix + suffix,
+        block_size=BLOCK_SIZE,
+    )
+
+
+def chunked_prefill(model, kv_cache, length: int, chunk: int) -> torch.Tensor:
+    """A `length`-token prompt prefilled `chunk` tokens per forward, as the engine's scheduler does
+    (engine/scheduler.py prefill_chunk_tokens); returns the first generated token."""
+    ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        pos = torch.arange(start, end, device="cuda")
+        token = first_token_id(model, kv_cache, ids[start:end], pos, suffix_metadata(start, end - start))
+    return token
+
+
+def decode_metadata(ctx: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """(ids, positions, metadata) of one sequence whose token at position ctx is new."""
+    return torch.tensor([7], device="cuda"), torch.tensor([ctx], device="cuda"), suffix_metadata(ctx, 1)
+
+
+def first_token_id(model, kv_cache, ids, pos, attn) -> torch.Tensor:
+    hidden = model.forward_paged(ids, pos, attn, kv_cache)  # (T, H)
+    return model.compute_logits(hidden[-1:]).argmax(dim=-1)  # (1,)
+
+
+class ServedStep:
+    """A step as engine/model_runner.py runs it on a GPU: the decode graph (engine/cuda_graph.py) computes
+    the hidden states, then the head runs eagerly on the rows that sample (all of a decode step's
+    rows; the last one of a prefill), and argmax stands in for the sampler."""
+
+    def __init__(self, model, kv_cache) -> None:
+        self.model = model
+        self.graphs = DecodeGraphs(
+            lambda ids, pos, attn: model.forward_paged(ids, pos, attn, kv_cache),
+            device=torch.device("cuda"),
+            block_size=BLOCK_SIZE,
+            max_seq_len=CACHE_TOKENS,
+        )
+
+    def run(self, ids, pos, attn, rows: slice = slice(None)) -> torch.Tensor:
+        hidden = self.graphs.run(ids, pos, attn)[rows]
+        return self.model.compute_logits(hidden).argmax(dim=-1)
