@@ -88,7 +88,7 @@ def test_dequantize_reads_a_column_slice_in_place():
         assert torch.equal(out, dequantize(w)[:, n0:n1])
 
 
-def test_dequantize_rejects_a_row_slice():
+def test_dequantize_rejects_scales_without_a_unit_column_stride():
     w = random_packed_weight(512, 256, bits=4, group_size=128, dtype=torch.float16, seed=12)
     out = torch.empty((512, 128), dtype=torch.float16, device="cuda")
     with pytest.raises(RuntimeError, match="exlsp::dequantize: scales must be"):
