@@ -33,24 +33,53 @@
 namespace exlsp {
 namespace {
 
-constexpr int kUnroll = 4;  // 16-byte weight vectors in flight per lane
+constexpr int kUnroll = 4;    // the most 16-byte weight vectors in flight per lane
+constexpr int kMaxWarps = 8;  // per block
+
+// Warps per block, fixed for benchmarks by set_gemv_block_warps (0: block_warps chooses).
+int& gemv_block_warps();
 
 template <typename T>
 struct MmaTraits;
 template <>
 struct MmaTraits<__half> {
   static constexpr uint32_t kMagic = 0x64006400u;      // fp16 1024.0 in both halves
-  static constexpr float kBias = 1024.f;
   static constexpr uint32_t kSixteenth = 0x2C002C00u;  // fp16 1/16 in both halves
+  static constexpr uint32_t kMinusOne = 0xBC00BC00u;   // fp16 -1.0 in both halves
+  static constexpr uint32_t kMinus64 = 0xD400D400u;    // fp16 -64.0 in both halves
 };
 template <>
 struct MmaTraits<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300u;  // bf16 128.0 in both halves
-  static constexpr float kBias = 128.f;
 };
 
 __device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t b, uint32_t c, __half) {
   __half2 r = __hfma2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b), *reinterpret_cast<__half2*>(&c));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+__device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b, __half) {
+  __half2 r = __hadd2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+__device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b, __nv_bfloat16) {
+  __nv_bfloat162 r = __hadd2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+// The low or high half of a pair in both halves (the compiler folds it into the consumer's operand).
+__device__ __forceinline__ uint32_t low2(uint32_t a, __half) {
+  __half2 r = __low2half2(*reinterpret_cast<__half2*>(&a));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+__device__ __forceinline__ uint32_t high2(uint32_t a, __half) {
+  __half2 r = __high2half2(*reinterpret_cast<__half2*>(&a));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+__device__ __forceinline__ uint32_t low2(uint32_t a, __nv_bfloat16) {
+  __nv_bfloat162 r = __low2bfloat162(*reinterpret_cast<__nv_bfloat162*>(&a));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+__device__ __forceinline__ uint32_t high2(uint32_t a, __nv_bfloat16) {
+  __nv_bfloat162 r = __high2bfloat162(*reinterpret_cast<__nv_bfloat162*>(&a));
   return *reinterpret_cast<uint32_t*>(&r);
 }
 __device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b, __half) {
@@ -80,27 +109,53 @@ __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1
   }
 }
 
-// MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). WARPS split K.
+// (w & kMask) | magic in one LOP3. Written plainly the compiler emits an AND and an OR: a LOP3 takes
+// one immediate, and both constants are immediates. Here magic lives in a register.
+template <uint32_t kMask>
+__device__ __forceinline__ uint32_t mask_or(uint32_t w, uint32_t magic) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(w), "n"(kMask), "r"(magic));
+  return r;
+}
+
+// MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). The block's warps split K.
 // One-tile 8-warp blocks fit 3 per SM (24 warps) so the loads of more warps overlap the math.
-// U: chunks (16-byte vectors per lane) in flight per batch. With 16 rows (MT 2) the block is
-// register-bound at 2 per SM anyway, so 4 in flight costs no occupancy (128 registers): measured
-// +4-8% at 16 rows on the large shapes, the TTFT path.
-template <typename T, int MT, int WARPS, int U = kUnroll>
-__global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
+// U: chunks (16-byte vectors per lane) per batch, a divisor of the chunks per group, so a batch
+// lies in one group and its scales are loaded with its weights (one memory round trip per batch).
+// The host rounds every K slice to whole batches, so the loop has no bounds checks, and the
+// pointers step by one batch: in an earlier version index math, an integer division per batch and
+// per-chunk guards took as many instructions as the dequantization and the mma (125 per chunk).
+// With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
+template <typename T, int MT, int U>
+__global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 3 : 2)
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const T* __restrict__ residual,
                          T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
                          int K, int N, int group_size, int chunks_per_split) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;
   const int col0 = blockIdx.x * 32 + 4 * g;  // this lane's 4 columns
   const int num_chunks = K / 32;            // a chunk: 4 packed word rows = 32 k
   const int split_begin = blockIdx.y * chunks_per_split;
-  const int split_end = min(num_chunks, split_begin + chunks_per_split);
-  const int per_warp = (split_end - split_begin + WARPS - 1) / WARPS;
-  const int c_begin = min(split_end, split_begin + warp * per_warp);
-  const int c_end = min(split_end, c_begin + per_warp);
+  const int batches = (min(num_chunks, split_begin + chunks_per_split) - split_begin) / U;  // exact
+  const int b_begin = warp * batches / warps, b_end = (warp + 1) * batches / warps;
+  const int c_begin = split_begin + U * b_begin;
   const int chunks_per_group = group_size / 32;
+
+  // Lane (g, t) reads word row 4c + t of columns col0..col0+3: 16 bytes; a chunk is N vectors on.
+  const uint4* wp = reinterpret_cast<const uint4*>(qweight + ((size_t)c_begin * 4 + t) * N + col0);
+  // ... and the 8 activations of the same k, rows g and g + 8 (rows past M read as zero).
+  const uint4* xp[MT];
+  bool x_row[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row = mt * 8 + g;
+    x_row[mt] = row < M;
+    xp[mt] = reinterpret_cast<const uint4*>(x + (size_t)(x_row[mt] ? row : 0) * K) + (size_t)c_begin * 4 + t;
+  }
+  int in_group = c_begin % chunks_per_group;  // the batch's first chunk, counted in its group
+  const uint2* sp = reinterpret_cast<const uint2*>(scales + (size_t)(c_begin / chunks_per_group) * N + col0);
+  const uint2* zp = reinterpret_cast<const uint2*>(zeros + (size_t)(c_begin / chunks_per_group) * N + col0);
 
   float acc[MT][2][4], cur[MT][2][4];
 #pragma unroll
@@ -112,8 +167,7 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
   float sc[4];
   uint32_t zz[4];  // (bias + zero) in both halves, per column
   uint32_t nz[4];  // fp16: -(64 + zero) in both halves, per column
-  int cur_group = -1;
-  int next_group_chunk = c_begin;  // first chunk of the next group: no division per chunk
+  const uint32_t magic = MmaTraits<T>::kMagic;
 
   auto flush = [&]() {
 #pragma unroll
@@ -126,54 +180,53 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
           cur[mt][j][i] = 0.f;
         }
   };
-
-  auto load_x = [&](int c, uint4 (&xv)[U][MT]) {
+  // The group's scales (fp32) and zero terms from its raw scales and zeros, in half2 arithmetic on
+  // column pairs (exact for integer zeros): bias + zero, and for fp16 also -(64 + zero).
+  auto set_group = [&](const uint2& s_raw, const uint2& z_raw) {
+    const T* s4 = reinterpret_cast<const T*>(&s_raw);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int chunk = c + u;
-      if (chunk < c_end) {
-        const size_t word_row = (size_t)chunk * 4 + t;
+    for (int j = 0; j < 4; ++j) sc[j] = to_float(s4[j]);
+    const uint32_t zpair[2] = {z_raw.x, z_raw.y};
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          const int row = mt * 8 + g;
-          xv[u][mt] = row < M ? __ldg(reinterpret_cast<const uint4*>(x + (size_t)row * K + word_row * 8))
-                              : make_uint4(0, 0, 0, 0);
-        }
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t biased = add2(zpair[i], MmaTraits<T>::kMagic, T());
+      zz[2 * i] = low2(biased, T());
+      zz[2 * i + 1] = high2(biased, T());
+      if constexpr (std::is_same_v<T, __half>) {
+        const uint32_t neg = fma2(zpair[i], MmaTraits<T>::kMinusOne, MmaTraits<T>::kMinus64, T());
+        nz[2 * i] = low2(neg, T());
+        nz[2 * i + 1] = high2(neg, T());
       }
     }
   };
-  auto compute = [&](int c, const uint4 (&wv)[U], const uint4 (&xv)[U][MT]) {
+  uint4 wv[U];
+  uint2 s_raw, z_raw;
+  auto load = [&]() {
+    const uint4* p = wp;
+#pragma unroll
+    for (int u = 0; u < U; ++u, p += N) wv[u] = __ldcs(p);
+    s_raw = __ldg(sp);
+    z_raw = __ldg(zp);
+  };
+
+  if (b_begin < b_end) load();
+  pdl_wait();
+  pdl_trigger();
+  for (int b = b_begin; b < b_end; ++b) {
+    if (in_group == 0 || b == b_begin) {
+      if (b != b_begin) flush();
+      set_group(s_raw, z_raw);
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int chunk = c + u;
-      if (chunk >= c_end) break;  // uniform across the warp
-      if (chunk == next_group_chunk) {
-        if (cur_group >= 0) flush();
-        const int grp = chunk / chunks_per_group;
-        cur_group = grp;
-        next_group_chunk = (grp + 1) * chunks_per_group;
-        const uint2 s_raw = __ldg(reinterpret_cast<const uint2*>(scales + (size_t)grp * N + col0));
-        const uint2 z_raw = __ldg(reinterpret_cast<const uint2*>(zeros + (size_t)grp * N + col0));
-        const T* s4 = reinterpret_cast<const T*>(&s_raw);
-        const T* z4 = reinterpret_cast<const T*>(&z_raw);
+      // The chunk's activations (L1 hits) just before their use: 4 registers per row tile, not 4 * U.
+      uint4 xv[MT];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          sc[j] = to_float(s4[j]);
-          const T zb = from_float<T>(to_float(z4[j]) + MmaTraits<T>::kBias);  // exact for integer zeros
-          const uint16_t bits = *reinterpret_cast<const uint16_t*>(&zb);
-          zz[j] = (uint32_t)bits | ((uint32_t)bits << 16);
-          if constexpr (std::is_same_v<T, __half>) {
-            const T nb = from_float<T>(-(to_float(z4[j]) + MmaTraits<T>::kBias / 16.f));
-            const uint16_t nbits = *reinterpret_cast<const uint16_t*>(&nb);
-            nz[j] = (uint32_t)nbits | ((uint32_t)nbits << 16);
-          }
-        }
-      }
+      for (int mt = 0; mt < MT; ++mt) xv[mt] = x_row[mt] ? __ldg(xp[mt] + 4 * u) : make_uint4(0, 0, 0, 0);
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
       uint32_t a[4][4];  // [column][pair p]: (q - z) of nibbles (p, p + 4)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        constexpr uint32_t kMagic = MmaTraits<T>::kMagic;
         if constexpr (std::is_same_v<T, __half>) {
           // Nibbles (0, 4) and (2, 6) masked into the low mantissa bits: 1024 + q, minus (1024 + z).
           // Nibbles (1, 5) and (3, 7) masked in place: 1024 + 16 q, times 1/16, minus (64 + z).
@@ -181,18 +234,18 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
           // (bf16's 7-bit mantissa has no room for a nibble at bits 4-7.)
           const uint32_t w = words[j], w8 = words[j] >> 8;
           constexpr uint32_t kSixteenth = MmaTraits<T>::kSixteenth;
-          a[j][0] = sub2((w & 0x000F000Fu) | kMagic, zz[j], T());
-          a[j][1] = fma2((w & 0x00F000F0u) | kMagic, kSixteenth, nz[j], T());
-          a[j][2] = sub2((w8 & 0x000F000Fu) | kMagic, zz[j], T());
-          a[j][3] = fma2((w8 & 0x00F000F0u) | kMagic, kSixteenth, nz[j], T());
+          a[j][0] = sub2(mask_or<0x000F000Fu>(w, magic), zz[j], T());
+          a[j][1] = fma2(mask_or<0x00F000F0u>(w, magic), kSixteenth, nz[j], T());
+          a[j][2] = sub2(mask_or<0x000F000Fu>(w8, magic), zz[j], T());
+          a[j][3] = fma2(mask_or<0x00F000F0u>(w8, magic), kSixteenth, nz[j], T());
         } else {
 #pragma unroll
-          for (int p = 0; p < 4; ++p) a[j][p] = sub2(((words[j] >> (4 * p)) & 0x000F000Fu) | kMagic, zz[j], T());
+          for (int p = 0; p < 4; ++p) a[j][p] = sub2(mask_or<0x000F000Fu>(words[j] >> (4 * p), magic), zz[j], T());
         }
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        const uint32_t x0 = xv[u][mt].x, x1 = xv[u][mt].y, x2 = xv[u][mt].z, x3 = xv[u][mt].w;
+        const uint32_t x0 = xv[mt].x, x1 = xv[mt].y, x2 = xv[mt].z, x3 = xv[mt].w;
         const uint32_t b04 = __byte_perm(x0, x2, 0x5410), b15 = __byte_perm(x0, x2, 0x7632);
         const uint32_t b26 = __byte_perm(x1, x3, 0x5410), b37 = __byte_perm(x1, x3, 0x7632);
 #pragma unroll
@@ -202,27 +255,22 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
         }
       }
     }
-  };
-  auto load_w = [&](int c, uint4 (&wv)[U]) {
+    wp += (size_t)U * N;
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (c + u < c_end) wv[u] = __ldcs(reinterpret_cast<const uint4*>(qweight + ((size_t)(c + u) * 4 + t) * N + col0));
-  };
-  uint4 wv[U];
-  load_w(c_begin, wv);
-  pdl_wait();
-  pdl_trigger();
-  for (int c = c_begin; c < c_end; c += U) {
-    if (c != c_begin) load_w(c, wv);
-    uint4 xv[U][MT];
-    load_x(c, xv);
-    compute(c, wv, xv);
+    for (int mt = 0; mt < MT; ++mt) xp[mt] += 4 * U;
+    in_group += U;
+    if (in_group == chunks_per_group) {
+      in_group = 0;
+      sp += N / 4;
+      zp += N / 4;
+    }
+    if (b + 1 < b_end) load();
   }
-  if (cur_group >= 0) flush();
+  if (b_begin < b_end) flush();
 
   // C fragment: i = 0, 1 -> A row g (column 4g + 2j), rows m = 2t, 2t + 1; i = 2, 3 -> A row g + 8
   // (column 4g + 2j + 1). Sum the warps' K slices through shared memory.
-  __shared__ float partial[WARPS][MT * 8][32];
+  __shared__ float partial[kMaxWarps][MT * 8][32];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -233,11 +281,10 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
   const int splits = gridDim.y;
   if (splits > 1) {
     // Publish this block's sums; the last block of the tile finishes it.
-    for (int idx = threadIdx.x; idx < M * 32; idx += WARPS * 32) {
+    for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
       const int m = idx / 32, cl = idx % 32;
       float y = 0.f;
-#pragma unroll
-      for (int w = 0; w < WARPS; ++w) y += partial[w][m][cl];
+      for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
       partials[((size_t)blockIdx.y * M + m) * N + blockIdx.x * 32 + cl] = y;
     }
     __threadfence();
@@ -248,15 +295,14 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
     if (!is_last) return;
     __threadfence();
   }
-  for (int idx = threadIdx.x; idx < M * 32; idx += WARPS * 32) {
+  for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
     const int m = idx / 32, cl = idx % 32;
     const int n = blockIdx.x * 32 + cl;
     float y = 0.f;
     if (splits > 1) {
       for (int s = 0; s < splits; ++s) y += __ldcg(&partials[((size_t)s * M + m) * N + n]);  // L2: other blocks' writes
     } else {
-#pragma unroll
-      for (int w = 0; w < WARPS; ++w) y += partial[w][m][cl];
+      for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
     }
     if (bias) y += to_float(bias[n]);
     if (residual) y += to_float(residual[(size_t)m * N + n]);
@@ -265,15 +311,71 @@ __global__ void __launch_bounds__(WARPS * 32, MT == 1 ? 3 : 2)
   if (splits > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next call
 }
 
-template <typename T, int MT>
+int& gemv_block_warps() {
+  static int warps = 0;
+  return warps;
+}
+
+// K slice of one block: whole batches of kUnroll chunks.
+int chunks_per_split(int num_chunks, int splits) {
+  splits = splits < 1 ? 1 : (splits > num_chunks ? num_chunks : splits);
+  const int per = (num_chunks + splits - 1) / splits;
+  return (per + kUnroll - 1) / kUnroll * kUnroll;
+}
+
+// Warps per block. Blocks of 8 warps while the grid fits in one wave of them. A larger grid gets
+// the same warps per SM in more, smaller blocks (6 warps x 4 instead of 8 x 3 at 80 registers;
+// 4 x 4 instead of 8 x 2 at 128): fewer waves, and each warp owns a longer run of K, so the
+// per-block prologue and reduction weigh less. H100, batch 1: 4096 x 14336 (448 blocks) 1622 ->
+// 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 25).
+// The occupancy per SM is asked once per kernel (the first device's; the cards of a machine alike).
+template <typename T, int MT, int U>
+int block_warps(int blocks) {
+  if (gemv_block_warps() > 0) return gemv_block_warps();
+  static int per_sm[kMaxWarps + 1] = {};  // resident blocks per SM by warps per block; 0: not asked
+  static int sms = 0;
+  if (sms == 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    for (int w = 2; w <= kMaxWarps; ++w)
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U>, w * 32, 0) !=
+          cudaSuccess) {
+        cudaGetLastError();
+        per_sm[w] = 0;
+      }
+  }
+  if (per_sm[kMaxWarps] == 0 || blocks <= sms * per_sm[kMaxWarps]) return kMaxWarps;
+  const int warps_per_sm = per_sm[kMaxWarps] * kMaxWarps;
+  for (int w = kMaxWarps - 1; w >= 2; --w)
+    if (per_sm[w] * w == warps_per_sm) return w;
+  return kMaxWarps;
+}
+
+template <typename T, int MT, int U>
 cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o, float* partials,
                       int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream) {
   const int num_chunks = K / 32;
-  const int chunks_per_split = (num_chunks + splits - 1) / splits;
-  splits = (num_chunks + chunks_per_split - 1) / chunks_per_split;  // no empty slice
+  const int per_split = chunks_per_split(num_chunks, splits);
+  splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
   const dim3 grid(N / 32, splits);
-  return launch_pdl(quant_gemv_tc_kernel<T, MT, 8>, grid, dim3(8 * 32), 0, stream, x, qw, s, z, b, r, o,
-                    partials, counters, M, K, N, group_size, chunks_per_split);
+  const int warps = block_warps<T, MT, U>(grid.x * grid.y);
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, U>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, r, o, partials, counters, M, K, N,
+                    group_size, per_split);
+}
+
+// Batches of 4 chunks where the group size allows (128 and its multiples: every checkpoint exlsp
+// writes), else of 2 (group 64) or 1 (group 32).
+template <typename T, int MT>
+cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o,
+                        float* partials, int* counters, int M, int K, int N, int group_size, int splits,
+                        cudaStream_t stream) {
+  const int chunks_per_group = group_size / 32;
+  if (chunks_per_group % 4 == 0)
+    return launch_mt<T, MT, 4>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, splits, stream);
+  if (chunks_per_group % 2 == 0)
+    return launch_mt<T, MT, 2>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, splits, stream);
+  return launch_mt<T, MT, 1>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, splits, stream);
 }
 
 }  // namespace
@@ -286,10 +388,11 @@ void set_pdl_mode(int mode) { pdl_mode() = mode; }
 
 int quant_gemv_tc_effective_splits(int K, int splits) {
   const int num_chunks = K / 32;
-  splits = splits < 1 ? 1 : (splits > num_chunks ? num_chunks : splits);
-  const int chunks_per_split = (num_chunks + splits - 1) / splits;
-  return (num_chunks + chunks_per_split - 1) / chunks_per_split;
+  const int per_split = chunks_per_split(num_chunks, splits);
+  return (num_chunks + per_split - 1) / per_split;
 }
+
+void set_gemv_block_warps(int warps) { gemv_block_warps() = warps; }
 
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const void* residual, void* out, float* partials,
@@ -306,10 +409,10 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       const T* xr = xs + (size_t)m0 * K;
       const T* rr = re ? re + (size_t)m0 * N : nullptr;
       T* orow = o + (size_t)m0 * N;
-      err = rows <= 8 ? launch_mt<T, 1>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
+      err = rows <= 8 ? launch_rows<T, 1>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
                                         static_cast<const T*>(bias), rr, orow, partials, counters, rows, K, N,
                                         group_size, splits, stream)
-                      : launch_mt<T, 2>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
+                      : launch_rows<T, 2>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
                                         static_cast<const T*>(bias), rr, orow, partials, counters, rows, K, N,
                                         group_size, splits, stream);
     }

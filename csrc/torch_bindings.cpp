@@ -175,6 +175,13 @@ void set_launch_pdl(int64_t mode) {
   set_pdl_mode((int)mode);
 }
 
+void set_quant_gemv_tc_block_warps(int64_t warps) {
+  EXLSP_CHECK(warps == 0 || (warps >= 2 && warps <= 8),
+              "exlsp::set_quant_gemv_tc_block_warps: warps must be 0 (the default) or 2..8, got %s",
+              to_str(warps).c_str());
+  set_gemv_block_warps((int)warps);
+}
+
 // A column slice of a row-major matrix: unit column stride, rows `ld` apart (the dequantize op takes
 // N-slices of a weight without a copy).
 void check_column_slice(const Tensor& t, int64_t ld, const char* op, const char* name) {
@@ -418,6 +425,7 @@ TORCH_LIBRARY(exlsp, m) {
       "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
+  m.def("set_quant_gemv_tc_block_warps(int warps) -> ()", &exlsp::set_quant_gemv_tc_block_warps);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "

@@ -162,6 +162,40 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
     assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
 
+@pytest.mark.parametrize("warps", [0, 2, 3, 5])
+@pytest.mark.parametrize("rows", [1, 11])
+@pytest.mark.parametrize(
+    "shape", [(4096, 14336, 128), (1024, 96, 32), (640, 256, 64), (4352, 512, 256), (96, 64, 32)], ids=str
+)
+def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, warps):
+    """Any warps per block, batches of 4, 2 or 1 chunks (group 128 and up, 64, 32), K slices that
+    split unevenly over the warps (640: 20 chunks) or leave some warps without a batch (96 over 8)."""
+    k, n, group_size = shape
+    ops = exlsp_ops()
+    seed = k + 3 * n + rows
+    w = random_packed_weight(k, n, bits=4, group_size=group_size, dtype=torch.float16, bias=True, seed=seed)
+    x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").half()
+    want = reference(x, w)
+    ops.set_quant_gemv_tc_block_warps(warps)
+    try:
+        for splits in (1, 3):
+            launched = ops.quant_gemv_tc_splits(k, splits)
+            partials = torch.full((launched, min(rows, 16), n), float("nan"), device="cuda")
+            counters = torch.zeros(n // 32, dtype=torch.int32, device="cuda")
+            out = poisoned((rows, n), torch.float16)
+            ops.quant_gemv_tc(
+                x, w.qweight, w.scales, w.zeros, w.bias, None, group_size, out, partials, counters, splits
+            )
+            assert rel_err(out, want) <= REL_TOL, (splits, launched)
+    finally:
+        ops.set_quant_gemv_tc_block_warps(0)
+
+
+def test_tensor_core_gemv_rejects_a_bad_block_size():
+    with pytest.raises(RuntimeError, match=r"warps must be 0 \(the default\) or 2..8, got 9"):
+        exlsp_ops().set_quant_gemv_tc_block_warps(9)
+
+
 @pytest.mark.parametrize("pdl", [0, 1])
 @pytest.mark.parametrize("splits", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("rows", [1, 9, 40])

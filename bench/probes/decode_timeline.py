@@ -1,0 +1,106 @@
+"""Probe: where a graphed decode step's time goes, kernel by kernel, from a CUPTI timeline.
+
+    python bench/probes/decode_timeline.py [--model llama3-8b] [--ctx 2048]
+
+Replays the served decode step (bench/engine_step.py ServedStep) under torch.profiler with PDL off,
+then on. With PDL off each kernel's duration is its own; the step's wall minus the union of kernel
+intervals is launch gaps. With PDL on a kernel's interval includes the time its blocks wait for the
+previous kernel, so only the wall is compared. Prints per kernel family: calls per step, mean us,
+total us per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.engine_step import BLOCK_SIZE, CACHE_TOKENS, ServedStep, decode_metadata  # noqa: E402
+from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
+from engine.loader import default_vocab_bits  # noqa: E402
+
+
+def family(name: str) -> str:
+    m = re.search(r"exlsp::(?:\(anonymous namespace\)::)?(\w+)", name)
+    if m:
+        return m.group(1)
+    return re.sub(r"<.*", "", name)[:48]
+
+
+def timeline(step, ids, pos, attn, steps: int) -> tuple[float, list[tuple[str, float, float]]]:
+    for _ in range(3):
+        step.run(ids, pos, attn)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step.run(ids, pos, attn)
+        torch.cuda.synchronize()
+    kernels = []
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA and "memcpy" not in e.name.lower():
+            kernels.append((e.name, e.time_range.start, e.time_range.end))
+    kernels.sort(key=lambda k: k[1])
+    wall = (kernels[-1][2] - kernels[0][1]) / steps
+    return wall, kernels
+
+
+def union_us(kernels) -> float:
+    busy, end = 0.0, -1e30
+    for _, s, e in kernels:
+        if s > end:
+            busy += e - s
+            end = e
+        elif e > end:
+            busy += e - end
+            end = e
+    return busy
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="llama3-8b")
+    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    if not kernels_ready("decode_timeline"):
+        return 1
+    torch.set_grad_enabled(False)
+    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
+    model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
+    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
+    kv_cache.normal_()
+    model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    ids, pos, attn = decode_metadata(args.ctx)
+    for pdl in (0, 1):
+        torch.ops.exlsp.set_launch_pdl(pdl)
+        step = ServedStep(model, kv_cache)
+        wall, kernels = timeline(step, ids, pos, attn, args.steps)
+        busy = union_us(kernels) / args.steps
+        print(
+            f"\nPDL {'on' if pdl else 'off'}: step wall {wall:.0f} us, kernels busy {busy:.0f} us, gaps {wall - busy:.0f} us"
+        )
+        if pdl:
+            continue
+        fam = collections.defaultdict(list)
+        for name, s, e in kernels:
+            fam[family(name)].append(e - s)
+        rows = sorted(fam.items(), key=lambda kv: -sum(kv[1]))
+        print(f"{'kernel':48s} {'calls/step':>10s} {'mean us':>8s} {'us/step':>8s}")
+        for name, ds in rows:
+            print(
+                f"{name:48s} {len(ds) / args.steps:10.1f} {sum(ds) / len(ds):8.2f} {sum(ds) / args.steps:8.1f}"
+            )
+        del step
+    torch.ops.exlsp.set_launch_pdl(-1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
