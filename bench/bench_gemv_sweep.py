@@ -1,4 +1,5 @@
-"""Tensor-core GEMV block sizes and K splits side by side, one run.
+"""Tensor-core GEMV tunings and K splits side by side, one run: the launcher's choices, fixed 8-warp
+blocks, and no batches of 8.
 
     python bench/bench_gemv_sweep.py [--json out.json] [--decode llama3-8b]
 
@@ -23,7 +24,8 @@ from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 
 SHAPES = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]
-TUNINGS = [("auto", 0), ("w8", 8)]  # (label, warps per block; 0: the launcher chooses)
+# (label, warps per block (0: the launcher chooses), batches of 8 for small grids)
+TUNINGS = [("auto", 0, True), ("w8", 8, True), ("u4", 0, False)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     for k, n in SHAPES:
         for rows in map(int, args.rows.split(",")):
             line = {"k": k, "n": n, "rows": rows}
-            for label, warps in TUNINGS:
-                ops.set_quant_gemv_tc_block_warps(warps)
+            for label, warps, wide in TUNINGS:
+                ops.set_quant_gemv_tc_tuning(warps, wide)
                 for splits in (1, 2, 3, 4):
                     r = gemv_gbs(k, n, rows, torch.float16, splits=splits)
                     line[f"{label}/s{r['splits']}"] = round(r["gbs"])
                 line[f"{label}/engine"] = round(gemv_gbs(k, n, rows, torch.float16)["gbs"])
-            ops.set_quant_gemv_tc_block_warps(0)
+            ops.set_quant_gemv_tc_tuning(0, True)
             results["rows"].append(line)
             best = max((v, key) for key, v in line.items() if "/" in key)
             cells = "  ".join(f"{key}={v}" for key, v in line.items() if "/" in key)
@@ -72,13 +74,13 @@ def decode_by_tuning(name: str) -> dict:
     kv_cache.normal_()
     model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
     out = {}
-    for label, warps in TUNINGS:
-        torch.ops.exlsp.set_quant_gemv_tc_block_warps(warps)
+    for label, warps, wide in TUNINGS:
+        torch.ops.exlsp.set_quant_gemv_tc_tuning(warps, wide)
         served = ServedStep(model, kv_cache)
         for ctx in (2048, 8192):
             out[f"{label}/ctx{ctx}"] = round(1e3 / time_decode(served, ctx)[0], 1)
         del served
-    torch.ops.exlsp.set_quant_gemv_tc_block_warps(0)
+    torch.ops.exlsp.set_quant_gemv_tc_tuning(0, True)
     print(f"{name} decode tok/s: " + "  ".join(f"{k}={v}" for k, v in out.items()), flush=True)
     return out
 

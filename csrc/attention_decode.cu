@@ -4,10 +4,10 @@
 //
 // GQA: a block owns one KV head and all G query heads of its group, so each K/V vector is read from
 // memory once and used G times.
-// Grid of phase 1: (num_kv_heads, num_seqs, num_partitions); partitions past a sequence's length exit
-// after marking themselves empty, so a CUDA graph can be captured for the longest context.
-// Thread layout: D/8 lanes cover one token's head vector with 16-byte loads; a block of 8 warps works
-// on 8 * 32 / (D/8) tokens at a time.
+// Grid of phase 1: (num_kv_heads, num_seqs, blocks along the partitions), each block looping over
+// partitions up to its sequence's length, so a CUDA graph can be captured for the longest context.
+// Thread layout: D/8 lanes cover one token's head vector with 16-byte reads of the staged K/V; a
+// block of 8 warps works on 8 * 32 / (D/8) tokens at a time.
 //
 // Short prefills run as one-token sequences (engine/cuda_graph.py): with queries_per_block > 1 the
 // multi-query kernel finds, on the device, consecutive sequences that share the partition's blocks
@@ -27,18 +27,53 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kUnroll = 4;  // tokens whose K/V loads are in flight together per thread
+constexpr int kStage = 128;  // tokens of K and of V staged in shared memory at a time
+
+// Shared memory of the per-sequence path: scores (G, partition_size) floats padded to 16 bytes, then
+// the K and V stages (kStage, D) of T each. reduce_buf is separate: kWarps x G x D floats.
+template <int G>
+__host__ __device__ constexpr int scores_floats(int partition_size) {
+  return (G * partition_size + 3) / 4 * 4;
+}
+template <typename T, int D, int G>
+__host__ __device__ constexpr size_t one_sequence_smem_bytes(int partition_size) {
+  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * kStage * D;
+}
+
+// cp.async of up to kStage tokens' head vectors (K or V) into stage[kStage][D]; rows past `count`
+// are zero-filled. The whole block issues; the caller commits and waits.
+template <typename T, int D>
+__device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int32_t* block_table, int block_size,
+                                             int num_kv_heads, int kv_head, int t0, int count) {
+  constexpr int kVecs = D / 8;
+  for (int i = threadIdx.x; i < kStage * kVecs; i += kThreads) {
+    const int r = i / kVecs, v = i % kVecs;
+    const bool valid = r < count;
+    const T* src = cache;  // a readable address for the zero-fill
+    if (valid) {
+      const int t = t0 + r;
+      src = cache + (((size_t)block_table[t / block_size] * block_size + t % block_size) * num_kv_heads + kv_head) * D +
+            v * 8;
+    }
+    mq::cp_async16(stage + r * D + v * 8, src, valid);
+  }
+}
 
 // One sequence's new token against one partition of its context, on the CUDA cores.
-// scores: (G, partition_size) floats of shared memory; reduce_buf: kWarps x G x D floats.
+// The partition's K and V are staged through shared memory kStage tokens at a time with cp.async;
+// for the usual partition of 128 tokens every load of the block is issued at once, so the block
+// waits for memory once. (It used to load K, then V, four tokens per thread at a time: four
+// dependent round trips per block, 10.6 us per layer at 2k context on an H100 for 8 MB of K/V.)
 template <typename T, int D, int G>
 __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
-                                    float (*reduce_buf)[G][D]) {
+                                    float (*reduce_buf)[G][D], T* stage) {
   constexpr int kLanesPerToken = D / 8;
   constexpr int kTokensPerWarp = 32 / kLanesPerToken;
   constexpr int kTokenGroups = kWarps * kTokensPerWarp;
+  constexpr int kRowsPerThread = kStage / kTokenGroups;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int lane_in_token = lane % kLanesPerToken;
+  const int row0 = warp * kTokensPerWarp + lane / kLanesPerToken;  // this thread's first staged row
   const int P = a.partition_size;
   const int seq_len = a.seq_lens[seq];
   const int start = part * P;
@@ -54,15 +89,22 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   }
   const int n = end - start;
 
-  const T* cache = static_cast<const T*>(a.kv_cache);
-  const size_t v_offset = (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
+  const T* k_cache = static_cast<const T*>(a.kv_cache);
+  const T* v_cache = k_cache + (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
   const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
-  auto vec_offset = [&](int t) -> size_t {
-    const int blk = block_table[t / a.block_size];
-    return (((size_t)blk * a.block_size + t % a.block_size) * a.num_kv_heads + kv_head) * D + lane_in_token * 8;
+  T* k_stage = stage;
+  T* v_stage = stage + kStage * D;
+  auto stage_k = [&](int t0) {
+    stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(kStage, end - t0));
   };
+  auto stage_v = [&](int t0) {
+    stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(kStage, end - t0));
+  };
+  stage_k(start);
+  stage_v(start);  // V of the first stage comes with K: one round trip when n <= kStage
+  mq::cp_async_commit();
 
-  // q of the group's heads, this lane's 8 dims, pre-scaled.
+  // q of the group's heads, this lane's 8 dims, pre-scaled (while K and V are on their way).
   float qf[G][8];
   const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
 #pragma unroll
@@ -72,26 +114,29 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
   }
 
-  // Phase 1: scores = q . k for every token of the partition. The loop bound is uniform per warp
-  // (the shuffles below need all 32 lanes); lanes past the end compute on nothing and store nothing.
-  const int lane_token = lane / kLanesPerToken;
-  for (int it = start + warp * kTokensPerWarp; it < end; it += kTokenGroups * kUnroll) {
-    uint4 kraw[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = it + lane_token + u * kTokenGroups;
-      kraw[u] = t < end ? *reinterpret_cast<const uint4*>(cache + vec_offset(t)) : make_uint4(0, 0, 0, 0);
+  // Phase 1: scores = q . k for every token of the partition, a stage at a time. Every thread runs
+  // the same rows per stage (the shuffles need all 32 lanes); rows past the end store nothing.
+  for (int t0 = start; t0 < end; t0 += kStage) {
+    if (t0 != start) {
+      stage_k(t0);
+      mq::cp_async_commit();
     }
+    mq::cp_async_wait<0>();
+    __syncthreads();
+#pragma unroll 4
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int r = row0 + i * kTokenGroups, t = t0 + r;
+      const uint4 kraw = *reinterpret_cast<const uint4*>(k_stage + r * D + lane_in_token * 8);
+      const T* kv = reinterpret_cast<const T*>(&kraw);
+      float kf[8];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = it + lane_token + u * kTokenGroups;
-      const T* kv = reinterpret_cast<const T*>(&kraw[u]);
+      for (int j = 0; j < 8; ++j) kf[j] = to_float(kv[j]);
       float dot[G];
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         dot[g] = 0.f;
 #pragma unroll
-        for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], to_float(kv[j]), dot[g]);
+        for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], kf[j], dot[g]);
 #pragma unroll
         for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
       }
@@ -100,8 +145,8 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
         for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
       }
     }
+    __syncthreads();  // scores complete; the K stage may be refilled
   }
-  __syncthreads();
 
   // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
   for (int g = warp; g < G; g += kWarps) {
@@ -125,25 +170,27 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   }
   __syncthreads();
 
-  // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's tokens.
+  // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's rows, a stage at a time.
   float acc[G][8];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
   }
-  for (int t0 = start + warp * kTokensPerWarp + lane / kLanesPerToken; t0 < end; t0 += kTokenGroups * kUnroll) {
-    uint4 vraw[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = t0 + u * kTokenGroups;
-      if (t < end) vraw[u] = *reinterpret_cast<const uint4*>(cache + v_offset + vec_offset(t));
+  for (int t0 = start; t0 < end; t0 += kStage) {
+    if (t0 != start) {
+      __syncthreads();  // every thread is done with the previous V stage
+      stage_v(t0);
+      mq::cp_async_commit();
+      mq::cp_async_wait<0>();
+      __syncthreads();
     }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int t = t0 + u * kTokenGroups;
-      if (t >= end) break;
-      const T* vv = reinterpret_cast<const T*>(&vraw[u]);
+#pragma unroll 4
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int r = row0 + i * kTokenGroups, t = t0 + r;
+      if (t >= end) break;  // rows ascend with i
+      const uint4 vraw = *reinterpret_cast<const uint4*>(v_stage + r * D + lane_in_token * 8);
+      const T* vv = reinterpret_cast<const T*>(&vraw);
       float vf[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
@@ -184,11 +231,17 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
 // One block per (KV head, sequence, partition): the ordinary decode path.
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
-  extern __shared__ float scores[];  // (G, partition_size)
+  extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   __shared__ float reduce_buf[kWarps][G][D];
   pdl_wait();
   pdl_trigger();
-  attend_one_sequence<T, D, G>(a, blockIdx.y, blockIdx.x, blockIdx.z, scores, reduce_buf);
+  T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
+  const int seq = blockIdx.y, seq_len = a.seq_lens[seq];
+  // Partitions blockIdx.z, + gridDim.z, ... up to the sequence's length (the merge reads no more).
+  for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
+    if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
+    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, reduce_buf, stage);
+  }
 }
 
 // Multi-query path: one block per (KV head, run of queries_per_block consecutive sequences,
@@ -204,43 +257,49 @@ __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(
   __shared__ int shares_prev[mq::kMaxMembers];  // [i]: sequence first + i joins the group of first + i - 1
   pdl_wait();
   pdl_trigger();
-  const int kv_head = blockIdx.x, part = blockIdx.z;
+  const int kv_head = blockIdx.x;
   const int first = blockIdx.y * a.queries_per_block;
   const int num_run = min(a.num_seqs - first, a.queries_per_block);
-  const int P = a.partition_size, start = part * P;
+  const int P = a.partition_size;
   int max_len = 0;
   for (int i = 0; i < num_run; ++i) max_len = max(max_len, a.seq_lens[first + i]);
-  if (start >= max_len) return;  // the merge reads no partition past a sequence's length
-
-  const int bs = a.block_size;
-  const int first_block = start / bs, num_blocks = (start + P - 1) / bs - first_block + 1;
-  if (threadIdx.x < mq::kMaxMembers) shares_prev[threadIdx.x] = threadIdx.x > 0;
-  __syncthreads();
-  for (int i = threadIdx.x; i < (num_run - 1) * num_blocks; i += kThreads) {
-    const int m = 1 + i / num_blocks, b = first_block + i % num_blocks, j = first + m;
-    const int len = a.seq_lens[j], prev_len = a.seq_lens[j - 1];
-    if (len <= 0 || prev_len <= 0) {
-      shares_prev[m] = 0;
-      continue;
+  // Partitions blockIdx.z, + gridDim.z, ... up to the run's longest sequence (the merge reads no
+  // partition past a sequence's length).
+  for (int part = blockIdx.z; part < a.num_partitions && part * P < max_len; part += gridDim.z) {
+    const int start = part * P;
+    const int bs = a.block_size;
+    const int first_block = start / bs, num_blocks = (start + P - 1) / bs - first_block + 1;
+    __syncthreads();  // the previous partition is done with shares_prev and shared memory
+    if (threadIdx.x < mq::kMaxMembers) shares_prev[threadIdx.x] = threadIdx.x > 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < (num_run - 1) * num_blocks; i += kThreads) {
+      const int m = 1 + i / num_blocks, b = first_block + i % num_blocks, j = first + m;
+      const int len = a.seq_lens[j], prev_len = a.seq_lens[j - 1];
+      if (len <= 0 || prev_len <= 0) {
+        shares_prev[m] = 0;
+        continue;
+      }
+      const int used_end = min(start + P, max(len, prev_len));  // tokens either can see here
+      if (b * bs >= used_end) continue;
+      if (a.block_tables[(size_t)j * a.max_blocks_per_seq + b] !=
+          a.block_tables[(size_t)(j - 1) * a.max_blocks_per_seq + b])
+        shares_prev[m] = 0;
     }
-    const int used_end = min(start + P, max(len, prev_len));  // tokens either can see here
-    if (b * bs >= used_end) continue;
-    if (a.block_tables[(size_t)j * a.max_blocks_per_seq + b] != a.block_tables[(size_t)(j - 1) * a.max_blocks_per_seq + b])
-      shares_prev[m] = 0;
-  }
-  __syncthreads();
-  for (int head = 0; head < num_run;) {
-    int num_members = 1;
-    while (head + num_members < num_run && shares_prev[head + num_members]) ++num_members;
-    if (num_members == 1) {
-      float* scores = reinterpret_cast<float*>(mq_smem);
-      auto* reduce_buf = reinterpret_cast<float(*)[G][D]>(scores + G * P);
-      attend_one_sequence<T, D, G>(a, first + head, kv_head, part, scores, reduce_buf);
-    } else {
-      mq::attend_members<T, D, G>(a, first + head, num_members, kv_head, part, mq_smem);
+    __syncthreads();
+    for (int head = 0; head < num_run;) {
+      int num_members = 1;
+      while (head + num_members < num_run && shares_prev[head + num_members]) ++num_members;
+      if (num_members == 1) {
+        float* scores = reinterpret_cast<float*>(mq_smem);
+        auto* reduce_buf = reinterpret_cast<float(*)[G][D]>(scores + scores_floats<G>(P));
+        T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(P) + kWarps * G * D);
+        attend_one_sequence<T, D, G>(a, first + head, kv_head, part, scores, reduce_buf, stage);
+      } else {
+        mq::attend_members<T, D, G>(a, first + head, num_members, kv_head, part, mq_smem);
+      }
+      head += num_members;
+      __syncthreads();  // shared memory is rewritten by the next group
     }
-    head += num_members;
-    __syncthreads();  // shared memory is rewritten by the next group
   }
 }
 
@@ -289,22 +348,48 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   out[d] = from_float<T>(num * inv_den);
 }
 
+// Blocks along the partitions: enough for one wave of the grid, each block looping over partitions
+// z, z + gridDim.z, ... A CUDA graph is captured for the longest context, so most partitions of a
+// short one are empty: one block per partition (128 at a 16k capture, per KV head) spent ~1 us per
+// empty block cycling through the free slots, more than the work of the full ones at 2k context.
+template <typename Kernel>
+int partition_blocks(Kernel kernel, size_t smem, int other_blocks, int num_partitions) {
+  int dev = 0, sms = 1, per_sm = 1;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess || per_sm < 1) {
+    cudaGetLastError();
+    per_sm = 1;
+  }
+  const int z = (sms * per_sm + other_blocks - 1) / other_blocks;
+  return std::max(1, std::min(num_partitions, z));
+}
+
+template <typename Kernel>
+cudaError_t allow_smem(Kernel kernel, size_t dynamic_smem, size_t static_smem) {
+  if (dynamic_smem + static_smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic_smem);
+}
+
 template <typename T, int D, int G>
 cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
   const int runs = (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block;
-  const dim3 grid(a.num_kv_heads, runs, a.num_partitions);
   if (a.queries_per_block <= 1) {
-    const size_t smem = sizeof(float) * G * a.partition_size;
-    return launch_pdl(decode_attention_kernel<T, D, G>, grid, dim3(kThreads), smem, stream, a);
-  }
-  // The same shared memory serves the per-sequence path (scores + reduce_buf) or the K/V stages.
-  const size_t smem =
-      std::max(mq::kv_smem_bytes<T, D>(), sizeof(float) * (G * a.partition_size + kWarps * G * D));
-  auto kernel = decode_attention_multi_query_kernel<T, D, G>;
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    const size_t smem = one_sequence_smem_bytes<T, D, G>(a.partition_size);
+    auto kernel = decode_attention_kernel<T, D, G>;
+    const cudaError_t err = allow_smem(kernel, smem, sizeof(float) * kWarps * G * D);
     if (err != cudaSuccess) return err;
+    const dim3 grid(a.num_kv_heads, runs, partition_blocks(kernel, smem, a.num_kv_heads * runs, a.num_partitions));
+    return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
   }
+  // The same shared memory serves the per-sequence path (scores, reduce_buf, K/V stages) or the
+  // multi-query kernel's K/V stages.
+  const size_t smem = std::max(mq::kv_smem_bytes<T, D>(), one_sequence_smem_bytes<T, D, G>(a.partition_size) +
+                                                              sizeof(float) * kWarps * G * D);
+  auto kernel = decode_attention_multi_query_kernel<T, D, G>;
+  const cudaError_t err = allow_smem(kernel, smem, sizeof(int) * mq::kMaxMembers);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(a.num_kv_heads, runs, partition_blocks(kernel, smem, a.num_kv_heads * runs, a.num_partitions));
   return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
 }
 

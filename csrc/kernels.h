@@ -32,8 +32,9 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
                                  const void* zeros, const void* bias, const void* residual, void* out, float* partials,
                                  int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream);
 
-// Warps per block of the tensor-core GEMV, for benchmarks: 0 the default (8), else 2..8.
-void set_gemv_block_warps(int warps);
+// Benchmark knobs of the tensor-core GEMV: warps per block (0: the launcher chooses, else 2..8) and
+// whether grids of at most 2 blocks per SM take batches of 8 chunks (default on).
+void set_gemv_tuning(int block_warps, bool wide_batches);
 
 // Programmatic dependent launch for the kernels that support it (launch.cuh): -1 auto, 0 off, 1 on.
 void set_pdl_mode(int mode);

@@ -11,8 +11,8 @@
 //     second, so each pair comes out of a word with one mask (the fp16 1024.0 mantissa trick) and
 //     the activations of the same k are paired with two byte permutes.
 // (q - zero) is exact in fp16/bf16 for integer zeros; the scale is applied in fp32 once per group.
-// Requirements (else the CUDA-core kernel serves): 4-bit, integer zeros, K % 32 == 0,
-// group_size % 32 == 0, N % 32 == 0.
+// Requirements (else the CUDA-core kernel serves): 4-bit, integer zeros, K % 128 == 0 (whole batches
+// of 4 chunks; every real layer width is a multiple of 128), group_size % 32 == 0, N % 32 == 0.
 //
 // Work split: a block owns 32 columns and one of `splits` equal slices of K; its warps split the
 // slice again. One block per 32 columns leaves most shapes with a ragged last wave (4096 x 14336:
@@ -36,8 +36,13 @@ namespace {
 constexpr int kUnroll = 4;    // the most 16-byte weight vectors in flight per lane
 constexpr int kMaxWarps = 8;  // per block
 
-// Warps per block, fixed for benchmarks by set_gemv_block_warps (0: block_warps chooses).
-int& gemv_block_warps();
+// Benchmark knobs (set_gemv_tuning): warps per block (0: block_warps chooses) and whether small
+// grids take batches of 8 chunks.
+struct GemvTuning {
+  int block_warps = 0;
+  bool wide_batches = true;
+};
+GemvTuning& gemv_tuning();
 
 template <typename T>
 struct MmaTraits;
@@ -119,15 +124,18 @@ __device__ __forceinline__ uint32_t mask_or(uint32_t w, uint32_t magic) {
 }
 
 // MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). The block's warps split K.
-// One-tile 8-warp blocks fit 3 per SM (24 warps) so the loads of more warps overlap the math.
-// U: chunks (16-byte vectors per lane) per batch, a divisor of the chunks per group, so a batch
-// lies in one group and its scales are loaded with its weights (one memory round trip per batch).
-// The host rounds every K slice to whole batches, so the loop has no bounds checks, and the
-// pointers step by one batch: in an earlier version index math, an integer division per batch and
-// per-chunk guards took as many instructions as the dequantization and the mma (125 per chunk).
+// U: chunks (16-byte vectors per lane) per batch, loaded together with the scales and zeros of
+// their groups: one memory round trip per batch. S: chunks per sub-batch, a common divisor of U and
+// the chunks per group, so each sub-batch lies in one group. The host rounds every K slice to whole
+// batches, so the loop has no bounds checks, and the pointers step by one batch: in an earlier
+// version index math, an integer division per batch and per-chunk guards took as many instructions
+// as the dequantization and the mma (125 per chunk).
+// U = 4 at 80 registers fits 3 eight-warp blocks per SM (24 warps), so the loads of more warps
+// overlap the math. U = 8 (128 registers, 16 warps per SM) serves grids too small to fill those
+// slots: with a short K slice per warp its whole slice is requested at once, before pdl_wait.
 // With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
-template <typename T, int MT, int U>
-__global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 3 : 2)
+template <typename T, int MT, int U, int S>
+__global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 && U <= 4 ? 3 : 2)
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const T* __restrict__ residual,
                          T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
@@ -153,7 +161,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 3 : 2)
     x_row[mt] = row < M;
     xp[mt] = reinterpret_cast<const uint4*>(x + (size_t)(x_row[mt] ? row : 0) * K) + (size_t)c_begin * 4 + t;
   }
-  int in_group = c_begin % chunks_per_group;  // the batch's first chunk, counted in its group
+  // Position in its group of the next sub-batch to compute; a load runs when the compute has
+  // reached the batch it loads, so it starts from the same position.
+  int in_group = c_begin % chunks_per_group;
   const uint2* sp = reinterpret_cast<const uint2*>(scales + (size_t)(c_begin / chunks_per_group) * N + col0);
   const uint2* zp = reinterpret_cast<const uint2*>(zeros + (size_t)(c_begin / chunks_per_group) * N + col0);
 
@@ -199,26 +209,42 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 3 : 2)
       }
     }
   };
+  constexpr int SB = U / S;  // sub-batches per batch
   uint4 wv[U];
-  uint2 s_raw, z_raw;
+  uint2 s_raw[SB], z_raw[SB];
   auto load = [&]() {
     const uint4* p = wp;
 #pragma unroll
     for (int u = 0; u < U; ++u, p += N) wv[u] = __ldcs(p);
-    s_raw = __ldg(sp);
-    z_raw = __ldg(zp);
+    int load_in_group = in_group;
+#pragma unroll
+    for (int sb = 0; sb < SB; ++sb) {
+      s_raw[sb] = __ldg(sp);
+      z_raw[sb] = __ldg(zp);
+      load_in_group += S;
+      if (load_in_group == chunks_per_group) {
+        load_in_group = 0;
+        sp += N / 4;
+        zp += N / 4;
+      }
+    }
+    wp += (size_t)U * N;
   };
 
   if (b_begin < b_end) load();
   pdl_wait();
   pdl_trigger();
   for (int b = b_begin; b < b_end; ++b) {
-    if (in_group == 0 || b == b_begin) {
-      if (b != b_begin) flush();
-      set_group(s_raw, z_raw);
-    }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      if (u % S == 0) {
+        if (in_group == 0 || (b == b_begin && u == 0)) {
+          if (b != b_begin || u != 0) flush();
+          set_group(s_raw[u / S], z_raw[u / S]);
+        }
+        in_group += S;
+        if (in_group == chunks_per_group) in_group = 0;
+      }
       // The chunk's activations (L1 hits) just before their use: 4 registers per row tile, not 4 * U.
       uint4 xv[MT];
 #pragma unroll
@@ -255,15 +281,8 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 3 : 2)
         }
       }
     }
-    wp += (size_t)U * N;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xp[mt] += 4 * U;
-    in_group += U;
-    if (in_group == chunks_per_group) {
-      in_group = 0;
-      sp += N / 4;
-      zp += N / 4;
-    }
     if (b + 1 < b_end) load();
   }
   if (b_begin < b_end) flush();
@@ -311,9 +330,9 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 ? 3 : 2)
   if (splits > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next call
 }
 
-int& gemv_block_warps() {
-  static int warps = 0;
-  return warps;
+GemvTuning& gemv_tuning() {
+  static GemvTuning tuning;
+  return tuning;
 }
 
 // K slice of one block: whole batches of kUnroll chunks.
@@ -329,9 +348,9 @@ int chunks_per_split(int num_chunks, int splits) {
 // per-block prologue and reduction weigh less. H100, batch 1: 4096 x 14336 (448 blocks) 1622 ->
 // 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 25).
 // The occupancy per SM is asked once per kernel (the first device's; the cards of a machine alike).
-template <typename T, int MT, int U>
+template <typename T, int MT, int U, int S>
 int block_warps(int blocks) {
-  if (gemv_block_warps() > 0) return gemv_block_warps();
+  if (gemv_tuning().block_warps > 0) return gemv_tuning().block_warps;
   static int per_sm[kMaxWarps + 1] = {};  // resident blocks per SM by warps per block; 0: not asked
   static int sms = 0;
   if (sms == 0) {
@@ -339,7 +358,7 @@ int block_warps(int blocks) {
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     for (int w = 2; w <= kMaxWarps; ++w)
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U>, w * 32, 0) !=
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U, S>, w * 32, 0) !=
           cudaSuccess) {
         cudaGetLastError();
         per_sm[w] = 0;
@@ -352,36 +371,51 @@ int block_warps(int blocks) {
   return kMaxWarps;
 }
 
-template <typename T, int MT, int U>
+template <typename T, int MT, int U, int S>
 cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o, float* partials,
-                      int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream) {
-  const int num_chunks = K / 32;
-  const int per_split = chunks_per_split(num_chunks, splits);
-  splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
+                      int* counters, int M, int K, int N, int group_size, int per_split, int splits,
+                      cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
-  const int warps = block_warps<T, MT, U>(grid.x * grid.y);
-  return launch_pdl(quant_gemv_tc_kernel<T, MT, U>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, r, o, partials, counters, M, K, N,
-                    group_size, per_split);
+  const int warps = block_warps<T, MT, U, S>(grid.x * grid.y);
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, r, o,
+                    partials, counters, M, K, N, group_size, per_split);
 }
 
-// Batches of 4 chunks where the group size allows (128 and its multiples: every checkpoint exlsp
-// writes), else of 2 (group 64) or 1 (group 32).
+int num_sms() {
+  static int sms = 0;
+  if (sms == 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  }
+  return sms;
+}
+
+// Batches of 4 chunks, in sub-batches of the largest common divisor of 4 and the chunks per group
+// (4 for group 128 and its multiples: every checkpoint exlsp writes). Batches of 8 where the grid
+// is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches).
 template <typename T, int MT>
 cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o,
                         float* partials, int* counters, int M, int K, int N, int group_size, int splits,
                         cudaStream_t stream) {
-  const int chunks_per_group = group_size / 32;
-  if (chunks_per_group % 4 == 0)
-    return launch_mt<T, MT, 4>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, splits, stream);
-  if (chunks_per_group % 2 == 0)
-    return launch_mt<T, MT, 2>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, splits, stream);
-  return launch_mt<T, MT, 1>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, splits, stream);
+  const int num_chunks = K / 32, chunks_per_group = group_size / 32;
+  const int per_split = chunks_per_split(num_chunks, splits);
+  splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
+#define EXLSP_GEMV_LAUNCH(UU, SS) \
+  launch_mt<T, MT, UU, SS>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, per_split, splits, stream)
+  if (MT == 1 && gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && num_chunks % 8 == 0 &&
+      (N / 32) * splits <= 2 * num_sms())
+    return chunks_per_group % 8 == 0 ? EXLSP_GEMV_LAUNCH(8, 8) : EXLSP_GEMV_LAUNCH(8, 4);
+  if (chunks_per_group % 4 == 0) return EXLSP_GEMV_LAUNCH(4, 4);
+  if (chunks_per_group % 2 == 0) return EXLSP_GEMV_LAUNCH(4, 2);
+  return EXLSP_GEMV_LAUNCH(4, 1);
+#undef EXLSP_GEMV_LAUNCH
 }
 
 }  // namespace
 
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size) {
-  return bits == 4 && K % 32 == 0 && N % 32 == 0 && group_size % 32 == 0 && K % group_size == 0;
+  return bits == 4 && K % 128 == 0 && N % 32 == 0 && group_size % 32 == 0 && K % group_size == 0;
 }
 
 void set_pdl_mode(int mode) { pdl_mode() = mode; }
@@ -392,7 +426,7 @@ int quant_gemv_tc_effective_splits(int K, int splits) {
   return (num_chunks + per_split - 1) / per_split;
 }
 
-void set_gemv_block_warps(int warps) { gemv_block_warps() = warps; }
+void set_gemv_tuning(int block_warps, bool wide_batches) { gemv_tuning() = GemvTuning{block_warps, wide_batches}; }
 
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const void* residual, void* out, float* partials,

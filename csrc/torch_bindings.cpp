@@ -138,7 +138,8 @@ void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales,
   const Dtype dtype = model_dtype(x, op);
   const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
   EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
-              "exlsp::quant_gemv_tc: needs K, N and group_size multiples of 32, got K=%s N=%s group_size=%s",
+              "exlsp::quant_gemv_tc: needs K a multiple of 128, N and group_size multiples of 32 and K of "
+              "group_size, got K=%s N=%s group_size=%s",
               to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
   float* partials_ptr = nullptr;
   int* counters_ptr = nullptr;
@@ -175,11 +176,11 @@ void set_launch_pdl(int64_t mode) {
   set_pdl_mode((int)mode);
 }
 
-void set_quant_gemv_tc_block_warps(int64_t warps) {
-  EXLSP_CHECK(warps == 0 || (warps >= 2 && warps <= 8),
-              "exlsp::set_quant_gemv_tc_block_warps: warps must be 0 (the default) or 2..8, got %s",
-              to_str(warps).c_str());
-  set_gemv_block_warps((int)warps);
+void set_quant_gemv_tc_tuning(int64_t block_warps, bool wide_batches) {
+  EXLSP_CHECK(block_warps == 0 || (block_warps >= 2 && block_warps <= 8),
+              "exlsp::set_quant_gemv_tc_tuning: block_warps must be 0 (the launcher chooses) or 2..8, got %s",
+              to_str(block_warps).c_str());
+  set_gemv_tuning((int)block_warps, wide_batches);
 }
 
 // A column slice of a row-major matrix: unit column stride, rows `ld` apart (the dequantize op takes
@@ -425,7 +426,7 @@ TORCH_LIBRARY(exlsp, m) {
       "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
-  m.def("set_quant_gemv_tc_block_warps(int warps) -> ()", &exlsp::set_quant_gemv_tc_block_warps);
+  m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "

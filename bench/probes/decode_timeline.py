@@ -86,6 +86,7 @@ def main() -> int:
         print(
             f"\nPDL {'on' if pdl else 'off'}: step wall {wall:.0f} us, kernels busy {busy:.0f} us, gaps {wall - busy:.0f} us"
         )
+        del step
         if pdl:
             continue
         fam = collections.defaultdict(list)
@@ -97,7 +98,6 @@ def main() -> int:
             print(
                 f"{name:48s} {len(ds) / args.steps:10.1f} {sum(ds) / len(ds):8.2f} {sum(ds) / args.steps:8.1f}"
             )
-        del step
     torch.ops.exlsp.set_launch_pdl(-1)
     return 0
 

@@ -246,27 +246,31 @@ def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding
 _split_counters: dict[torch.device, torch.Tensor] = {}
 _num_sms: dict[torch.device, int] = {}
 MAX_GEMV_SPLITS = 8
-# Cost model of one block, in chunks of 32 k per warp: at least GEMV_MIN_ROUND (a warp with fewer
-# chunks still waits about one memory round trip per batch) plus GEMV_BLOCK_COST (prologue,
-# reduction, epilogue). Fitted on H100 sweeps (bench/bench_gpu.py --gemv-sweep): splitting paid for
-# 14336 x 4096 (+20%) and was neutral or worse for 4096-wide inputs.
-GEMV_MIN_ROUND = 8
+# Cost model, in chunks of 32 k per warp: each wave of blocks costs its chunks per warp (at least
+# GEMV_MIN_ROUND: a warp with fewer still waits a memory round trip) plus GEMV_BLOCK_COST (prologue,
+# reduction, epilogue); a split adds GEMV_SPLIT_COST (partial sums through L2, the last block's
+# pass). Fitted on an H100 sweep (bench/bench_gemv_sweep.py, bench/NOTES.md 27): with the lean K
+# loop a split pays only for a long K (14336 x 4096: 3 splits, +8%) or a grid far below one wave
+# (4096 x 1024: 4 splits, +5%); at K = 4096 and 128-192 tiles one slice won by 10-17%.
+GEMV_MIN_ROUND = 4
 GEMV_BLOCK_COST = 8
+GEMV_SPLIT_COST = 10
 
 
 @functools.cache  # pure, and asked on every eager GEMV call: a few shapes per model
 def gemv_splits(in_features: int, out_features: int, rows: int, num_sms: int) -> int:
-    """K slices per 32 output columns for the tensor-core GEMV: the fewest that fill the GPU's block
-    slots evenly. Cost: waves of blocks x the cost of one block; a ragged last wave costs a whole one."""
+    """K slices per 32 output columns for the tensor-core GEMV. Cost: waves of blocks x the cost of one
+    block (a ragged last wave costs a whole one), plus a fixed cost for splitting at all."""
     tiles, chunks = out_features // 32, in_features // 32
-    slots = num_sms * (3 if rows <= 8 else 2)  # 8-warp blocks resident per SM (80 / 94 registers)
+    slots = num_sms * (3 if rows <= 8 else 2)  # 8-warp blocks resident per SM (80 / 128 registers)
     best, best_cost = 1, math.inf
     for splits in range(1, MAX_GEMV_SPLITS + 1):
         per_warp = math.ceil(math.ceil(chunks / splits) / 8)
         if splits > 1 and per_warp < 2:
             break
         cost = math.ceil(tiles * splits / slots) * (max(per_warp, GEMV_MIN_ROUND) + GEMV_BLOCK_COST)
-        if cost < best_cost * 0.95:  # a split must pay for its extra partial-sum traffic
+        cost += GEMV_SPLIT_COST if splits > 1 else 0
+        if cost < best_cost:
             best, best_cost = splits, cost
     return best
 
@@ -321,9 +325,10 @@ def _tc_ok(w: PackedWeight) -> bool:
     return (
         getattr(w, "integer_zeros", False)
         and w.bits == 4
-        and k % 32 == 0
+        and k % 128 == 0  # whole batches of 4 chunks of 32
         and n % 32 == 0
         and w.group_size % 32 == 0
+        and k % w.group_size == 0
     )
 
 

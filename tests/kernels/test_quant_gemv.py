@@ -162,21 +162,22 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
     assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
 
-@pytest.mark.parametrize("warps", [0, 2, 3, 5])
+@pytest.mark.parametrize("tuning", [(0, True), (0, False), (2, True), (3, False), (5, True)], ids=str)
 @pytest.mark.parametrize("rows", [1, 11])
 @pytest.mark.parametrize(
-    "shape", [(4096, 14336, 128), (1024, 96, 32), (640, 256, 64), (4352, 512, 256), (96, 64, 32)], ids=str
+    "shape", [(4096, 14336, 128), (1024, 96, 32), (640, 256, 64), (4352, 512, 256), (384, 64, 32)], ids=str
 )
-def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, warps):
-    """Any warps per block, batches of 4, 2 or 1 chunks (group 128 and up, 64, 32), K slices that
-    split unevenly over the warps (640: 20 chunks) or leave some warps without a batch (96 over 8)."""
+def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, tuning):
+    """Any warps per block, batches of 8 or 4 chunks in sub-batches of 8, 4, 2 or 1 (group 256, 128,
+    64, 32), K slices that split unevenly over the warps (640: 20 chunks) or leave some warps without
+    a batch (384: 3 batches over 8)."""
     k, n, group_size = shape
     ops = exlsp_ops()
     seed = k + 3 * n + rows
     w = random_packed_weight(k, n, bits=4, group_size=group_size, dtype=torch.float16, bias=True, seed=seed)
     x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").half()
     want = reference(x, w)
-    ops.set_quant_gemv_tc_block_warps(warps)
+    ops.set_quant_gemv_tc_tuning(*tuning)
     try:
         for splits in (1, 3):
             launched = ops.quant_gemv_tc_splits(k, splits)
@@ -188,12 +189,28 @@ def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, warps):
             )
             assert rel_err(out, want) <= REL_TOL, (splits, launched)
     finally:
-        ops.set_quant_gemv_tc_block_warps(0)
+        ops.set_quant_gemv_tc_tuning(0, True)
+
+
+def test_tensor_core_gemv_needs_whole_batches_of_k_and_quant_linear_routes_the_rest():
+    """K = 96 is 3 chunks of 32, no whole batch of 4: the tensor-core op refuses it by name, and
+    quant_linear serves it with the CUDA-core kernel."""
+    from engine.ops import cuda
+
+    ops = exlsp_ops()
+    w = random_packed_weight(96, 64, bits=4, group_size=32, dtype=torch.float16, bias=True, seed=9)
+    x = torch.randn((3, 96), generator=generator(10), device="cuda").half()
+    out = torch.empty((3, 64), device="cuda").half()
+    with pytest.raises(RuntimeError, match="needs K a multiple of 128, .* got K=96 N=64 group_size=32"):
+        ops.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, 32, out)
+    prepared = cuda.prepare_quant_weight(w)
+    assert prepared.integer_zeros and not cuda._tc_ok(prepared)
+    assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
 
 def test_tensor_core_gemv_rejects_a_bad_block_size():
-    with pytest.raises(RuntimeError, match=r"warps must be 0 \(the default\) or 2..8, got 9"):
-        exlsp_ops().set_quant_gemv_tc_block_warps(9)
+    with pytest.raises(RuntimeError, match=r"block_warps must be 0 \(the launcher chooses\) or 2..8, got 9"):
+        exlsp_ops().set_quant_gemv_tc_tuning(9, True)
 
 
 @pytest.mark.parametrize("pdl", [0, 1])
@@ -247,9 +264,9 @@ def test_quant_linear_splits_k_for_the_decode_shapes_and_matches_reference():
 
     exlsp_ops()
     w = cuda.prepare_quant_weight(
-        random_packed_weight(4096, 4096, bits=4, group_size=128, dtype=torch.float16, seed=5)
+        random_packed_weight(14336, 4096, bits=4, group_size=128, dtype=torch.float16, seed=5)
     )
-    assert cuda.gemv_splits(4096, 4096, 1, torch.cuda.get_device_properties(0).multi_processor_count) > 1
-    x = torch.randn((1, 4096), generator=generator(6), device="cuda").half()
+    assert cuda.gemv_splits(14336, 4096, 1, torch.cuda.get_device_properties(0).multi_processor_count) > 1
+    x = torch.randn((1, 14336), generator=generator(6), device="cuda").half()
     assert rel_err(cuda.quant_linear(x, w), reference(x, w)) <= REL_TOL
     assert not cuda.split_counters(x.device).any()

@@ -15,9 +15,10 @@ H100_SMS = 132
 @pytest.mark.parametrize(
     ("k", "n", "expected"),
     [
-        (4096, 6144, 2),  # Llama-3-8B q|k|v: 192 tiles -> 384 blocks, one wave of 396 slots
-        (4096, 4096, 2),  # o: 128 tiles -> 256 blocks
+        (4096, 6144, 1),  # Llama-3-8B q|k|v: 192 tiles of 16 chunks per warp; a split does not pay
+        (4096, 4096, 1),  # o: 128 tiles
         (14336, 4096, 3),  # down: long K, 384 blocks of 19 chunks per warp
+        (4096, 1024, 4),  # a narrow layer: 32 tiles leave the GPU nearly empty
         (4096, 14336, 1),  # gate or up alone: 448 tiles; a split would add a third wave
         (4096, 28672, 1),  # gate|up
         (4096, 128256, 1),  # lm_head: 4008 tiles already fill ten waves

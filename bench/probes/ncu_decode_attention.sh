@@ -1,0 +1,7 @@
+# Probe: Nsight Compute on the decode attention kernel inside the served decode step (Llama-3-8B
+# shape, 2k context, graph captured for a 16k cache): speed of light, occupancy, stall reasons.
+# Run on the GPU machine from the repo root; $OUT receives the report.
+M=smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__inst_executed.sum,gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__grid_size,launch__occupancy_limit_shared_mem,sm__cycles_active.avg,sm__cycles_elapsed.avg
+ncu --kernel-name regex:decode_attention_kernel --launch-skip 40 --launch-count 1 --metrics $M \
+  python3 bench/probes/decode_timeline.py --steps 2 > $OUT/ncu_attn.txt 2>&1
+grep -E "stalled|inst_executed|duration|dram__|warps_active|grid_size|occupancy|cycles" $OUT/ncu_attn.txt | awk '{print $1, $(NF)}' | sed 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//'
