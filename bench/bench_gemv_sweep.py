@@ -23,7 +23,7 @@ from bench.engine_step import BLOCK_SIZE, CACHE_TOKENS, ServedStep  # noqa: E402
 from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 
-SHAPES = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]
+SHAPES = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024), (896, 1152)]
 # (label, warps per block (0: the launcher chooses), batches of 8 for small grids)
 TUNINGS = [("auto", 0, True), ("w8", 8, True), ("u4", 0, False)]
 

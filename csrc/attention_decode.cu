@@ -40,22 +40,36 @@ __host__ __device__ constexpr size_t one_sequence_smem_bytes(int partition_size)
   return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * kStage * D;
 }
 
-// cp.async of up to kStage tokens' head vectors (K or V) into stage[kStage][D]; rows past `count`
-// are zero-filled. The whole block issues; the caller commits and waits.
+// cp.async of rows [row_lo, row_hi) of a stage (kStage tokens' head vectors, K or V, from token t0)
+// into stage[kStage][D], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
+// whole block issues; the caller commits and waits.
 template <typename T, int D>
 __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int32_t* block_table, int block_size,
-                                             int num_kv_heads, int kv_head, int t0, int count) {
+                                             int num_kv_heads, int kv_head, int t0, int count, int row_lo = 0,
+                                             int row_hi = kStage, int skip_lo = 0, int skip_hi = 0) {
   constexpr int kVecs = D / 8;
-  for (int i = threadIdx.x; i < kStage * kVecs; i += kThreads) {
-    const int r = i / kVecs, v = i % kVecs;
-    const bool valid = r < count;
-    const T* src = cache;  // a readable address for the zero-fill
-    if (valid) {
-      const int t = t0 + r;
-      src = cache + (((size_t)block_table[t / block_size] * block_size + t % block_size) * num_kv_heads + kv_head) * D +
-            v * 8;
+  constexpr int kRowStep = kThreads / kVecs;  // a thread's rows: r0, r0 + kRowStep, ...
+  static_assert(kStage % kRowStep == 0, "whole row steps per stage");
+  const int v = threadIdx.x % kVecs, r0 = threadIdx.x / kVecs;
+  // The cache block and slot of this thread's rows, stepped without a division per row (a division
+  // by the runtime block size per copy was the largest part of the kernel's instructions).
+  const int step_blocks = kRowStep / block_size, step_slots = kRowStep % block_size;
+  int blk = (t0 + r0) / block_size, slot = (t0 + r0) % block_size;
+#pragma unroll 4
+  for (int r = r0; r < kStage; r += kRowStep) {
+    if (r >= row_lo && r < row_hi && !(r >= skip_lo && r < skip_hi)) {
+      const bool valid = r < count;
+      const T* src = cache;  // a readable address for the zero-fill
+      if (valid)
+        src = cache + (((size_t)block_table[blk] * block_size + slot) * num_kv_heads + kv_head) * D + v * 8;
+      mq::cp_async16(stage + r * D + v * 8, src, valid);
     }
-    mq::cp_async16(stage + r * D + v * 8, src, valid);
+    blk += step_blocks;
+    slot += step_slots;
+    if (slot >= block_size) {
+      slot -= block_size;
+      ++blk;
+    }
   }
 }
 
@@ -64,9 +78,16 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
 // for the usual partition of 128 tokens every load of the block is issued at once, so the block
 // waits for memory once. (It used to load K, then V, four tokens per thread at a time: four
 // dependent round trips per block, 10.6 us per layer at 2k context on an H100 for 8 MB of K/V.)
+//
+// wait_predecessor: the block has not yet waited for the kernel before it (PDL, launch.cuh). The
+// step's own inputs (sequence lengths, block tables) and the K/V that earlier steps cached are no
+// kernel's output, so their loads are issued first; q and the K/V of the step's new tokens, which
+// the previous kernel writes, are read after the wait. A step adds at most num_seqs tokens to any
+// sequence's context (one per row; a short prompt's tokens are consecutive rows), and they are its
+// last ones, so rows from seq_len - num_seqs on wait.
 template <typename T, int D, int G>
 __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
-                                    float (*reduce_buf)[G][D], T* stage) {
+                                    float (*reduce_buf)[G][D], T* stage, bool wait_predecessor = false) {
   constexpr int kLanesPerToken = D / 8;
   constexpr int kTokensPerWarp = 32 / kLanesPerToken;
   constexpr int kTokenGroups = kWarps * kTokensPerWarp;
@@ -81,6 +102,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
   const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
   if (start >= end || end <= window_lo) {
+    if (wait_predecessor) pdl_wait();  // before the first write
     if (threadIdx.x < G) {
       a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
       a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
@@ -100,8 +122,22 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   auto stage_v = [&](int t0) {
     stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(kStage, end - t0));
   };
-  stage_k(start);
-  stage_v(start);  // V of the first stage comes with K: one round trip when n <= kStage
+  // V of the first stage comes with K: one round trip when n <= kStage.
+  const int first_count = min(kStage, end - start);
+  const int defer = wait_predecessor ? max(0, seq_len - a.num_seqs - start) : kStage;  // first row that waits
+  stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
+                     kStage, defer, first_count);
+  stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
+                     kStage, defer, first_count);
+  if (wait_predecessor) {
+    pdl_wait();
+    if (defer < first_count) {
+      stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
+                         defer, first_count);
+      stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
+                         defer, first_count);
+    }
+  }
   mq::cp_async_commit();
 
   // q of the group's heads, this lane's 8 dims, pre-scaled (while K and V are on their way).
@@ -233,15 +269,17 @@ template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   __shared__ float reduce_buf[kWarps][G][D];
-  pdl_wait();
-  pdl_trigger();
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
-  const int seq = blockIdx.y, seq_len = a.seq_lens[seq];
+  const int seq = blockIdx.y, seq_len = a.seq_lens[seq];  // a step input, no kernel's output
   // Partitions blockIdx.z, + gridDim.z, ... up to the sequence's length (the merge reads no more).
+  // The first one's cached K/V is requested before waiting for the previous kernel.
   for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
     if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
-    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, reduce_buf, stage);
+    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, reduce_buf, stage, part == (int)blockIdx.z);
+    pdl_trigger();
   }
+  pdl_wait();  // a block without a partition too (no-op after the first)
+  pdl_trigger();
 }
 
 // Multi-query path: one block per (KV head, run of queries_per_block consecutive sequences,

@@ -31,6 +31,12 @@ __global__ void __launch_bounds__(kNormThreads)
                     float eps) {
   constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
   __shared__ float scratch[kNormThreads / 32];
+  float w[kMaxVecs][8];  // the weight is no kernel's output: read before waiting for the predecessor
+#pragma unroll
+  for (int i = 0; i < kMaxVecs; ++i) {
+    const int col = (threadIdx.x + i * kNormThreads) * 8;
+    if (col < hidden) load8_as_float(weight + col, w[i]);
+  }
   pdl_wait();
   pdl_trigger();
   const size_t row = (size_t)blockIdx.x * hidden;
@@ -59,10 +65,9 @@ __global__ void __launch_bounds__(kNormThreads)
     const int col = (threadIdx.x + i * kNormThreads) * 8;
     if (col < hidden) {
       if (residual_out) store8_from_float(residual_out + row + col, v[i]);
-      float w[8], o[8];
-      load8_as_float(weight + col, w);
+      float o[8];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) o[j] = v[i][j] * inv_rms * w[j];
+      for (int j = 0; j < 8; ++j) o[j] = v[i][j] * inv_rms * w[i][j];
       store8_from_float(out + row + col, o);
     }
   }

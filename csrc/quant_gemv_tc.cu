@@ -34,7 +34,17 @@ namespace exlsp {
 namespace {
 
 constexpr int kUnroll = 4;    // the most 16-byte weight vectors in flight per lane
-constexpr int kMaxWarps = 8;  // per block
+constexpr int kMaxWarps = 8;  // per block, batches of 4 chunks
+
+// Batches of 8 chunks (128 registers) serve small grids, where a block may have 16 warps.
+template <int U>
+__host__ __device__ constexpr int max_warps() {
+  return U == 8 ? 16 : kMaxWarps;
+}
+template <int MT, int U>
+__host__ __device__ constexpr int min_blocks_per_sm() {
+  return U == 8 ? 1 : (MT == 1 ? 3 : 2);
+}
 
 // Benchmark knobs (set_gemv_tuning): warps per block (0: block_warps chooses) and whether small
 // grids take batches of 8 chunks.
@@ -135,7 +145,7 @@ __device__ __forceinline__ uint32_t mask_or(uint32_t w, uint32_t magic) {
 // slots: with a short K slice per warp its whole slice is requested at once, before pdl_wait.
 // With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
 template <typename T, int MT, int U, int S>
-__global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 && U <= 4 ? 3 : 2)
+__global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>())
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const T* __restrict__ residual,
                          T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
@@ -289,7 +299,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, MT == 1 && U <= 4 ? 3 : 2)
 
   // C fragment: i = 0, 1 -> A row g (column 4g + 2j), rows m = 2t, 2t + 1; i = 2, 3 -> A row g + 8
   // (column 4g + 2j + 1). Sum the warps' K slices through shared memory.
-  __shared__ float partial[kMaxWarps][MT * 8][32];
+  __shared__ float partial[max_warps<U>()][MT * 8][32];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -349,7 +359,7 @@ int chunks_per_split(int num_chunks, int splits) {
 // 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 25).
 // The occupancy per SM is asked once per kernel (the first device's; the cards of a machine alike).
 template <typename T, int MT, int U, int S>
-int block_warps(int blocks) {
+int block_warps(int blocks, int batches_per_block) {
   if (gemv_tuning().block_warps > 0) return gemv_tuning().block_warps;
   static int per_sm[kMaxWarps + 1] = {};  // resident blocks per SM by warps per block; 0: not asked
   static int sms = 0;
@@ -364,6 +374,9 @@ int block_warps(int blocks) {
         per_sm[w] = 0;
       }
   }
+  // A grid of at most one block per SM in batches of 8: 16 warps per block, twice the warps per SM.
+  // (4096 x 4096, 128 blocks: each warp's 8 chunks come in one batch.)
+  if (max_warps<U>() > kMaxWarps && blocks <= sms && batches_per_block >= max_warps<U>()) return max_warps<U>();
   if (per_sm[kMaxWarps] == 0 || blocks <= sms * per_sm[kMaxWarps]) return kMaxWarps;
   const int warps_per_sm = per_sm[kMaxWarps] * kMaxWarps;
   for (int w = kMaxWarps - 1; w >= 2; --w)
@@ -376,7 +389,7 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
                       int* counters, int M, int K, int N, int group_size, int per_split, int splits,
                       cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
-  const int warps = block_warps<T, MT, U, S>(grid.x * grid.y);
+  const int warps = block_warps<T, MT, U, S>(grid.x * grid.y, per_split / U);
   return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, r, o,
                     partials, counters, M, K, N, group_size, per_split);
 }
@@ -393,7 +406,8 @@ int num_sms() {
 
 // Batches of 4 chunks, in sub-batches of the largest common divisor of 4 and the chunks per group
 // (4 for group 128 and its multiples: every checkpoint exlsp writes). Batches of 8 where the grid
-// is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches).
+// is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches, at
+// least one batch per warp: 4096 x 1024 in 4 slices of 32 chunks lost 10% to idle warps).
 template <typename T, int MT>
 cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o,
                         float* partials, int* counters, int M, int K, int N, int group_size, int splits,
@@ -403,9 +417,11 @@ cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, 
   splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
 #define EXLSP_GEMV_LAUNCH(UU, SS) \
   launch_mt<T, MT, UU, SS>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, per_split, splits, stream)
-  if (MT == 1 && gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && num_chunks % 8 == 0 &&
-      (N / 32) * splits <= 2 * num_sms())
-    return chunks_per_group % 8 == 0 ? EXLSP_GEMV_LAUNCH(8, 8) : EXLSP_GEMV_LAUNCH(8, 4);
+  if constexpr (MT == 1) {
+    if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
+        num_chunks % 8 == 0 && (N / 32) * splits <= 2 * num_sms())
+      return chunks_per_group % 8 == 0 ? EXLSP_GEMV_LAUNCH(8, 8) : EXLSP_GEMV_LAUNCH(8, 4);
+  }
   if (chunks_per_group % 4 == 0) return EXLSP_GEMV_LAUNCH(4, 4);
   if (chunks_per_group % 2 == 0) return EXLSP_GEMV_LAUNCH(4, 2);
   return EXLSP_GEMV_LAUNCH(4, 1);

@@ -68,10 +68,17 @@ def main() -> int:
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--ctx", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--min-partition", type=int, help="decode attention tokens per partition (engine default: 128)"
+    )
     args = parser.parse_args()
     if not kernels_ready("decode_timeline"):
         return 1
     torch.set_grad_enabled(False)
+    if args.min_partition:
+        from engine.ops import cuda
+
+        cuda.MIN_PARTITION = args.min_partition
     head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
     model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
