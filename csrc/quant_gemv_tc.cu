@@ -378,10 +378,16 @@ int block_warps(int blocks, int batches_per_block) {
   // (4096 x 4096, 128 blocks: each warp's 8 chunks come in one batch.)
   if (max_warps<U>() > kMaxWarps && blocks <= sms && batches_per_block >= max_warps<U>()) return max_warps<U>();
   if (per_sm[kMaxWarps] == 0 || blocks <= sms * per_sm[kMaxWarps]) return kMaxWarps;
+  // The largest block with the same warps per SM whose slots hold the whole grid (448 blocks: 6
+  // warps x 4 per SM; 896: 3 x 8); else the smallest such block, for the fewest waves.
   const int warps_per_sm = per_sm[kMaxWarps] * kMaxWarps;
-  for (int w = kMaxWarps - 1; w >= 2; --w)
-    if (per_sm[w] * w == warps_per_sm) return w;
-  return kMaxWarps;
+  int fallback = kMaxWarps;
+  for (int w = kMaxWarps - 1; w >= 2; --w) {
+    if (per_sm[w] * w != warps_per_sm) continue;
+    if (blocks <= sms * per_sm[w]) return w;
+    fallback = w;
+  }
+  return fallback;
 }
 
 template <typename T, int MT, int U, int S>
