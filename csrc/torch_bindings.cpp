@@ -1,225 +1,18 @@
 // The torch-facing shim: schema of every torch.ops.exlsp op, dtype/shape/device checks with clear
 // messages, the device guard and the current stream, then one call into a raw-pointer launcher
-// (kernels.h). Callers allocate every output; ops return nothing.
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
+// (kernels.h). Callers allocate every output; ops return nothing. The quantized-weight ops live in
+// bindings_quant.cpp (a fragment of the same library); the shared checks in binding_checks.h.
 #include <algorithm>
-#include <array>
-#include <cstdio>
 #include <string>
 
-#include "kernels.h"
+#include "binding_checks.h"
 
 namespace exlsp {
 namespace {
 
-using at::Tensor;
-
-// Error messages are formatted with snprintf: streaming integers into TORCH_CHECK's message crashed
-// (SIGSEGV) in this extension on the GPU machine's torch 2.11 build, while plain strings worked.
-std::string to_str(const char* v) { return v; }
-std::string to_str(const std::string& v) { return v; }
-std::string to_str(int64_t v) { return std::to_string(v); }
-std::string to_str(int v) { return std::to_string(v); }
-std::string to_str(at::ScalarType v) { return c10::toString(v); }
-std::string to_str(const c10::Device& v) { return v.str(); }
-std::string to_str(at::IntArrayRef v) {
-  std::string r = "(";
-  for (size_t i = 0; i < v.size(); ++i) r += (i ? ", " : "") + std::to_string(v[i]);
-  return r + ")";
-}
-
-#define EXLSP_CHECK(cond, ...)                          \
-  do {                                                  \
-    if (!(cond)) {                                      \
-      char exlsp_msg_[512];                             \
-      std::snprintf(exlsp_msg_, sizeof(exlsp_msg_), __VA_ARGS__); \
-      TORCH_CHECK(false, exlsp_msg_);                   \
-    }                                                   \
-  } while (0)
-
-Dtype model_dtype(const Tensor& t, const char* op) {
-  if (t.scalar_type() == at::kHalf) return Dtype::kHalf;
-  if (t.scalar_type() == at::kBFloat16) return Dtype::kBFloat16;
-  EXLSP_CHECK(false,
-              "exlsp::%s: expected float16 or bfloat16, got %s", to_str(op).c_str(), to_str(t.scalar_type()).c_str());
-  return Dtype::kHalf;  // unreachable
-}
-
-void check_cuda(const Tensor& t, const char* op, const char* name) {
-  EXLSP_CHECK(t.is_cuda(), "exlsp::%s: %s must be a CUDA tensor", to_str(op).c_str(), to_str(name).c_str());
-  EXLSP_CHECK(t.is_contiguous(), "exlsp::%s: %s must be contiguous", to_str(op).c_str(), to_str(name).c_str());
-}
-
-void check_same(const Tensor& t, const Tensor& like, const char* op, const char* name) {
-  check_cuda(t, op, name);
-  EXLSP_CHECK(t.scalar_type() == like.scalar_type(),
-              "exlsp::%s: %s has dtype %s, expected %s", to_str(op).c_str(), to_str(name).c_str(),
-              to_str(t.scalar_type()).c_str(), to_str(like.scalar_type()).c_str());
-  EXLSP_CHECK(t.device() == like.device(),
-              "exlsp::%s: %s is on %s, expected %s", to_str(op).c_str(), to_str(name).c_str(),
-              to_str(t.device()).c_str(), to_str(like.device()).c_str());
-}
-
-void check_launch(cudaError_t err, const char* op) {
-  EXLSP_CHECK(err == cudaSuccess,
-              "exlsp::%s: kernel launch failed: %s", to_str(op).c_str(), to_str(cudaGetErrorString(err)).c_str());
-}
-
-const void* opt_ptr(const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
-
-// Shared checks of both GEMV ops; returns (M, K, N).
-std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales,
-                                  const Tensor& zeros, const std::optional<Tensor>& bias,
-                                  const std::optional<Tensor>& residual, int64_t bits, int64_t group_size,
-                                  const Tensor& out) {
-  check_cuda(x, op, "x");
-  EXLSP_CHECK(x.dim() == 2, "exlsp::%s: x must be (M, K), got %s", to_str(op).c_str(), to_str(x.sizes()).c_str());
-  EXLSP_CHECK(bits == 4 || bits == 8,
-              "exlsp::%s: bits must be 4 or 8, got %s", to_str(op).c_str(), to_str(bits).c_str());
-  const int64_t M = x.size(0), K = x.size(1);
-  check_cuda(qweight, op, "qweight");
-  EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::%s: qweight must be int32", to_str(op).c_str());
-  const int64_t N = qweight.size(1);
-  EXLSP_CHECK(qweight.size(0) * 32 / bits == K,
-              "exlsp::%s: qweight %s does not pack K=%s at %s bits", to_str(op).c_str(),
-              to_str(qweight.sizes()).c_str(), to_str(K).c_str(), to_str(bits).c_str());
-  EXLSP_CHECK(N % 4 == 0,
-              "exlsp::%s: out_features must be a multiple of 4, got %s", to_str(op).c_str(), to_str(N).c_str());
-  EXLSP_CHECK(K % 8 == 0,
-              "exlsp::%s: in_features must be a multiple of 8, got %s", to_str(op).c_str(), to_str(K).c_str());
-  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
-              "exlsp::%s: bad group_size %s for K=%s", to_str(op).c_str(), to_str(group_size).c_str(),
-              to_str(K).c_str());
-  check_same(scales, x, op, "scales");
-  check_same(zeros, x, op, "zeros");
-  EXLSP_CHECK(scales.size(0) == K / group_size && scales.size(1) == N,
-              "exlsp::%s: scales %s do not match (K/group_size, N)", to_str(op).c_str(),
-              to_str(scales.sizes()).c_str());
-  EXLSP_CHECK(zeros.sizes() == scales.sizes(), "exlsp::%s: zeros must have the shape of scales", to_str(op).c_str());
-  if (bias) {
-    check_same(*bias, x, op, "bias");
-    EXLSP_CHECK(bias->numel() == N, "exlsp::%s: bias must have N elements", to_str(op).c_str());
-  }
-  if (residual) {
-    check_same(*residual, x, op, "residual");
-    EXLSP_CHECK(residual->size(0) == M && residual->size(1) == N,
-                "exlsp::%s: residual must be (M, N)", to_str(op).c_str());
-  }
-  check_same(out, x, op, "out");
-  EXLSP_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N,
-              "exlsp::%s: out must be (M, N) = (%s, %s), got %s", to_str(op).c_str(), to_str(M).c_str(),
-              to_str(N).c_str(), to_str(out.sizes()).c_str());
-  return {M, K, N};
-}
-
-void quant_gemv(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
-                const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t bits,
-                int64_t group_size, Tensor& out) {
-  const char* op = "quant_gemv";
-  const Dtype dtype = model_dtype(x, op);
-  const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, bits, group_size, out);
-  if (M == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_launch(launch_quant_gemv(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
-                                 opt_ptr(bias), opt_ptr(residual), out.data_ptr(), (int)M, (int)K, (int)N, (int)bits,
-                                 (int)group_size, c10::cuda::getCurrentCUDAStream()),
-               op);
-}
-
-// Tensor-core variant: 4-bit, integer zeros (the caller knows; the kernel does not check values).
-void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
-                   const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
-                   Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                   int64_t splits) {
-  const char* op = "quant_gemv_tc";
-  const Dtype dtype = model_dtype(x, op);
-  const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
-  EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
-              "exlsp::quant_gemv_tc: needs K a multiple of 128, N and group_size multiples of 32 and K of "
-              "group_size, got K=%s N=%s group_size=%s",
-              to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
-  float* partials_ptr = nullptr;
-  int* counters_ptr = nullptr;
-  if (splits > 1) {
-    EXLSP_CHECK(partials && counters, "exlsp::quant_gemv_tc: splits > 1 needs partials and counters");
-    const int64_t s = quant_gemv_tc_effective_splits((int)K, (int)splits);
-    check_cuda(*partials, op, "partials");
-    check_cuda(*counters, op, "counters");
-    EXLSP_CHECK(partials->scalar_type() == at::kFloat && partials->is_contiguous() &&
-                    partials->numel() >= s * std::min<int64_t>(M, 16) * N,
-                "exlsp::quant_gemv_tc: partials must be contiguous float32 with at least %s elements",
-                to_str(s * std::min<int64_t>(M, 16) * N).c_str());
-    EXLSP_CHECK(counters->scalar_type() == at::kInt && counters->numel() >= N / 32,
-                "exlsp::quant_gemv_tc: counters must be int32 with at least N / 32 = %s elements",
-                to_str(N / 32).c_str());
-    partials_ptr = partials->data_ptr<float>();
-    counters_ptr = counters->data_ptr<int>();
-  }
-  if (M == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
-                                    zeros.data_ptr(), opt_ptr(bias), opt_ptr(residual), out.data_ptr(), partials_ptr,
-                                    counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits,
-                                    c10::cuda::getCurrentCUDAStream()),
-               op);
-}
-
-int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
-  return quant_gemv_tc_effective_splits((int)K, (int)splits);
-}
-
 void set_launch_pdl(int64_t mode) {
   EXLSP_CHECK(mode >= -1 && mode <= 1, "exlsp::set_launch_pdl: mode must be -1 (auto), 0 (off) or 1 (on)");
   set_pdl_mode((int)mode);
-}
-
-void set_quant_gemv_tc_tuning(int64_t block_warps, bool wide_batches) {
-  EXLSP_CHECK(block_warps == 0 || (block_warps >= 2 && block_warps <= 8),
-              "exlsp::set_quant_gemv_tc_tuning: block_warps must be 0 (the launcher chooses) or 2..8, got %s",
-              to_str(block_warps).c_str());
-  set_gemv_tuning((int)block_warps, wide_batches);
-}
-
-// A column slice of a row-major matrix: unit column stride, rows `ld` apart (the dequantize op takes
-// N-slices of a weight without a copy).
-void check_column_slice(const Tensor& t, int64_t ld, const char* op, const char* name) {
-  EXLSP_CHECK(t.is_cuda(), "exlsp::%s: %s must be a CUDA tensor", to_str(op).c_str(), to_str(name).c_str());
-  EXLSP_CHECK(t.dim() == 2 && t.stride(1) == 1 && t.stride(0) == ld,
-              "exlsp::%s: %s must be (rows, N) with unit column stride and row stride %s", to_str(op).c_str(),
-              to_str(name).c_str(), to_str(ld).c_str());
-}
-
-void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros, int64_t bits, int64_t group_size,
-                Tensor& out) {
-  const char* op = "dequantize";
-  const Dtype dtype = model_dtype(scales, op);
-  EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
-  EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got %s", to_str(bits).c_str());
-  const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1), ld = qweight.stride(0);
-  EXLSP_CHECK(ld >= N, "exlsp::dequantize: qweight row stride %s is below its width %s", to_str(ld).c_str(),
-              to_str(N).c_str());
-  check_column_slice(qweight, ld, op, "qweight");
-  EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
-              "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());
-  check_column_slice(scales, ld, op, "scales");
-  check_column_slice(zeros, ld, op, "zeros");
-  EXLSP_CHECK(zeros.scalar_type() == scales.scalar_type() && zeros.sizes() == scales.sizes(),
-              "exlsp::dequantize: zeros must match scales in dtype and shape");
-  EXLSP_CHECK(scales.device() == qweight.device() && zeros.device() == qweight.device(),
-              "exlsp::dequantize: qweight, scales and zeros must be on one device");
-  EXLSP_CHECK(scales.size(0) == K / group_size && scales.size(1) == N,
-              "exlsp::dequantize: scales must be (K / group_size, N)");
-  check_same(out, scales, op, "out");
-  EXLSP_CHECK(out.is_contiguous() && out.size(0) == K && out.size(1) == N,
-              "exlsp::dequantize: out must be a contiguous (K, N)");
-  const c10::cuda::CUDAGuard guard(qweight.device());
-  check_launch(launch_dequantize(dtype, qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
-                                 out.data_ptr(), (int)K, (int)N, (int)ld, (int)bits, (int)group_size,
-                                 c10::cuda::getCurrentCUDAStream()),
-               op);
 }
 
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
@@ -418,16 +211,7 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 }  // namespace exlsp
 
 TORCH_LIBRARY(exlsp, m) {
-  m.def(
-      "quant_gemv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, int bits, "
-      "int group_size, Tensor(a!) out) -> ()");
-  m.def(
-      "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
-      "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
-  m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
-  m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
-  m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "
@@ -445,9 +229,6 @@ TORCH_LIBRARY(exlsp, m) {
 }
 
 TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
-  m.impl("quant_gemv", &exlsp::quant_gemv);
-  m.impl("quant_gemv_tc", &exlsp::quant_gemv_tc);
-  m.impl("dequantize", &exlsp::dequantize);
   m.impl("paged_attention_decode", &exlsp::paged_attention_decode);
   m.impl("rms_norm", &exlsp::rms_norm);
   m.impl("rotary", &exlsp::rotary);
