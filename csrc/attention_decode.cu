@@ -264,6 +264,63 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   }
 }
 
+// The merge of one (sequence, KV head)'s partitions into the G heads' outputs, by the last of its
+// blocks to finish (a.counters). The arithmetic is decode_attention_reduce_kernel's, in the same
+// order, so both merges give the same bits. `weights`: G x used floats of free shared memory.
+template <typename T, int D, int G>
+__device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
+  __shared__ bool is_last;
+  __shared__ float inv_den[G];
+  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
+  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * D;
+  if (used == 0) {  // a padding row (length 0): zeros, as the separate merge writes
+    if (blockIdx.z == 0)
+      for (int i = threadIdx.x; i < G * D; i += kThreads) out[i] = from_float<T>(0.f);
+    return;
+  }
+  if ((int)blockIdx.z >= used) return;  // this block had no partition and is not counted
+  int* counter = a.counters + (size_t)seq * a.num_kv_heads + kv_head;
+  __threadfence();  // this block's partials are visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1) == min((int)gridDim.z, used) - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int g = warp; g < G; g += kWarps) {
+    const size_t base = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G + g) * a.num_partitions;
+    float m = -FLT_MAX;
+    for (int p = lane; p < used; p += 32) {
+      if (__ldcg(&a.tmp_sum[base + p]) > 0.f) m = fmaxf(m, __ldcg(&a.tmp_max[base + p]));
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    float den = 0.f;
+    for (int p = lane; p < used; p += 32) {
+      const float l = __ldcg(&a.tmp_sum[base + p]);
+      const float w = l > 0.f ? __expf(__ldcg(&a.tmp_max[base + p]) - m) : 0.f;  // empty partitions weigh 0
+      weights[g * used + p] = w;
+      den += w * l;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
+    if (lane == 0) inv_den[g] = den > 0.f ? 1.f / den : 0.f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    const size_t base = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G + g) * a.num_partitions;
+    float num = 0.f;
+#pragma unroll 4
+    for (int p = 0; p < used; ++p) {
+      const float w = weights[g * used + p];
+      if (w > 0.f) num += w * __ldcg(&a.tmp_out[(base + p) * D + d]);
+    }
+    out[i] = from_float<T>(num * inv_den[g]);
+  }
+  if (threadIdx.x == 0) *counter = 0;  // ready for the next call
+}
+
 // One block per (KV head, sequence, partition): the ordinary decode path.
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
@@ -280,6 +337,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   }
   pdl_wait();  // a block without a partition too (no-op after the first)
   pdl_trigger();
+  if (a.counters) {
+    __syncthreads();  // the stages are free for the merge weights
+    merge_in_last_block<T, D, G>(a, seq, blockIdx.x, seq_len, reinterpret_cast<float*>(stage));
+  }
 }
 
 // Multi-query path: one block per (KV head, run of queries_per_block consecutive sequences,
@@ -452,6 +513,7 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
       return cudaErrorInvalidValue;
   }
   if (err != cudaSuccess) return err;
+  if (a.queries_per_block <= 1 && a.counters) return cudaSuccess;  // merged in phase 1
   return launch_pdl(decode_attention_reduce_kernel<T>, dim3(a.num_q_heads, a.num_seqs), dim3(D), 0, stream, a);
 }
 

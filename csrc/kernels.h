@@ -45,7 +45,8 @@ cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* s
                               void* out, int K, int N, int ld, int bits, int group_size, cudaStream_t stream);
 
 // Flash-decoding over the paged cache, one new token per sequence. Phase 1 writes one partial
-// result per context partition (unnormalised output, running max, exp-sum), phase 2 merges them.
+// result per context partition (unnormalised output, running max, exp-sum), phase 2 merges them
+// (in phase 1's last block per sequence and KV head when `counters` is given).
 // tmp_out (S, Hq, num_partitions, D) float32, tmp_max/tmp_sum (S, Hq, num_partitions) float32.
 struct DecodeAttentionArgs {
   const void* q;           // (S, Hq, D)
@@ -66,6 +67,9 @@ struct DecodeAttentionArgs {
   int queries_per_block;
   float scale;
   int64_t q_stride_token;  // elements between consecutive tokens of q (heads * D when contiguous)
+  // Per-sequence kernel only: (S * Hkv) zeroed ints. The last block of a (sequence, KV head) merges
+  // its partitions (and leaves the count zero again); null: a separate merge kernel does.
+  int* counters;
 };
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream);
 bool decode_attention_supports(int head_dim, int group_size_q_per_kv);

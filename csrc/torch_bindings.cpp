@@ -17,7 +17,8 @@ void set_launch_pdl(int64_t mode) {
 
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
                             const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
-                            int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum) {
+                            int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum,
+                            const std::optional<Tensor>& counters) {
   const char* op = "paged_attention_decode";
   const Dtype dtype = model_dtype(q, op);
   EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
@@ -49,6 +50,12 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
               "exlsp::paged_attention_decode: scratch tensors must be float32");
   EXLSP_CHECK(tmp_out.numel() >= S * Hq * P * D && tmp_max.numel() >= S * Hq * P && tmp_sum.numel() >= S * Hq * P,
               "exlsp::paged_attention_decode: scratch tensors too small");
+  if (counters) {
+    check_cuda(*counters, op, "counters");
+    EXLSP_CHECK(counters->scalar_type() == at::kInt && counters->numel() >= S * Hkv,
+                "exlsp::paged_attention_decode: counters must be int32 with at least num_seqs * Hkv = %s elements",
+                to_str(S * Hkv).c_str());
+  }
   if (S == 0) return;
   DecodeAttentionArgs a{};
   a.q = q.data_ptr();
@@ -72,6 +79,7 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
   a.queries_per_block = (int)queries_per_block;
   a.scale = (float)scale;
   a.q_stride_token = q.stride(0);
+  a.counters = counters ? counters->data_ptr<int>() : nullptr;
   const c10::cuda::CUDAGuard guard(q.device());
   check_launch(launch_decode_attention(dtype, a, c10::cuda::getCurrentCUDAStream()), op);
 }
@@ -215,7 +223,7 @@ TORCH_LIBRARY(exlsp, m) {
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "
-      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum) -> ()");
+      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum, Tensor(e!)? counters=None) -> ()");
   m.def(
       "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out) "
       "-> ()");

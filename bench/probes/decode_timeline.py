@@ -71,14 +71,19 @@ def main() -> int:
     parser.add_argument(
         "--min-partition", type=int, help="decode attention tokens per partition (engine default: 128)"
     )
+    parser.add_argument(
+        "--separate-merge", action="store_true", help="merge decode partitions in their own kernel"
+    )
     args = parser.parse_args()
     if not kernels_ready("decode_timeline"):
         return 1
     torch.set_grad_enabled(False)
-    if args.min_partition:
-        from engine.ops import cuda
+    from engine.ops import cuda
 
+    if args.min_partition:
         cuda.MIN_PARTITION = args.min_partition
+    if args.separate_merge:
+        cuda._merge_counters = lambda device, count: None
     head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
     model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)

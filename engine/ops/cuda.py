@@ -146,8 +146,23 @@ def decode_attention(
     torch.ops.exlsp.paged_attention_decode(
         q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
         queries_per_block, out, tmp_out, tmp_max, tmp_sum,
+        _merge_counters(q.device, num_seqs * kv_cache_layer.shape[3]) if queries_per_block == 1 else None,
     )  # fmt: skip
     return out
+
+
+ATTENTION_COUNTERS_OFFSET = 32768  # the upper half of split_counters; the GEMV splits use the lower
+
+
+def _merge_counters(device: torch.device, count: int) -> torch.Tensor | None:
+    """Zeroed counters with which the decode kernel merges its partitions in its last block per
+    sequence and KV head (one kernel less per layer); None (a separate merge kernel) where the
+    device's counters were not created at load, since they must not be allocated under a graph
+    capture, or there are too many rows."""
+    counters = _split_counters.get(device)
+    if counters is None or count > counters.numel() - ATTENTION_COUNTERS_OFFSET:
+        return None
+    return counters[ATTENTION_COUNTERS_OFFSET : ATTENTION_COUNTERS_OFFSET + count]
 
 
 def decode_kernel_covers(head_dim: int, group: int) -> bool:

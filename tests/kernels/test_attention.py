@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -84,7 +86,7 @@ def test_decode_kernel_matches_reference(case, dtype):
     assert torch.equal(multi, out)
 
 
-def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block):
+def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block, counters=None):
     """The op on poisoned outputs and scratch, partitions for attn.max_seq_len."""
     num_seqs, hq, d = q.shape
     num_parts = -(-attn.max_seq_len // part)
@@ -93,9 +95,47 @@ def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block):
     tmp_max, tmp_sum = poisoned(tmp_out.shape[:3], torch.float32), poisoned(tmp_out.shape[:3], torch.float32)
     exlsp_ops().paged_attention_decode(
         q, cache, attn.block_tables, attn.seq_lens, scale, window or 0, part, queries_per_block,
-        out, tmp_out, tmp_max, tmp_sum,
+        out, tmp_out, tmp_max, tmp_sum, counters,
     )  # fmt: skip
     return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", DECODE_CASES.values(), ids=DECODE_CASES.keys())
+def test_decode_merge_in_the_last_block_equals_the_merge_kernel(case, dtype):
+    """With counters the decode kernel's last block per (sequence, KV head) merges the partitions:
+    bit for bit the separate merge kernel's output, twice in a row (the counters are left zero), and
+    zeros for a padding row of length 0 (as a CUDA graph bucket has)."""
+    from engine.ops import cuda
+
+    seq_lens, hq, hkv, d, window = case
+    cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, dtype, seed=sum(seq_lens) + hq + 1)
+    attn = dataclasses.replace(
+        attn,  # and a padding row
+        seq_lens=torch.cat([attn.seq_lens, attn.seq_lens.new_zeros(1)]),
+        block_tables=torch.cat([attn.block_tables, attn.block_tables[:1]]),
+    )
+    q = torch.randn((len(seq_lens) + 1, hq, d), generator=generator(2), device="cuda").to(dtype)
+    scale = d**-0.5
+    part = cuda.partition_size_for(attn.max_seq_len)
+    separate = run_decode_kernel(q, cache, attn, scale, window, part, 1)
+    counters = torch.zeros(len(seq_lens) * hkv + hkv + 3, dtype=torch.int32, device="cuda")
+    for _ in range(2):
+        merged = run_decode_kernel(q, cache, attn, scale, window, part, 1, counters)
+        assert torch.equal(merged, separate)
+        assert not counters.any()
+    assert not merged[-1].any()
+
+
+def test_decode_merge_counters_must_cover_every_row():
+    cache, attn = paged_batch([40, 50], [1, 1], 2, 64, torch.float16, seed=3)
+    q = torch.randn((2, 8, 64), device="cuda").half()
+    with pytest.raises(
+        RuntimeError, match="counters must be int32 with at least num_seqs \\* Hkv = 4 elements"
+    ):
+        run_decode_kernel(
+            q, cache, attn, 0.125, None, 128, 1, torch.zeros(3, dtype=torch.int32, device="cuda")
+        )
 
 
 # The multi-query path: the new tokens of one prompt as one-token sequences (the short-prefill
