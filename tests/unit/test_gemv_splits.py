@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from engine.ops.cuda import MAX_GEMV_SPLITS, gemv_splits
 
@@ -52,3 +53,49 @@ def test_prefill_dequantizes_whole_weights_that_fit_the_scratch_and_slices_the_r
     assert dequant_slice_columns(4096, 28672) == 4096  # gate|up: 235 MB -> 7 slices of 32 MB
     assert dequant_slice_columns(14336, 4096) == 1024  # down: multiples of 256 columns
     assert dequant_slice_columns(1 << 20, 4096) == 256  # never narrower than one cuBLAS tile
+
+
+def _prepared(k: int, n: int, bits: int = 4, group_size: int = 128, integer_zeros: bool = True):
+    from engine.ops.cuda import PreparedWeight
+
+    groups = k // group_size
+    return PreparedWeight(
+        bits, group_size, k, n,
+        torch.zeros((k * bits // 32, n), dtype=torch.int32),
+        torch.ones((groups, n), dtype=torch.float16), torch.zeros((groups, n), dtype=torch.float16),
+        None, None, integer_zeros,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "bits", "group_size", "integer_zeros", "expected"),
+    [
+        (4096, 14336, 4, 128, True, True),  # every real layer: K a multiple of 128
+        (896, 4864, 4, 32, True, True),
+        (96, 64, 4, 32, True, False),  # 3 chunks of 32: no whole batch of 4 for the tensor-core loop
+        (4160, 256, 4, 64, True, False),  # 130 chunks
+        (4096, 4096, 8, 128, True, False),  # 8-bit: the CUDA-core kernel
+        (4096, 4096, 4, 128, False, False),  # fractional zeros are exact only in float32
+        (4096, 4100, 4, 128, True, False),  # N not a multiple of 32
+    ],
+)
+def test_tensor_core_gemv_takes_whole_batches_of_k(k, n, bits, group_size, integer_zeros, expected):
+    from engine.ops.cuda import _tc_ok
+
+    assert _tc_ok(_prepared(k, n, bits, group_size, integer_zeros)) is expected
+
+
+def test_decode_merge_counters_are_the_upper_half_of_the_split_counters(monkeypatch):
+    """The decode kernel merges in its last block only with counters created at load (never under
+    a graph capture), from the half the split GEMV does not use, and falls back to the merge
+    kernel when there are none or too few."""
+    from engine.ops import cuda
+
+    device = torch.device("cpu")
+    monkeypatch.setattr(cuda, "_split_counters", {})
+    assert cuda._merge_counters(device, 8) is None
+    counters = torch.zeros(65536, dtype=torch.int32)
+    monkeypatch.setattr(cuda, "_split_counters", {device: counters})
+    got = cuda._merge_counters(device, 16 * 8)
+    assert got.numel() == 128 and got.data_ptr() == counters[cuda.ATTENTION_COUNTERS_OFFSET :].data_ptr()
+    assert cuda._merge_counters(device, 65536 - cuda.ATTENTION_COUNTERS_OFFSET + 1) is None
