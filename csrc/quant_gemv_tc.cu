@@ -14,12 +14,13 @@
 // Requirements (else the CUDA-core kernel serves): 4-bit, integer zeros, K % 128 == 0 (whole batches
 // of 4 chunks; every real layer width is a multiple of 128), group_size % 32 == 0, N % 32 == 0.
 //
-// Work split: a block owns 32 columns and one of `splits` equal slices of K; its warps split the
-// slice again. One block per 32 columns leaves most shapes with a ragged last wave (4096 x 14336:
-// 448 blocks for 396 slots, 1.13 waves), so the host picks `splits` to fill the slots evenly
-// (gemv_splits in engine/ops/cuda.py). With splits > 1 each block writes its fp32 partial sums to
-// `partials` and bumps the tile's counter; the last block of a tile adds the partials in split
-// order (deterministic), applies the epilogue and resets the counter to 0 for the next call.
+// Work split: a block owns 32 columns and one of `splits` slices of K (whole batches); its warps
+// split the slice again, in whole batches. The host picks `splits` (gemv_splits in
+// engine/ops/cuda.py: only a long K or a nearly empty GPU pays for one) and the launcher the warps
+// per block (block_warps: the whole grid resident where the registers allow). With splits > 1
+// each block writes its fp32 partial sums to `partials` and bumps the tile's counter; the last
+// block of a tile adds the partials in split order (deterministic), applies the epilogue and resets
+// the counter to 0 for the next call.
 // Loads: a batch of U 16-byte weight vectors per lane in registers, then its math. (A cp.async
 // shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
 // 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
