@@ -453,14 +453,12 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
 // empty block cycling through the free slots, more than the work of the full ones at 2k context.
 template <typename Kernel>
 int partition_blocks(Kernel kernel, size_t smem, int other_blocks, int num_partitions) {
-  int dev = 0, sms = 1, per_sm = 1;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  int per_sm = 1;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess || per_sm < 1) {
     cudaGetLastError();
     per_sm = 1;
   }
-  const int z = (sms * per_sm + other_blocks - 1) / other_blocks;
+  const int z = (sm_count() * per_sm + other_blocks - 1) / other_blocks;
   return std::max(1, std::min(num_partitions, z));
 }
 

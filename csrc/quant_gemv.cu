@@ -15,6 +15,7 @@
 
 #include "dtype_utils.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace exlsp {
 namespace {
@@ -232,21 +233,12 @@ cudaError_t launch_bits(const T* x, const uint32_t* qw, const T* scales, const T
   }
 }
 
-int num_sms_of_current_device() {
-  static int cached[64] = {0};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) return 132;
-  if (!cached[dev]) cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev);
-  return cached[dev];
-}
-
 }  // namespace
 
 cudaError_t launch_quant_gemv(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                               const void* zeros, const void* bias, const void* residual, void* out, int M, int K,
                               int N, int bits, int group_size, cudaStream_t stream) {
-  const int num_sms = num_sms_of_current_device();
+  const int num_sms = sm_count();
   const uint32_t* qw = reinterpret_cast<const uint32_t*>(qweight);
   cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {

@@ -357,17 +357,16 @@ int chunks_per_split(int num_chunks, int splits) {
 // the same warps per SM in more, smaller blocks (6 warps x 4 instead of 8 x 3 at 80 registers;
 // 4 x 4 instead of 8 x 2 at 128): fewer waves, and each warp owns a longer run of K, so the
 // per-block prologue and reduction weigh less. H100, batch 1: 4096 x 14336 (448 blocks) 1622 ->
-// 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 25).
+// 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 26-29).
 // The occupancy per SM is asked once per kernel (the first device's; the cards of a machine alike).
 template <typename T, int MT, int U, int S>
 int block_warps(int blocks, int batches_per_block) {
   if (gemv_tuning().block_warps > 0) return gemv_tuning().block_warps;
   static int per_sm[kMaxWarps + 1] = {};  // resident blocks per SM by warps per block; 0: not asked
-  static int sms = 0;
-  if (sms == 0) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  static bool asked = false;
+  const int sms = sm_count();
+  if (!asked) {
+    asked = true;
     for (int w = 2; w <= kMaxWarps; ++w)
       if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U, S>, w * 32, 0) !=
           cudaSuccess) {
@@ -401,16 +400,6 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
                     partials, counters, M, K, N, group_size, per_split);
 }
 
-int num_sms() {
-  static int sms = 0;
-  if (sms == 0) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  }
-  return sms;
-}
-
 // Batches of 4 chunks, in sub-batches of the largest common divisor of 4 and the chunks per group
 // (4 for group 128 and its multiples: every checkpoint exlsp writes). Batches of 8 where the grid
 // is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches, at
@@ -426,7 +415,7 @@ cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, 
   launch_mt<T, MT, UU, SS>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, per_split, splits, stream)
   if constexpr (MT == 1) {
     if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
-        num_chunks % 8 == 0 && (N / 32) * splits <= 2 * num_sms())
+        num_chunks % 8 == 0 && (N / 32) * splits <= 2 * sm_count())
       return chunks_per_group % 8 == 0 ? EXLSP_GEMV_LAUNCH(8, 8) : EXLSP_GEMV_LAUNCH(8, 4);
   }
   if (chunks_per_group % 4 == 0) return EXLSP_GEMV_LAUNCH(4, 4);
