@@ -27,36 +27,41 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kStage = 128;  // tokens of K and of V staged in shared memory at a time
+// Tokens of K and of V staged in shared memory at a time (the template parameter ST): 128, or 64
+// where a block of 128 would pass the card's shared-memory limit per block (2 x 128 x D of T beside
+// the scores and reduce_buf: 100 KB at G = 8, D = 128, over the 99 KB of sm_86 / sm_89).
+constexpr int kStage = 128;
+constexpr int kSmallStage = 64;
+constexpr int kMaxPartitions = 1024;
 
 // Shared memory of the per-sequence path: scores (G, partition_size) floats padded to 16 bytes, then
-// the K and V stages (kStage, D) of T each. reduce_buf is separate: kWarps x G x D floats.
+// the K and V stages (ST, D) of T each. reduce_buf is separate: kWarps x G x D floats.
 template <int G>
 __host__ __device__ constexpr int scores_floats(int partition_size) {
   return (G * partition_size + 3) / 4 * 4;
 }
-template <typename T, int D, int G>
+template <typename T, int D, int G, int ST>
 __host__ __device__ constexpr size_t one_sequence_smem_bytes(int partition_size) {
-  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * kStage * D;
+  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * ST * D;
 }
 
-// cp.async of rows [row_lo, row_hi) of a stage (kStage tokens' head vectors, K or V, from token t0)
-// into stage[kStage][D], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
+// cp.async of rows [row_lo, row_hi) of a stage (ST tokens' head vectors, K or V, from token t0)
+// into stage[ST][D], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
 // whole block issues; the caller commits and waits.
-template <typename T, int D>
+template <typename T, int D, int ST>
 __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int32_t* block_table, int block_size,
                                              int num_kv_heads, int kv_head, int t0, int count, int row_lo = 0,
-                                             int row_hi = kStage, int skip_lo = 0, int skip_hi = 0) {
+                                             int row_hi = ST, int skip_lo = 0, int skip_hi = 0) {
   constexpr int kVecs = D / 8;
   constexpr int kRowStep = kThreads / kVecs;  // a thread's rows: r0, r0 + kRowStep, ...
-  static_assert(kStage % kRowStep == 0, "whole row steps per stage");
+  static_assert(ST % kRowStep == 0, "whole row steps per stage");
   const int v = threadIdx.x % kVecs, r0 = threadIdx.x / kVecs;
   // The cache block and slot of this thread's rows, stepped without a division per row (a division
   // by the runtime block size per copy was the largest part of the kernel's instructions).
   const int step_blocks = kRowStep / block_size, step_slots = kRowStep % block_size;
   int blk = (t0 + r0) / block_size, slot = (t0 + r0) % block_size;
 #pragma unroll 4
-  for (int r = r0; r < kStage; r += kRowStep) {
+  for (int r = r0; r < ST; r += kRowStep) {
     if (r >= row_lo && r < row_hi && !(r >= skip_lo && r < skip_hi)) {
       const bool valid = r < count;
       const T* src = cache;  // a readable address for the zero-fill
@@ -74,7 +79,7 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
 }
 
 // One sequence's new token against one partition of its context, on the CUDA cores.
-// The partition's K and V are staged through shared memory kStage tokens at a time with cp.async;
+// The partition's K and V are staged through shared memory ST tokens at a time with cp.async;
 // for the usual partition of 128 tokens every load of the block is issued at once, so the block
 // waits for memory once. (It used to load K, then V, four tokens per thread at a time: four
 // dependent round trips per block, 10.6 us per layer at 2k context on an H100 for 8 MB of K/V.)
@@ -85,13 +90,13 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
 // the previous kernel writes, are read after the wait. A step adds at most num_seqs tokens to any
 // sequence's context (one per row; a short prompt's tokens are consecutive rows), and they are its
 // last ones, so rows from seq_len - num_seqs on wait.
-template <typename T, int D, int G>
+template <typename T, int D, int G, int ST>
 __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
                                     float (*reduce_buf)[G][D], T* stage, bool wait_predecessor = false) {
   constexpr int kLanesPerToken = D / 8;
   constexpr int kTokensPerWarp = 32 / kLanesPerToken;
   constexpr int kTokenGroups = kWarps * kTokensPerWarp;
-  constexpr int kRowsPerThread = kStage / kTokenGroups;
+  constexpr int kRowsPerThread = ST / kTokenGroups;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int lane_in_token = lane % kLanesPerToken;
   const int row0 = warp * kTokensPerWarp + lane / kLanesPerToken;  // this thread's first staged row
@@ -115,26 +120,26 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   const T* v_cache = k_cache + (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
   const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
   T* k_stage = stage;
-  T* v_stage = stage + kStage * D;
+  T* v_stage = stage + ST * D;
   auto stage_k = [&](int t0) {
-    stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(kStage, end - t0));
+    stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
   };
   auto stage_v = [&](int t0) {
-    stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(kStage, end - t0));
+    stage_tokens<T, D, ST>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
   };
-  // V of the first stage comes with K: one round trip when n <= kStage.
-  const int first_count = min(kStage, end - start);
-  const int defer = wait_predecessor ? max(0, seq_len - a.num_seqs - start) : kStage;  // first row that waits
-  stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
-                     kStage, defer, first_count);
-  stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
-                     kStage, defer, first_count);
+  // V of the first stage comes with K: one round trip when n <= ST.
+  const int first_count = min(ST, end - start);
+  const int defer = wait_predecessor ? max(0, seq_len - a.num_seqs - start) : ST;  // first row that waits
+  stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
+                     ST, defer, first_count);
+  stage_tokens<T, D, ST>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
+                     ST, defer, first_count);
   if (wait_predecessor) {
     pdl_wait();
     if (defer < first_count) {
-      stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
+      stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
                          defer, first_count);
-      stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
+      stage_tokens<T, D, ST>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
                          defer, first_count);
     }
   }
@@ -152,7 +157,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
 
   // Phase 1: scores = q . k for every token of the partition, a stage at a time. Every thread runs
   // the same rows per stage (the shuffles need all 32 lanes); rows past the end store nothing.
-  for (int t0 = start; t0 < end; t0 += kStage) {
+  for (int t0 = start; t0 < end; t0 += ST) {
     if (t0 != start) {
       stage_k(t0);
       mq::cp_async_commit();
@@ -213,7 +218,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
   }
-  for (int t0 = start; t0 < end; t0 += kStage) {
+  for (int t0 = start; t0 < end; t0 += ST) {
     if (t0 != start) {
       __syncthreads();  // every thread is done with the previous V stage
       stage_v(t0);
@@ -322,8 +327,9 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
 }
 
 // One block per (KV head, sequence, partition): the ordinary decode path.
-template <typename T, int D, int G>
+template <typename T, int D, int G, int ST>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+  static_assert(sizeof(float) * G * kMaxPartitions <= sizeof(T) * 2 * ST * D, "merge weights fit the stages");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   __shared__ float reduce_buf[kWarps][G][D];
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
@@ -332,7 +338,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   // The first one's cached K/V is requested before waiting for the previous kernel.
   for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
     if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
-    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, reduce_buf, stage, part == (int)blockIdx.z);
+    attend_one_sequence<T, D, G, ST>(a, seq, blockIdx.x, part, scores, reduce_buf, stage, part == (int)blockIdx.z);
     pdl_trigger();
   }
   pdl_wait();  // a block without a partition too (no-op after the first)
@@ -350,7 +356,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
 // (attention_multi_query.cuh); a group of one runs the per-sequence path, so independent sequences
 // get exactly the per-sequence result (one after the other, though: the host picks this kernel for
 // short prefills only).
-template <typename T, int D, int G>
+template <typename T, int D, int G, int ST>
 __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(DecodeAttentionArgs a) {
   extern __shared__ __align__(16) unsigned char mq_smem[];
   __shared__ int shares_prev[mq::kMaxMembers];  // [i]: sequence first + i joins the group of first + i - 1
@@ -392,7 +398,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(
         float* scores = reinterpret_cast<float*>(mq_smem);
         auto* reduce_buf = reinterpret_cast<float(*)[G][D]>(scores + scores_floats<G>(P));
         T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(P) + kWarps * G * D);
-        attend_one_sequence<T, D, G>(a, first + head, kv_head, part, scores, reduce_buf, stage);
+        attend_one_sequence<T, D, G, ST>(a, first + head, kv_head, part, scores, reduce_buf, stage);
       } else {
         mq::attend_members<T, D, G>(a, first + head, num_members, kv_head, part, mq_smem);
       }
@@ -405,7 +411,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(
 // Phase 2: one block per (query head, sequence), one thread per output dim. Warp 0 turns the
 // partitions' (max, exp-sum) into merge weights in shared memory; then every dim sums its
 // partitions with independent loads.
-constexpr int kMaxPartitions = 1024;
 template <typename T>
 __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   __shared__ float weight[kMaxPartitions];
@@ -451,43 +456,116 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
 // z, z + gridDim.z, ... A CUDA graph is captured for the longest context, so most partitions of a
 // short one are empty: one block per partition (128 at a 16k capture, per KV head) spent ~1 us per
 // empty block cycling through the free slots, more than the work of the full ones at 2k context.
-template <typename Kernel>
-int partition_blocks(Kernel kernel, size_t smem, int other_blocks, int num_partitions) {
-  int per_sm = 1;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem) != cudaSuccess || per_sm < 1) {
-    cudaGetLastError();
-    per_sm = 1;
-  }
+int partition_blocks(int per_sm, int other_blocks, int num_partitions) {
   const int z = (sm_count() * per_sm + other_blocks - 1) / other_blocks;
   return std::max(1, std::min(num_partitions, z));
 }
 
-template <typename Kernel>
-cudaError_t allow_smem(Kernel kernel, size_t dynamic_smem, size_t static_smem) {
-  if (dynamic_smem + static_smem <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic_smem);
+// What a launch of Kernel needs from the driver, asked once per kernel and device instead of per
+// launch: the dynamic shared memory allowed above 48 KB (raised only, never lowered, since the
+// attribute holds for every later launch) and the resident blocks per SM for each partition size
+// (the dynamic shared memory grows with it).
+template <auto Kernel>
+cudaError_t prepare_launch(size_t dynamic_smem, size_t static_smem, int partition_size, int& per_sm) {
+  constexpr int kDevices = 64, kSizes = 512 / 64 + 1;
+  static size_t allowed[kDevices] = {};
+  static int resident[kDevices][kSizes] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const bool cached = dev >= 0 && dev < kDevices;
+  if (dynamic_smem + static_smem > 48 * 1024 && !(cached && allowed[dev] >= dynamic_smem)) {
+    const cudaError_t err = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic_smem);
+    if (err != cudaSuccess) return err;
+    if (cached) allowed[dev] = dynamic_smem;
+  }
+  const int size_slot = partition_size % 64 == 0 && partition_size <= 512 ? partition_size / 64 : 0;  // 0: not kept
+  if (cached && size_slot && resident[dev][size_slot]) {
+    per_sm = resident[dev][size_slot];
+    return cudaSuccess;
+  }
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kThreads, dynamic_smem) != cudaSuccess || per_sm < 1) {
+    cudaGetLastError();
+    per_sm = 1;
+  }
+  if (cached && size_slot) resident[dev][size_slot] = per_sm;
+  return cudaSuccess;
+}
+
+// Shared memory a block may use: the device's opt-in limit, or the override of
+// set_decode_attention_smem_limit (tests run a 99 KB card's choices on a larger one).
+int& smem_limit_override() {
+  static int bytes = 0;
+  return bytes;
+}
+size_t block_smem_limit() {
+  if (smem_limit_override() > 0) return smem_limit_override();
+  static int limit[64] = {};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) return 48 * 1024;
+  if (!limit[dev]) cudaDeviceGetAttribute(&limit[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  return limit[dev];
+}
+
+// Shared memory of each kernel: dynamic, and static (+ a margin for the few scalars beside the arrays).
+template <typename T, int D, int G, int ST>
+size_t per_sequence_dynamic(int partition_size) {
+  return one_sequence_smem_bytes<T, D, G, ST>(partition_size);
+}
+template <int D, int G>
+constexpr size_t per_sequence_static() {
+  return sizeof(float) * kWarps * G * D + 64;
+}
+template <typename T, int D, int G, int ST>
+size_t multi_query_dynamic(int partition_size) {
+  // The same shared memory serves the per-sequence path (scores, reduce_buf, K/V stages) or the
+  // multi-query kernel's K/V stages.
+  return std::max(mq::kv_smem_bytes<T, D>(),
+                  one_sequence_smem_bytes<T, D, G, ST>(partition_size) + sizeof(float) * kWarps * G * D);
+}
+constexpr size_t kMultiQueryStatic = sizeof(int) * mq::kMaxMembers + 64;
+
+// Tokens per K/V stage: 128, or 64 where 128 would pass the block's shared-memory limit (only
+// G >= 6 at D = 128 can: below that even 512-token partitions fit 99 KB). Both dtypes are 2 bytes.
+template <int D, int G>
+int stage_tokens_for(int partition_size, bool multi_query) {
+  if constexpr (D == 128 && G >= 6) {
+    const size_t need = multi_query ? multi_query_dynamic<__half, D, G, kStage>(partition_size) + kMultiQueryStatic
+                                    : per_sequence_dynamic<__half, D, G, kStage>(partition_size) +
+                                          per_sequence_static<D, G>();
+    if (need > block_smem_limit()) return kSmallStage;
+  }
+  return kStage;
+}
+
+template <typename T, int D, int G, int ST>
+cudaError_t launch_phase1_staged(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  const int runs = (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block;
+  const int P = a.partition_size;
+  int per_sm = 1;
+  if (a.queries_per_block <= 1) {
+    constexpr auto kernel = decode_attention_kernel<T, D, G, ST>;
+    const size_t smem = per_sequence_dynamic<T, D, G, ST>(P);
+    const cudaError_t err = prepare_launch<kernel>(smem, per_sequence_static<D, G>(), P, per_sm);
+    if (err != cudaSuccess) return err;
+    const dim3 grid(a.num_kv_heads, runs, partition_blocks(per_sm, a.num_kv_heads * runs, a.num_partitions));
+    return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
+  }
+  constexpr auto kernel = decode_attention_multi_query_kernel<T, D, G, ST>;
+  const size_t smem = multi_query_dynamic<T, D, G, ST>(P);
+  const cudaError_t err = prepare_launch<kernel>(smem, kMultiQueryStatic, P, per_sm);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(a.num_kv_heads, runs, partition_blocks(per_sm, a.num_kv_heads * runs, a.num_partitions));
+  return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
 }
 
 template <typename T, int D, int G>
 cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  const int runs = (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block;
-  if (a.queries_per_block <= 1) {
-    const size_t smem = one_sequence_smem_bytes<T, D, G>(a.partition_size);
-    auto kernel = decode_attention_kernel<T, D, G>;
-    const cudaError_t err = allow_smem(kernel, smem, sizeof(float) * kWarps * G * D);
-    if (err != cudaSuccess) return err;
-    const dim3 grid(a.num_kv_heads, runs, partition_blocks(kernel, smem, a.num_kv_heads * runs, a.num_partitions));
-    return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
+  if constexpr (D == 128 && G >= 6) {
+    if (stage_tokens_for<D, G>(a.partition_size, a.queries_per_block > 1) == kSmallStage)
+      return launch_phase1_staged<T, D, G, kSmallStage>(a, stream);
   }
-  // The same shared memory serves the per-sequence path (scores, reduce_buf, K/V stages) or the
-  // multi-query kernel's K/V stages.
-  const size_t smem = std::max(mq::kv_smem_bytes<T, D>(), one_sequence_smem_bytes<T, D, G>(a.partition_size) +
-                                                              sizeof(float) * kWarps * G * D);
-  auto kernel = decode_attention_multi_query_kernel<T, D, G>;
-  const cudaError_t err = allow_smem(kernel, smem, sizeof(int) * mq::kMaxMembers);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(a.num_kv_heads, runs, partition_blocks(kernel, smem, a.num_kv_heads * runs, a.num_partitions));
-  return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
+  return launch_phase1_staged<T, D, G, kStage>(a, stream);
 }
 
 template <typename T, int D>
@@ -516,6 +594,22 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
 }
 
 }  // namespace
+
+void set_decode_attention_smem_limit(int bytes) { smem_limit_override() = bytes; }
+
+int decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query) {
+  if (head_dim != 128) return kStage;
+  switch (group) {
+    case 6:
+      return stage_tokens_for<128, 6>(partition_size, multi_query);
+    case 7:
+      return stage_tokens_for<128, 7>(partition_size, multi_query);
+    case 8:
+      return stage_tokens_for<128, 8>(partition_size, multi_query);
+    default:
+      return kStage;
+  }
+}
 
 bool decode_attention_supports(int head_dim, int group) {
   return (head_dim == 64 || head_dim == 128) && group >= 1 && group <= 8;

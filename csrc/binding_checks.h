@@ -69,4 +69,38 @@ inline void check_launch(cudaError_t err, const char* op) {
 
 inline const void* opt_ptr(const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
 
+// The rotary table of T tokens: positions (T,) int64 and cos_sin_cache (max_pos, D) in float32 or
+// the dtype of `like`; sets a's positions and table.
+inline void check_rotary_table(const char* op, const Tensor& like, const Tensor& positions,
+                               const Tensor& cos_sin_cache, int64_t T, int64_t D, RotaryArgs& a) {
+  check_cuda(positions, op, "positions");
+  EXLSP_CHECK(positions.scalar_type() == at::kLong && positions.numel() == T,
+              "exlsp::%s: positions must be int64 (T,) with T = %s", to_str(op).c_str(), to_str(T).c_str());
+  check_cuda(cos_sin_cache, op, "cos_sin_cache");
+  EXLSP_CHECK(cos_sin_cache.dim() == 2 && cos_sin_cache.size(1) == D,
+              "exlsp::%s: cos_sin_cache must be (max_pos, head_dim = %s)", to_str(op).c_str(), to_str(D).c_str());
+  a.cos_sin_is_float = cos_sin_cache.scalar_type() == at::kFloat;
+  EXLSP_CHECK(a.cos_sin_is_float || cos_sin_cache.scalar_type() == like.scalar_type(),
+              "exlsp::%s: cos_sin_cache must be float32 or the model dtype", to_str(op).c_str());
+  a.positions = positions.data_ptr<int64_t>();
+  a.cos_sin = cos_sin_cache.data_ptr();
+}
+
+// The paged cache of one layer, (2, num_blocks, block_size, Hkv, D) in the dtype of `like`, and the
+// slots (T,) int64 of T tokens; sets a's cache and slots.
+inline void check_kv_cache(const char* op, const Tensor& like, const Tensor& kv_cache_layer,
+                           const Tensor& slot_mapping, int64_t T, int64_t Hkv, int64_t D, RotaryArgs& a) {
+  check_same(kv_cache_layer, like, op, "kv_cache_layer");
+  EXLSP_CHECK(kv_cache_layer.dim() == 5 && kv_cache_layer.size(0) == 2 && kv_cache_layer.size(3) == Hkv &&
+                  kv_cache_layer.size(4) == D,
+              "exlsp::%s: kv_cache_layer must be (2, num_blocks, block_size, Hkv = %s, D = %s), got %s",
+              to_str(op).c_str(), to_str(Hkv).c_str(), to_str(D).c_str(), to_str(kv_cache_layer.sizes()).c_str());
+  check_cuda(slot_mapping, op, "slot_mapping");
+  EXLSP_CHECK(slot_mapping.scalar_type() == at::kLong && slot_mapping.numel() == T,
+              "exlsp::%s: slot_mapping must be int64 (T,) with T = %s", to_str(op).c_str(), to_str(T).c_str());
+  a.kv_cache = kv_cache_layer.data_ptr();
+  a.slot_mapping = slot_mapping.data_ptr<int64_t>();
+  a.cache_half_elems = kv_cache_layer.numel() / 2;
+}
+
 }  // namespace exlsp

@@ -12,7 +12,7 @@ namespace {
 std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales,
                                   const Tensor& zeros, const std::optional<Tensor>& bias,
                                   const std::optional<Tensor>& residual, int64_t bits, int64_t group_size,
-                                  const Tensor& out) {
+                                  const Tensor& out, int64_t out_cols = -1, const char* out_cols_name = "N") {
   check_cuda(x, op, "x");
   EXLSP_CHECK(x.dim() == 2, "exlsp::%s: x must be (M, K), got %s", to_str(op).c_str(), to_str(x.sizes()).c_str());
   EXLSP_CHECK(bits == 4 || bits == 8,
@@ -21,6 +21,7 @@ std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor&
   check_cuda(qweight, op, "qweight");
   EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::%s: qweight must be int32", to_str(op).c_str());
   const int64_t N = qweight.size(1);
+  if (out_cols < 0) out_cols = N;
   EXLSP_CHECK(qweight.size(0) * 32 / bits == K,
               "exlsp::%s: qweight %s does not pack K=%s at %s bits", to_str(op).c_str(),
               to_str(qweight.sizes()).c_str(), to_str(K).c_str(), to_str(bits).c_str());
@@ -47,9 +48,9 @@ std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor&
                 "exlsp::%s: residual must be (M, N)", to_str(op).c_str());
   }
   check_same(out, x, op, "out");
-  EXLSP_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == N,
-              "exlsp::%s: out must be (M, N) = (%s, %s), got %s", to_str(op).c_str(), to_str(M).c_str(),
-              to_str(N).c_str(), to_str(out.sizes()).c_str());
+  EXLSP_CHECK(out.dim() == 2 && out.size(0) == M && out.size(1) == out_cols,
+              "exlsp::%s: out must be (M, %s) = (%s, %s), got %s", to_str(op).c_str(), out_cols_name,
+              to_str(M).c_str(), to_str(out_cols).c_str(), to_str(out.sizes()).c_str());
   return {M, K, N};
 }
 
@@ -67,42 +68,97 @@ void quant_gemv(const Tensor& x, const Tensor& qweight, const Tensor& scales, co
                op);
 }
 
+// The K-split scratch of the tensor-core GEMV: partials and counters when splits > 1, else none.
+std::pair<float*, int*> check_splits(const char* op, int64_t M, int64_t K, int64_t N,
+                                     const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
+                                     int64_t splits) {
+  if (splits <= 1) return {nullptr, nullptr};
+  EXLSP_CHECK(partials && counters, "exlsp::%s: splits > 1 needs partials and counters", to_str(op).c_str());
+  const int64_t s = quant_gemv_tc_effective_splits((int)K, (int)splits);
+  check_cuda(*partials, op, "partials");
+  check_cuda(*counters, op, "counters");
+  EXLSP_CHECK(partials->scalar_type() == at::kFloat && partials->numel() >= s * std::min<int64_t>(M, 16) * N,
+              "exlsp::%s: partials must be contiguous float32 with at least %s elements", to_str(op).c_str(),
+              to_str(s * std::min<int64_t>(M, 16) * N).c_str());
+  EXLSP_CHECK(counters->scalar_type() == at::kInt && counters->numel() >= N / 32,
+              "exlsp::%s: counters must be int32 with at least N / 32 = %s elements", to_str(op).c_str(),
+              to_str(N / 32).c_str());
+  return {partials->data_ptr<float>(), counters->data_ptr<int>()};
+}
+
+// The tensor-core GEMV with one of its epilogues (kernels.h GemvEpilogue); shapes checked by the op.
+void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
+                 const std::optional<Tensor>& bias, const GemvEpilogue& epilogue, int64_t group_size, Tensor& out,
+                 const std::optional<Tensor>& partials, const std::optional<Tensor>& counters, int64_t splits) {
+  const Dtype dtype = model_dtype(x, op);
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
+  EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
+              "exlsp::%s: needs K a multiple of 128, N and group_size multiples of 32 and K of "
+              "group_size, got K=%s N=%s group_size=%s",
+              to_str(op).c_str(), to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
+  const auto [partials_ptr, counters_ptr] = check_splits(op, M, K, N, partials, counters, splits);
+  if (M == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
+                                    zeros.data_ptr(), opt_ptr(bias), epilogue, out.data_ptr(), partials_ptr,
+                                    counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits,
+                                    c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
 // Tensor-core variant: 4-bit, integer zeros (the caller knows; the kernel does not check values).
 void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
                    Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
                    int64_t splits) {
   const char* op = "quant_gemv_tc";
-  const Dtype dtype = model_dtype(x, op);
-  const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
-  EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
-              "exlsp::quant_gemv_tc: needs K a multiple of 128, N and group_size multiples of 32 and K of "
-              "group_size, got K=%s N=%s group_size=%s",
-              to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
-  float* partials_ptr = nullptr;
-  int* counters_ptr = nullptr;
-  if (splits > 1) {
-    EXLSP_CHECK(partials && counters, "exlsp::quant_gemv_tc: splits > 1 needs partials and counters");
-    const int64_t s = quant_gemv_tc_effective_splits((int)K, (int)splits);
-    check_cuda(*partials, op, "partials");
-    check_cuda(*counters, op, "counters");
-    EXLSP_CHECK(partials->scalar_type() == at::kFloat && partials->is_contiguous() &&
-                    partials->numel() >= s * std::min<int64_t>(M, 16) * N,
-                "exlsp::quant_gemv_tc: partials must be contiguous float32 with at least %s elements",
-                to_str(s * std::min<int64_t>(M, 16) * N).c_str());
-    EXLSP_CHECK(counters->scalar_type() == at::kInt && counters->numel() >= N / 32,
-                "exlsp::quant_gemv_tc: counters must be int32 with at least N / 32 = %s elements",
-                to_str(N / 32).c_str());
-    partials_ptr = partials->data_ptr<float>();
-    counters_ptr = counters->data_ptr<int>();
-  }
-  if (M == 0) return;
-  const c10::cuda::CUDAGuard guard(x.device());
-  check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
-                                    zeros.data_ptr(), opt_ptr(bias), opt_ptr(residual), out.data_ptr(), partials_ptr,
-                                    counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits,
-                                    c10::cuda::getCurrentCUDAStream()),
-               op);
+  check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
+  GemvEpilogue epilogue;
+  epilogue.residual = opt_ptr(residual);
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits);
+}
+
+// x (M, K) @ [gate | up] (K, 2I) -> out (M, I) = silu(gate) * up, in one kernel.
+void quant_gemv_tc_silu_mul(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
+                            const std::optional<Tensor>& bias, int64_t group_size, Tensor& out,
+                            const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
+                            int64_t splits) {
+  const char* op = "quant_gemv_tc_silu_mul";
+  check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out, qweight.size(1) / 2, "N / 2");
+  GemvEpilogue epilogue;
+  epilogue.kind = GemvEpilogueKind::kSiluMul;
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits);
+}
+
+// x (M, K) @ [q | k | v] (K, (Hq + 2 Hkv) D) in one kernel: q rotated into q_out (M, Hq, D), k rotated
+// and v written to their slots of kv_cache_layer (2, num_blocks, block_size, Hkv, D).
+void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
+                             const std::optional<Tensor>& bias, int64_t group_size, const Tensor& positions,
+                             const Tensor& cos_sin_cache, Tensor& kv_cache_layer, const Tensor& slot_mapping,
+                             Tensor& q_out, const std::optional<Tensor>& partials,
+                             const std::optional<Tensor>& counters, int64_t splits) {
+  const char* op = "quant_gemv_tc_rotary_kv";
+  check_cuda(q_out, op, "q_out");
+  EXLSP_CHECK(q_out.dim() == 3, "exlsp::%s: q_out must be (M, Hq, D), got %s", to_str(op).c_str(),
+              to_str(q_out.sizes()).c_str());
+  const int64_t M = x.size(0), Hq = q_out.size(1), D = q_out.size(2), N = qweight.size(1);
+  EXLSP_CHECK(D % 32 == 0 && N % D == 0 && (N / D - Hq) > 0 && (N / D - Hq) % 2 == 0,
+              "exlsp::%s: qweight's %s columns are not q | k | v heads of D = %s (a multiple of 32) with Hq = %s",
+              to_str(op).c_str(), to_str(N).c_str(), to_str(D).c_str(), to_str(Hq).c_str());
+  const int64_t Hkv = (N / D - Hq) / 2;
+  Tensor out2d = q_out.view({q_out.size(0), Hq * D});
+  check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out2d, Hq * D, "Hq * D");
+  GemvEpilogue epilogue;
+  epilogue.kind = GemvEpilogueKind::kRotaryKv;
+  RotaryArgs& r = epilogue.rotary;
+  r.num_tokens = (int)M;
+  r.num_q_heads = (int)Hq;
+  r.num_kv_heads = (int)Hkv;
+  r.head_dim = (int)D;
+  r.apply_rotary = true;
+  check_rotary_table(op, x, positions, cos_sin_cache, M, D, r);
+  check_kv_cache(op, x, kv_cache_layer, slot_mapping, M, Hkv, D, r);
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out2d, partials, counters, splits);
 }
 
 int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
@@ -165,6 +221,13 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
   m.def(
       "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
       "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
+  m.def(
+      "quant_gemv_tc_silu_mul(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
+      "Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
+  m.def(
+      "quant_gemv_tc_rotary_kv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
+      "Tensor positions, Tensor cos_sin_cache, Tensor(a!) kv_cache_layer, Tensor slot_mapping, Tensor(b!) q_out, "
+      "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
   m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
@@ -173,5 +236,7 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
 TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
   m.impl("quant_gemv", &exlsp::quant_gemv);
   m.impl("quant_gemv_tc", &exlsp::quant_gemv_tc);
+  m.impl("quant_gemv_tc_silu_mul", &exlsp::quant_gemv_tc_silu_mul);
+  m.impl("quant_gemv_tc_rotary_kv", &exlsp::quant_gemv_tc_rotary_kv);
   m.impl("dequantize", &exlsp::dequantize);
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "dtype_utils.cuh"
+#include "elementwise_math.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -73,9 +74,6 @@ __global__ void __launch_bounds__(kNormThreads)
   }
 }
 
-// One block per token; thread t handles rotary pair (t % (D/2)) of head t / (D/2), over q heads
-// then k heads, then copies v. Pairs (i, i + D/2) are rotated together (neox half split). A thread
-// reads its pair before writing it, so the outputs may alias the inputs.
 // Grid (tokens, slices): thread i of the token's pairs rotates pair (i % (D/2)) of head i / (D/2), over
 // q heads then k heads, and copies element i of v; slices spread one token over several blocks (a
 // decode step has one token per sequence). Pairs (j, j + D/2) rotate together (neox half split). A
@@ -104,7 +102,8 @@ __global__ void rotary_write_kv_kernel(RotaryArgs a) {
       float x1 = to_float(src[i]), x2 = to_float(src[i + half]);
       if (a.apply_rotary) {
         const float c = to_float(cs[i]), s = to_float(cs[i + half]);
-        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        float y1, y2;
+        rotate_neox(x1, x2, c, s, y1, y2);
         T* dst = is_k ? static_cast<T*>(a.k_out) + ((int64_t)token * a.num_kv_heads + kv_head) * a.head_dim
                       : static_cast<T*>(a.q_out) + ((int64_t)token * a.num_q_heads + head) * a.head_dim;
         dst[i] = from_float<T>(y1);
@@ -137,7 +136,7 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ x, T* __restrict__ out
   load8_as_float(x + row * 2 * inter + col, g);
   load8_as_float(x + row * 2 * inter + inter + col, u);
 #pragma unroll
-  for (int j = 0; j < 8; ++j) o[j] = g[j] / (1.f + __expf(-g[j])) * u[j];
+  for (int j = 0; j < 8; ++j) o[j] = silu_mul(g[j], u[j]);
   store8_from_float(out + row * inter + col, o);
 }
 

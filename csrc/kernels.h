@@ -22,15 +22,6 @@ cudaError_t launch_quant_gemv(Dtype dtype, const void* x, const int32_t* qweight
                               const void* zeros, const void* bias, const void* residual, void* out, int M,
                               int K, int N, int bits, int group_size, cudaStream_t stream);
 
-// The same product on the tensor cores for 1 <= M (chunks of 16 rows), 4-bit only, integer zeros;
-// quant_gemv_tc_supports says which shapes it takes (quant_gemv_tc.cu). K is split over `splits`
-// blocks per 32 columns when partials (splits, min(M, 16), N) float32 and counters (N / 32) int32,
-// all zero, are given (the kernel leaves the counters zero again); else splits is 1.
-bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
-int quant_gemv_tc_effective_splits(int K, int splits);  // the number of K slices actually launched
-cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
-                                 const void* zeros, const void* bias, const void* residual, void* out, float* partials,
-                                 int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream);
 
 // Benchmark knobs of the tensor-core GEMV: warps per block (0: the launcher chooses, else 2..8) and
 // whether grids of at most 2 blocks per SM take batches of 8 chunks (default on).
@@ -72,6 +63,12 @@ struct DecodeAttentionArgs {
   int* counters;
 };
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream);
+// Test knob: decide the decode kernel's shared-memory staging as if a block could use at most
+// `bytes` (0: the device's opt-in limit, the default).
+void set_decode_attention_smem_limit(int bytes);
+// Tokens of K and of V the decode kernel stages in shared memory at a time for this shape (128, or
+// 64 where 128 would pass the block's limit), under the current limit.
+int decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query);
 bool decode_attention_supports(int head_dim, int group_size_q_per_kv);
 
 // out (T, H) = rmsnorm(x + residual) * weight; residual_out (T, H) = x + residual (or x) when
@@ -100,6 +97,30 @@ struct RotaryArgs {
   bool apply_rotary;
 };
 cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_t stream);
+
+// The same product on the tensor cores for 1 <= M (chunks of 16 rows), 4-bit only, integer zeros;
+// quant_gemv_tc_supports says which shapes it takes (quant_gemv_tc.cu). K is split over `splits`
+// blocks per 32 columns when partials (splits, min(M, 16), N) float32 and counters (N / 32) int32,
+// all zero, are given (the kernel leaves the counters zero again); else splits is 1.
+// The epilogue says what becomes of y = x W (+ bias):
+//   kStore:    out (M, N) = y (+ residual (M, N));
+//   kSiluMul:  y = gate | up (N = 2I): out (M, I) = silu(gate) * up, what silu_and_mul computes from
+//              the stored y (N % 32 == 0);
+//   kRotaryKv: y = q | k | v heads (N = (Hq + 2 Hkv) D, D % 32 == 0): out (M, Hq D) = rotated q;
+//              rotated k and v go to their cache slots, what rotary_write_kv does with the stored y.
+//              `rotary` gives positions, table, cache, slots and head counts (its q/k/v fields unused).
+enum class GemvEpilogueKind : int { kStore = 0, kSiluMul = 1, kRotaryKv = 2 };
+struct GemvEpilogue {
+  GemvEpilogueKind kind = GemvEpilogueKind::kStore;
+  const void* residual = nullptr;  // kStore only
+  RotaryArgs rotary{};             // kRotaryKv only
+};
+bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
+int quant_gemv_tc_effective_splits(int K, int splits);  // the number of K slices actually launched
+cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
+                                 const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
+                                 float* partials, int* counters, int M, int K, int N, int group_size, int splits,
+                                 cudaStream_t stream);
 
 // out (M, I) = silu(x[:, :I]) * x[:, I:], x (M, 2I).
 cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream);

@@ -28,6 +28,7 @@
 #include <cstdint>
 
 #include "dtype_utils.cuh"
+#include "elementwise_math.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -145,15 +146,49 @@ __device__ __forceinline__ uint32_t mask_or(uint32_t w, uint32_t magic) {
 // overlap the math. U = 8 (128 registers, 16 warps per SM) serves grids too small to fill those
 // slots: with a short K slice per warp its whole slice is requested at once, before pdl_wait.
 // With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
+// The kRotaryKv epilogue for one pair: column n (element i < D/2 of a head) and n + D/2, values
+// a and b as the unfused GEMV stores them. q heads are rotated into out (M, Hq D), k heads rotated
+// into the cache, v heads copied into it, exactly as rotary_write_kv_kernel (elementwise.cu) does.
+template <typename T>
+__device__ void store_rotary_kv(const RotaryArgs& r, int m, int n, float a, float b, T* out) {
+  const int D = r.head_dim, half = D / 2;
+  const int head = n / D, i = n - head * D;
+  const int64_t slot = r.slot_mapping[m];
+  T* cache = static_cast<T*>(r.kv_cache);
+  if (head < r.num_q_heads + r.num_kv_heads) {
+    float c, s, y1, y2;
+    rotary_cos_sin<T>(r.cos_sin, r.cos_sin_is_float, r.positions[m], D, i, c, s);
+    rotate_neox(a, b, c, s, y1, y2);
+    if (head < r.num_q_heads) {
+      T* dst = out + ((int64_t)m * r.num_q_heads + head) * D;
+      dst[i] = from_float<T>(y1);
+      dst[i + half] = from_float<T>(y2);
+    } else if (slot >= 0) {
+      T* dst = cache + (slot * r.num_kv_heads + (head - r.num_q_heads)) * D;
+      dst[i] = from_float<T>(y1);
+      dst[i + half] = from_float<T>(y2);
+    }
+  } else if (slot >= 0) {
+    T* dst = cache + r.cache_half_elems + (slot * r.num_kv_heads + (head - r.num_q_heads - r.num_kv_heads)) * D;
+    dst[i] = from_float<T>(a);
+    dst[i + half] = from_float<T>(b);
+  }
+}
+
 template <typename T, int MT, int U, int S>
 __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>())
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
-                         const T* __restrict__ zeros, const T* __restrict__ bias, const T* __restrict__ residual,
+                         const T* __restrict__ zeros, const T* __restrict__ bias, const GemvEpilogue ep,
                          T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
-                         int K, int N, int group_size, int chunks_per_split) {
+                         int K, int N, int group_size, int chunks_per_split, int pair) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;
-  const int col0 = blockIdx.x * 32 + 4 * g;  // this lane's 4 columns
+  // The block's 32 columns: 16 from tile_base on and 16 from tile_base + pair on (pair 16: 32 in a
+  // row). A fused epilogue pairs the columns it combines: gate i with up i (pair N / 2), rotary
+  // element i of a head with i + D / 2 (pair D / 2).
+  const int tiles_per_run = pair / 16;
+  const int tile_base = blockIdx.x / tiles_per_run * 2 * pair + blockIdx.x % tiles_per_run * 16;
+  const int col0 = tile_base + (g < 4 ? 4 * g : pair + 4 * (g - 4));  // this lane's 4 columns
   const int num_chunks = K / 32;            // a chunk: 4 packed word rows = 32 k
   const int split_begin = blockIdx.y * chunks_per_split;
   const int batches = (min(num_chunks, split_begin + chunks_per_split) - split_begin) / U;  // exact
@@ -325,18 +360,40 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     if (!is_last) return;
     __threadfence();
   }
-  for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
-    const int m = idx / 32, cl = idx % 32;
-    const int n = blockIdx.x * 32 + cl;
+  // y of row m, local column cl (< 16: tile_base + cl, else tile_base + pair + cl - 16), bias added.
+  auto column = [&](int m, int cl) {
     float y = 0.f;
     if (splits > 1) {
-      for (int s = 0; s < splits; ++s) y += __ldcg(&partials[((size_t)s * M + m) * N + n]);  // L2: other blocks' writes
+      const size_t slot = (size_t)m * N + blockIdx.x * 32 + cl;  // partials are indexed by block
+      for (int s = 0; s < splits; ++s) y += __ldcg(&partials[s * (size_t)M * N + slot]);  // L2: other blocks' writes
     } else {
       for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
     }
+    const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
     if (bias) y += to_float(bias[n]);
-    if (residual) y += to_float(residual[(size_t)m * N + n]);
-    out[(size_t)m * N + n] = from_float<T>(y);
+    return y;
+  };
+  if (ep.kind == GemvEpilogueKind::kStore) {
+    const T* residual = static_cast<const T*>(ep.residual);
+    for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
+      const int m = idx / 32, cl = idx % 32;
+      const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
+      float y = column(m, cl);
+      if (residual) y += to_float(residual[(size_t)m * N + n]);
+      out[(size_t)m * N + n] = from_float<T>(y);
+    }
+  } else {
+    // Pairs: what the unfused GEMV would have stored (rounded to T), then the element-wise kernel's math.
+    for (int idx = threadIdx.x; idx < M * 16; idx += blockDim.x) {
+      const int m = idx / 16, i = idx % 16;
+      const int n = tile_base + i;  // its partner is n + pair
+      const float a = to_float(from_float<T>(column(m, i))), b = to_float(from_float<T>(column(m, i + 16)));
+      if (ep.kind == GemvEpilogueKind::kSiluMul) {
+        out[(size_t)m * pair + n] = from_float<T>(silu_mul(a, b));
+      } else {
+        store_rotary_kv(ep.rotary, m, n, a, b, out);
+      }
+    }
   }
   if (splits > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next call
 }
@@ -391,13 +448,13 @@ int block_warps(int blocks, int batches_per_block) {
 }
 
 template <typename T, int MT, int U, int S>
-cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o, float* partials,
-                      int* counters, int M, int K, int N, int group_size, int per_split, int splits,
-                      cudaStream_t stream) {
+cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep, T* o,
+                      float* partials, int* counters, int M, int K, int N, int group_size, int per_split, int splits,
+                      int pair, cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
   const int warps = block_warps<T, MT, U, S>(grid.x * grid.y, per_split / U);
-  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, r, o,
-                    partials, counters, M, K, N, group_size, per_split);
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, o,
+                    partials, counters, M, K, N, group_size, per_split, pair);
 }
 
 // Batches of 4 chunks, in sub-batches of the largest common divisor of 4 and the chunks per group
@@ -405,14 +462,15 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
 // is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches, at
 // least one batch per warp: 4096 x 1024 in 4 slices of 32 chunks lost 10% to idle warps).
 template <typename T, int MT>
-cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const T* r, T* o,
-                        float* partials, int* counters, int M, int K, int N, int group_size, int splits,
-                        cudaStream_t stream) {
+cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
+                        T* o, float* partials, int* counters, int M, int K, int N, int group_size, int splits,
+                        int pair, cudaStream_t stream) {
   const int num_chunks = K / 32, chunks_per_group = group_size / 32;
   const int per_split = chunks_per_split(num_chunks, splits);
   splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
 #define EXLSP_GEMV_LAUNCH(UU, SS) \
-  launch_mt<T, MT, UU, SS>(x, qw, s, z, b, r, o, partials, counters, M, K, N, group_size, per_split, splits, stream)
+  launch_mt<T, MT, UU, SS>(x, qw, s, z, b, ep, o, partials, counters, M, K, N, group_size, per_split, splits, pair, \
+                           stream)
   if constexpr (MT == 1) {
     if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
         num_chunks % 8 == 0 && (N / 32) * splits <= 2 * sm_count())
@@ -441,26 +499,51 @@ int quant_gemv_tc_effective_splits(int K, int splits) {
 void set_gemv_tuning(int block_warps, bool wide_batches) { gemv_tuning() = GemvTuning{block_warps, wide_batches}; }
 
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
-                                 const void* zeros, const void* bias, const void* residual, void* out, float* partials,
-                                 int* counters, int M, int K, int N, int group_size, int splits, cudaStream_t stream) {
+                                 const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
+                                 float* partials, int* counters, int M, int K, int N, int group_size, int splits,
+                                 cudaStream_t stream) {
   splits = (partials && counters) ? quant_gemv_tc_effective_splits(K, splits) : 1;
+  int pair = 16, out_cols = N;  // the column pairing and the output's row length
+  switch (epilogue.kind) {
+    case GemvEpilogueKind::kStore:
+      break;
+    case GemvEpilogueKind::kSiluMul:
+      pair = out_cols = N / 2;
+      if (N % 32 != 0) return cudaErrorInvalidValue;
+      break;
+    case GemvEpilogueKind::kRotaryKv: {
+      const RotaryArgs& r = epilogue.rotary;
+      pair = r.head_dim / 2;
+      out_cols = r.num_q_heads * r.head_dim;
+      if (r.head_dim % 32 != 0 || N != (r.num_q_heads + 2 * r.num_kv_heads) * r.head_dim || !r.positions ||
+          !r.cos_sin || !r.kv_cache || !r.slot_mapping)
+        return cudaErrorInvalidValue;
+      break;
+    }
+    default:
+      return cudaErrorInvalidValue;
+  }
   const uint32_t* qw = reinterpret_cast<const uint32_t*>(qweight);
   cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
     const T* xs = static_cast<const T*>(x);
-    const T* re = static_cast<const T*>(residual);
-    T* o = static_cast<T*>(out);
+    const T* sc = static_cast<const T*>(scales);
+    const T* ze = static_cast<const T*>(zeros);
+    const T* bi = static_cast<const T*>(bias);
     for (int m0 = 0; m0 < M && err == cudaSuccess; m0 += 16) {
       const int rows = M - m0 < 16 ? M - m0 : 16;
+      GemvEpilogue ep = epilogue;  // this chunk's rows
+      if (ep.residual) ep.residual = static_cast<const T*>(ep.residual) + (size_t)m0 * N;
+      if (ep.kind == GemvEpilogueKind::kRotaryKv) {
+        ep.rotary.positions += m0;
+        ep.rotary.slot_mapping += m0;
+      }
       const T* xr = xs + (size_t)m0 * K;
-      const T* rr = re ? re + (size_t)m0 * N : nullptr;
-      T* orow = o + (size_t)m0 * N;
-      err = rows <= 8 ? launch_rows<T, 1>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
-                                        static_cast<const T*>(bias), rr, orow, partials, counters, rows, K, N,
-                                        group_size, splits, stream)
-                      : launch_rows<T, 2>(xr, qw, static_cast<const T*>(scales), static_cast<const T*>(zeros),
-                                        static_cast<const T*>(bias), rr, orow, partials, counters, rows, K, N,
-                                        group_size, splits, stream);
+      T* orow = static_cast<T*>(out) + (size_t)m0 * out_cols;
+      err = rows <= 8 ? launch_rows<T, 1>(xr, qw, sc, ze, bi, ep, orow, partials, counters, rows, K, N, group_size,
+                                          splits, pair, stream)
+                      : launch_rows<T, 2>(xr, qw, sc, ze, bi, ep, orow, partials, counters, rows, K, N, group_size,
+                                          splits, pair, stream);
     }
   });
   return err;

@@ -15,6 +15,17 @@ void set_launch_pdl(int64_t mode) {
   set_pdl_mode((int)mode);
 }
 
+void set_attention_smem_limit(int64_t bytes) {
+  EXLSP_CHECK(bytes >= 0 && bytes <= (1 << 20),
+              "exlsp::set_decode_attention_smem_limit: bytes must be 0 (the device's limit) or a size up to 1 MB, got %s",
+              to_str(bytes).c_str());
+  set_decode_attention_smem_limit((int)bytes);
+}
+
+int64_t attention_stage_tokens(int64_t head_dim, int64_t group, int64_t partition_size, bool multi_query) {
+  return decode_attention_stage_tokens((int)head_dim, (int)group, (int)partition_size, multi_query);
+}
+
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
                             const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
                             int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum,
@@ -144,40 +155,20 @@ void rotary_kv_impl(const char* op, const Tensor* q, const Tensor& k, const Tens
     check_same(*k_out, k, op, "k_out");
     EXLSP_CHECK(q_out->sizes() == q->sizes() && k_out->sizes() == k.sizes(),
                 "exlsp::%s: q_out/k_out must have the shapes of q/k", to_str(op).c_str());
-    check_cuda(*positions, op, "positions");
-    EXLSP_CHECK(positions->scalar_type() == at::kLong && positions->numel() == T,
-                "exlsp::%s: positions must be int64 (T,)", to_str(op).c_str());
-    check_cuda(*cos_sin_cache, op, "cos_sin_cache");
-    EXLSP_CHECK(cos_sin_cache->dim() == 2 && cos_sin_cache->size(1) == D,
-                "exlsp::%s: cos_sin_cache must be (max_pos, head_dim)", to_str(op).c_str());
-    a.cos_sin_is_float = cos_sin_cache->scalar_type() == at::kFloat;
-    EXLSP_CHECK(a.cos_sin_is_float || cos_sin_cache->scalar_type() == k.scalar_type(),
-                "exlsp::%s: cos_sin_cache must be float32 or the model dtype", to_str(op).c_str());
+    check_rotary_table(op, k, *positions, *cos_sin_cache, T, D, a);
     a.q = q->data_ptr();
     a.q_stride_token = q->stride(0);
     a.num_q_heads = (int)q->size(1);
     a.q_out = q_out->data_ptr();
     a.k_out = k_out->data_ptr();
-    a.positions = positions->data_ptr<int64_t>();
-    a.cos_sin = cos_sin_cache->data_ptr();
   }
   if (kv_cache_layer) {
     check_heads(*v, k, op, "v");
     EXLSP_CHECK(v->size(0) == T && v->size(1) == Hkv && v->size(2) == D,
                 "exlsp::%s: v must have k's shape", to_str(op).c_str());
-    check_same(*kv_cache_layer, k, op, "kv_cache_layer");
-    EXLSP_CHECK(kv_cache_layer->dim() == 5 && kv_cache_layer->size(0) == 2 && kv_cache_layer->size(3) == Hkv &&
-                    kv_cache_layer->size(4) == D,
-                "exlsp::%s: kv_cache_layer must be (2, num_blocks, block_size, Hkv, D), got %s", to_str(op).c_str(),
-                to_str(kv_cache_layer->sizes()).c_str());
-    check_cuda(*slot_mapping, op, "slot_mapping");
-    EXLSP_CHECK(slot_mapping->scalar_type() == at::kLong && slot_mapping->numel() == T,
-                "exlsp::%s: slot_mapping must be int64 (T,)", to_str(op).c_str());
+    check_kv_cache(op, k, *kv_cache_layer, *slot_mapping, T, Hkv, D, a);
     a.v = v->data_ptr();
     a.v_stride_token = v->stride(0);
-    a.kv_cache = kv_cache_layer->data_ptr();
-    a.slot_mapping = slot_mapping->data_ptr<int64_t>();
-    a.cache_half_elems = kv_cache_layer->numel() / 2;
   }
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(k.device());
@@ -220,6 +211,9 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 
 TORCH_LIBRARY(exlsp, m) {
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
+  m.def("set_decode_attention_smem_limit(int bytes) -> ()", &exlsp::set_attention_smem_limit);
+  m.def("decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query) -> int",
+        &exlsp::attention_stage_tokens);
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "

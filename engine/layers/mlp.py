@@ -1,4 +1,5 @@
-"""SwiGLU feed-forward: down(silu(gate(x)) * up(x)) with gate|up fused into one matrix."""
+"""SwiGLU feed-forward: down(silu(gate(x)) * up(x)) with gate|up fused into one matrix; for a quantized
+gate|up on a GPU the activation runs in the GEMV's epilogue (ops.quant_linear_silu_mul) where it can."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 
 from engine import ops
+from engine.layers.linear import QuantLinear
 
 
 class GatedMLP(nn.Module):
@@ -15,4 +17,9 @@ class GatedMLP(nn.Module):
         self.down_proj = down_proj  # I -> H
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T, H) -> (T, H)."""
+        if isinstance(self.gate_up_proj, QuantLinear):
+            act = ops.quant_linear_silu_mul(x, self.gate_up_proj.packed())  # (T, I) or None
+            if act is not None:
+                return self.down_proj(act)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # (T, 2I) -> (T, I) -> (T, H)

@@ -7,8 +7,15 @@ Public ops (signatures and layouts documented in engine/ops/reference.py):
     paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window) -> (T, Hq, D)
     quant_linear(x (M, K), w: PackedWeight) -> (M, N)
     silu_and_mul(x (M, 2I)) -> (M, I)
+    quant_linear_silu_mul(x (M, K), w) -> (M, I) or None          (fused: gate|up GEMV + SiLU * up)
+    quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads,
+                        head_dim) -> q (T, Hq, D) or None         (fused: q|k|v GEMV + rotary + K/V write)
     prepare_quant_weight(w: PackedWeight) -> PackedWeight   (once at load, after moving to the device)
     backend_report() -> {op name: "cuda" | "reference"}
+
+Fused ops return None where no kernel serves the call (the reference always does); the caller then
+composes the unfused ops, so the two paths compute the same thing. set_fused_ops(False) turns them
+off (side-by-side benchmarks).
 
 Contract with engine/ops/cuda.py (owned by the kernel work; may be absent):
     cuda.op_table() -> dict[str, Callable]: op name -> a function with the reference's signature, for
@@ -34,8 +41,13 @@ OP_NAMES = (
     "paged_attention",
     "quant_linear",
     "silu_and_mul",
+    "quant_linear_silu_mul",
+    "quant_qkv_rotary_kv",
     "prepare_quant_weight",
 )
+FUSED_OPS = ("quant_linear_silu_mul", "quant_qkv_rotary_kv")
+
+_fused_enabled = True
 
 _cuda_table: dict[str, Callable] | None = None
 
@@ -93,6 +105,26 @@ def quant_linear(x, w):
 
 def silu_and_mul(x):
     return _impl("silu_and_mul", x)(x)
+
+
+def set_fused_ops(enabled: bool) -> None:
+    """Whether the fused ops run (default) or return None so callers compose the unfused ones."""
+    global _fused_enabled
+    _fused_enabled = enabled
+
+
+def quant_linear_silu_mul(x, w):
+    if not _fused_enabled:
+        return None
+    return _impl("quant_linear_silu_mul", x)(x, w)
+
+
+def quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim):
+    if not _fused_enabled:
+        return None
+    return _impl("quant_qkv_rotary_kv", x)(
+        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim
+    )
 
 
 def prepare_quant_weight(w):

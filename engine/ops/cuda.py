@@ -73,6 +73,8 @@ def op_table() -> dict[str, Callable]:
         "paged_attention": paged_attention,
         "quant_linear": quant_linear,
         "silu_and_mul": silu_and_mul,
+        "quant_linear_silu_mul": quant_linear_silu_mul,
+        "quant_qkv_rotary_kv": quant_qkv_rotary_kv,
         "prepare_quant_weight": prepare_quant_weight,
     }
 
@@ -347,6 +349,58 @@ def _tc_ok(w: PackedWeight) -> bool:
     )
 
 
+def _tc_split_args(x: torch.Tensor, w: PackedWeight) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """(partials, counters, splits) of a tensor-core GEMV call: K slices per gemv_splits, with their
+    fp32 scratch; one slice (no scratch) where the counters were not made at load."""
+    num_rows = x.shape[0]
+    counters = _split_counters.get(x.device)
+    if counters is None or w.out_features // 32 > counters.numel():
+        return None, None, 1
+    splits = gemv_splits(w.in_features, w.out_features, num_rows, _num_sms[x.device])
+    if splits == 1:
+        return None, None, 1
+    partials = torch.empty((splits, min(num_rows, 16), w.out_features), dtype=torch.float32, device=x.device)
+    return partials, counters, splits
+
+
+def _fused_gemv_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
+    """x ready for a tensor-core GEMV with a fused epilogue (act-order applied), or None where that
+    kernel does not serve the call (too many rows for a GEMV, a weight it cannot read)."""
+    if not (_gemv_ok(x, w) and x.shape[0] <= TC_GEMV_MAX_ROWS and _tc_ok(w)):
+        return None
+    if w.perm is not None:
+        x = x.index_select(-1, w.perm)
+    return x.contiguous()
+
+
+def quant_linear_silu_mul(x, w: PackedWeight):
+    x = _fused_gemv_input(x, w)
+    if x is None:
+        return None
+    out = torch.empty((x.shape[0], w.out_features // 2), dtype=x.dtype, device=x.device)
+    torch.ops.exlsp.quant_gemv_tc_silu_mul(
+        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, out, *_tc_split_args(x, w)
+    )
+    return out
+
+
+def quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim):
+    x = _fused_gemv_input(x, w)
+    if (
+        x is None
+        or head_dim % 32
+        or not _is_model_dtype(x, kv_cache_layer)
+        or cos_sin_cache.dtype not in (torch.float32, x.dtype)
+    ):
+        return None
+    q = torch.empty((x.shape[0], num_heads, head_dim), dtype=x.dtype, device=x.device)
+    torch.ops.exlsp.quant_gemv_tc_rotary_kv(
+        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, positions.long(), cos_sin_cache,
+        kv_cache_layer, slot_mapping.long().contiguous(), q, *_tc_split_args(x, w),
+    )  # fmt: skip
+    return q
+
+
 def quant_linear(x, w: PackedWeight):
     if not _gemv_ok(x, w):
         return reference.quant_linear(x, w)
@@ -356,19 +410,9 @@ def quant_linear(x, w: PackedWeight):
     num_rows = x.shape[0]
     if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
-        counters = _split_counters.get(x.device)
-        splits = 1
-        if counters is not None and w.out_features // 32 <= counters.numel():
-            splits = gemv_splits(w.in_features, w.out_features, num_rows, _num_sms[x.device])
-        if splits == 1:
-            torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out)
-        else:
-            partials = torch.empty(
-                (splits, min(num_rows, 16), w.out_features), dtype=torch.float32, device=x.device
-            )
-            torch.ops.exlsp.quant_gemv_tc(
-                x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, partials, counters, splits
-            )
+        torch.ops.exlsp.quant_gemv_tc(
+            x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, *_tc_split_args(x, w)
+        )
         return out
     if num_rows <= GEMV_MAX_ROWS:
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)

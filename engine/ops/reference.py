@@ -228,6 +228,28 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def quant_linear_silu_mul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
+    """Fused op: silu(gate) * up of x @ W = [gate | up] in one kernel, or None where no kernel serves
+    the call (always here: the caller composes quant_linear and silu_and_mul)."""
+    return None
+
+
+def quant_qkv_rotary_kv(
+    x: torch.Tensor,
+    w: PackedWeight,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    kv_cache_layer: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    head_dim: int,
+) -> torch.Tensor | None:
+    """Fused op: x @ W = [q | k | v] heads, q and k rotated, k and v written to their slots, q
+    (T, Hq, D) returned, in one kernel; or None where no kernel serves the call (always here: the
+    caller composes quant_linear, apply_rotary and write_kv)."""
+    return None
+
+
 def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
     """Once per weight and device. On the CPU, dequantize once and keep the float rows: unpacking
     every call would cost several times the matmul, and a CPU has memory to spare for a model small

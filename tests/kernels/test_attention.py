@@ -230,6 +230,51 @@ def test_decode_kernel_with_more_partitions_than_the_context_needs():
     assert rel_err(out, ref) <= REL_TOL
 
 
+SM86_SMEM_PER_BLOCK = 99 * 1024  # the opt-in limit of sm_86 / sm_89 cards (A10, L4, RTX 30xx / 40xx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "seq_lens,hq,hkv",
+    [([1, 300, 2049], 16, 2), ([70000], 6, 1), ([40000], 7, 1)],
+    ids=["gqa8", "gqa6-512-token-partitions", "gqa7-256-token-partitions"],
+)
+def test_decode_kernel_stages_64_tokens_where_128_pass_a_99kb_card(seq_lens, hq, hkv, dtype):
+    """8 query heads per KV head at D = 128 (CodeLlama-34B, Llama-3-70B shapes) need 100 KB per block
+    with 128-token K/V stages: over what sm_86 / sm_89 allow. Under that limit the launcher stages
+    64 tokens, and every path (merge kernel, merge in the last block, multi-query) still matches the
+    reference."""
+    from engine.cuda_graph import token_level_metadata
+    from engine.ops import cuda
+
+    ops = exlsp_ops()
+    d, g = 128, hq // hkv
+    cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, dtype, seed=sum(seq_lens) + g)
+    q = torch.randn((len(seq_lens), hq, d), generator=generator(3), device="cuda").to(dtype)
+    ref = reference.paged_attention(q, cache, attn, d**-0.5, None)
+    part = cuda.partition_size_for(attn.max_seq_len)
+    assert ops.decode_attention_stage_tokens(d, g, part, False) == 128  # an H100 / H200 / A100 has room
+    ops.set_decode_attention_smem_limit(SM86_SMEM_PER_BLOCK)
+    try:
+        assert ops.decode_attention_stage_tokens(d, g, part, False) == 64
+        counters = torch.zeros(len(seq_lens) * hkv, dtype=torch.int32, device="cuda")
+        for merge_counters in (None, counters):
+            out = run_decode_kernel(q, cache, attn, d**-0.5, None, part, 1, merge_counters)
+            assert rel_err(out, ref) <= REL_TOL
+        # a short prompt's tokens as one-token sequences (the multi-query kernel)
+        new = min(seq_lens[-1], 16)
+        cache, attn = paged_batch([seq_lens[-1]], [new], hkv, d, dtype, seed=g)
+        q = torch.randn((new, hq, d), generator=generator(4), device="cuda").to(dtype)
+        ref = reference.paged_attention(q, cache, attn, d**-0.5, None)
+        tokens = token_level_metadata(attn, new)
+        part = cuda.partition_size_for(tokens.max_seq_len, cuda.MULTI_QUERY_MIN_PARTITION)
+        out = run_decode_kernel(q, cache, tokens, d**-0.5, None, part, 16)
+        assert rel_err(out, ref) <= REL_TOL
+    finally:
+        ops.set_decode_attention_smem_limit(0)
+    assert ops.decode_attention_stage_tokens(d, g, part, False) == 128
+
+
 # (seq_lens, query_lens, Hq, Hkv, D, sliding_window)
 PREFILL_CASES = {
     "fresh-prompts": ([50, 300], [50, 300], 8, 2, 128, None),
