@@ -40,13 +40,18 @@ template <int G>
 __host__ __device__ constexpr int scores_floats(int partition_size) {
   return (G * partition_size + 3) / 4 * 4;
 }
+// Stage rows are padded by 16 bytes, so that the 8 rows an ldmatrix reads hit distinct banks.
+template <int D>
+__host__ __device__ constexpr int stage_row() {
+  return D + 8;
+}
 template <typename T, int D, int G, int ST>
 __host__ __device__ constexpr size_t one_sequence_smem_bytes(int partition_size) {
-  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * ST * D;
+  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * ST * stage_row<D>();
 }
 
 // cp.async of rows [row_lo, row_hi) of a stage (ST tokens' head vectors, K or V, from token t0)
-// into stage[ST][D], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
+// into stage[ST][stage_row<D>()], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
 // whole block issues; the caller commits and waits.
 template <typename T, int D, int ST>
 __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int32_t* block_table, int block_size,
@@ -67,7 +72,7 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
       const T* src = cache;  // a readable address for the zero-fill
       if (valid)
         src = cache + (((size_t)block_table[blk] * block_size + slot) * num_kv_heads + kv_head) * D + v * 8;
-      mq::cp_async16(stage + r * D + v * 8, src, valid);
+      mq::cp_async16(stage + r * stage_row<D>() + v * 8, src, valid);
     }
     blk += step_blocks;
     slot += step_slots;
@@ -120,7 +125,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   const T* v_cache = k_cache + (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
   const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
   T* k_stage = stage;
-  T* v_stage = stage + ST * D;
+  T* v_stage = stage + ST * stage_row<D>();
   auto stage_k = [&](int t0) {
     stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
   };
@@ -145,6 +150,122 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   }
   mq::cp_async_commit();
 
+  // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
+  auto softmax_weights = [&]() {
+    for (int g = warp; g < G; g += kWarps) {
+      float m = -FLT_MAX;
+      for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      float l = 0.f;
+      for (int i = lane; i < n; i += 32) {
+        const float s = scores[g * P + i];
+        const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
+        scores[g * P + i] = p;
+        l += p;
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+      if (lane == 0) {
+        a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
+        a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
+      }
+    }
+    __syncthreads();
+  };
+
+  if (a.tensor_cores) {
+    // The same three phases on the tensor cores (m16n8k16, fp32 accumulation), q as the A operand:
+    // row g = head g of the group (rows g + 8 stay empty, G <= 8), K and V as B from the stages.
+    constexpr int kRow = stage_row<D>();
+    const int g = lane / 4, t4 = lane % 4;
+    uint32_t qa[D / 16][4];
+    {
+      const T* qrow = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token +
+                      ((size_t)kv_head * G + (g < G ? g : 0)) * D + t4 * 2;
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        qa[ks][0] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16) : 0u;
+        qa[ks][2] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16 + 8) : 0u;
+        qa[ks][1] = qa[ks][3] = 0u;
+      }
+    }
+    // Phase 1: warp w scores the 16-token slices w, w + kWarps, ... of each stage.
+    for (int t0 = start; t0 < end; t0 += ST) {
+      if (t0 != start) {
+        stage_k(t0);
+        mq::cp_async_commit();
+      }
+      mq::cp_async_wait<0>();
+      __syncthreads();
+      for (int slice = warp; slice < ST / 16 && t0 + slice * 16 < end; slice += kWarps) {  // warp-uniform
+        float sc[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+          const T* krow = k_stage + (slice * 16 + nt * 8 + lane % 8) * kRow + (lane / 8) * 8;
+#pragma unroll
+          for (int kb = 0; kb < D / 32; ++kb) {
+            uint32_t b[4];
+            mq::ldmatrix_x4(b, krow + kb * 32);
+            mq::mma16816<T>(sc[nt], qa[2 * kb], b[0], b[1]);
+            mq::mma16816<T>(sc[nt], qa[2 * kb + 1], b[2], b[3]);
+          }
+        }
+        if (g < G) {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int t = t0 + slice * 16 + nt * 8 + t4 * 2 + e;
+              if (t < end) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : sc[nt][e] * a.scale;
+            }
+          }
+        }
+      }
+      __syncthreads();  // scores complete; the K stage may be refilled
+    }
+    softmax_weights();
+    // Phase 3: warp w owns dims [16 w, 16 w + 16) over every token: out = P (heads x tokens) . V.
+    float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    const int d0 = warp * 16;
+    for (int t0 = start; t0 < end; t0 += ST) {
+      if (t0 != start) {
+        __syncthreads();  // every warp is done with the previous V stage
+        stage_v(t0);
+        mq::cp_async_commit();
+        mq::cp_async_wait<0>();
+        __syncthreads();
+      }
+      if (d0 >= D) continue;  // D = 64: warps 4-7 have no dims
+      const int rows = min(ST, end - t0);
+      for (int kk = 0; kk * 16 < rows; ++kk) {
+        // A = this lane's weights p[g][i], i = tokens 2 t4, +1, +8, +9 of the slice (0 past n).
+        const int i0 = t0 - start + kk * 16 + t4 * 2;
+        float p[4] = {0.f, 0.f, 0.f, 0.f};
+        if (g < G) {
+          const float2 lo = *reinterpret_cast<const float2*>(&scores[g * P + i0]);
+          const float2 hi = *reinterpret_cast<const float2*>(&scores[g * P + i0 + 8]);
+          p[0] = i0 < n ? lo.x : 0.f;
+          p[1] = i0 + 1 < n ? lo.y : 0.f;
+          p[2] = i0 + 8 < n ? hi.x : 0.f;
+          p[3] = i0 + 9 < n ? hi.y : 0.f;
+        }
+        const uint32_t pa[4] = {mq::pack2<T>(p[0], p[1]), 0u, mq::pack2<T>(p[2], p[3]), 0u};
+        uint32_t b[4];
+        mq::ldmatrix_x4_trans(b, v_stage + (kk * 16 + lane % 8 + ((lane / 8) & 1) * 8) * kRow + (lane / 16) * 8 + d0);
+        mq::mma16816<T>(o[0], pa, b[0], b[1]);
+        mq::mma16816<T>(o[1], pa, b[2], b[3]);
+      }
+    }
+    if (g < G && d0 < D) {
+      float* out = a.tmp_out + (part_index + (size_t)g * a.num_partitions) * D + d0 + t4 * 2;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) *reinterpret_cast<float2*>(out + nt * 8) = make_float2(o[nt][0], o[nt][1]);
+    }
+    return;
+  }
+
   // q of the group's heads, this lane's 8 dims, pre-scaled (while K and V are on their way).
   float qf[G][8];
   const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
@@ -167,7 +288,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
 #pragma unroll 4
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int r = row0 + i * kTokenGroups, t = t0 + r;
-      const uint4 kraw = *reinterpret_cast<const uint4*>(k_stage + r * D + lane_in_token * 8);
+      const uint4 kraw = *reinterpret_cast<const uint4*>(k_stage + r * stage_row<D>() + lane_in_token * 8);
       const T* kv = reinterpret_cast<const T*>(&kraw);
       float kf[8];
 #pragma unroll
@@ -189,27 +310,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     __syncthreads();  // scores complete; the K stage may be refilled
   }
 
-  // Phase 2: per head, max and exp-sum over the partition; scores become unnormalised weights.
-  for (int g = warp; g < G; g += kWarps) {
-    float m = -FLT_MAX;
-    for (int i = lane; i < n; i += 32) m = fmaxf(m, scores[g * P + i]);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float l = 0.f;
-    for (int i = lane; i < n; i += 32) {
-      const float s = scores[g * P + i];
-      const float p = s == -FLT_MAX ? 0.f : __expf(s - m);
-      scores[g * P + i] = p;
-      l += p;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
-    if (lane == 0) {
-      a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
-      a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
-    }
-  }
-  __syncthreads();
+  softmax_weights();
 
   // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's rows, a stage at a time.
   float acc[G][8];
@@ -230,7 +331,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     for (int i = 0; i < kRowsPerThread; ++i) {
       const int r = row0 + i * kTokenGroups, t = t0 + r;
       if (t >= end) break;  // rows ascend with i
-      const uint4 vraw = *reinterpret_cast<const uint4*>(v_stage + r * D + lane_in_token * 8);
+      const uint4 vraw = *reinterpret_cast<const uint4*>(v_stage + r * stage_row<D>() + lane_in_token * 8);
       const T* vv = reinterpret_cast<const T*>(&vraw);
       float vf[8];
 #pragma unroll
@@ -329,7 +430,7 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
 // One block per (KV head, sequence, partition): the ordinary decode path.
 template <typename T, int D, int G, int ST>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
-  static_assert(sizeof(float) * G * kMaxPartitions <= sizeof(T) * 2 * ST * D, "merge weights fit the stages");
+  static_assert(sizeof(float) * G * kMaxPartitions <= sizeof(T) * 2 * ST * stage_row<D>(), "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   __shared__ float reduce_buf[kWarps][G][D];
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
@@ -595,6 +696,12 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
 
 }  // namespace
 
+bool& tensor_cores_knob() {
+  static bool on = true;
+  return on;
+}
+void set_decode_attention_tensor_cores(bool on) { tensor_cores_knob() = on; }
+
 void set_decode_attention_smem_limit(int bytes) { smem_limit_override() = bytes; }
 
 int decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query) {
@@ -621,9 +728,11 @@ cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, c
   if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > kMaxPartitions ||
       a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers)
     return cudaErrorInvalidValue;
+  DecodeAttentionArgs args = a;
+  args.tensor_cores = tensor_cores_knob() ? 1 : 0;
   cudaError_t err = cudaErrorInvalidValue;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    err = a.head_dim == 64 ? launch_d<T, 64>(a, G, stream) : launch_d<T, 128>(a, G, stream);
+    err = a.head_dim == 64 ? launch_d<T, 64>(args, G, stream) : launch_d<T, 128>(args, G, stream);
   });
   return err;
 }

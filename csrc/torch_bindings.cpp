@@ -212,6 +212,7 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 TORCH_LIBRARY(exlsp, m) {
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
   m.def("set_decode_attention_smem_limit(int bytes) -> ()", &exlsp::set_attention_smem_limit);
+  m.def("set_decode_attention_tensor_cores(bool on) -> ()", &exlsp::set_decode_attention_tensor_cores);
   m.def("decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query) -> int",
         &exlsp::attention_stage_tokens);
   m.def(

@@ -1,12 +1,14 @@
 """Probe: where a graphed decode step's time goes, kernel by kernel, from a CUPTI timeline.
 
-    python bench/probes/decode_timeline.py [--model llama3-8b] [--ctx 2048]
+    python bench/probes/decode_timeline.py [--model llama3-8b] [--ctx 2048] [--keystroke 16]
 
 Replays the served decode step (bench/engine_step.py ServedStep) under torch.profiler with PDL off,
 then on. With PDL off each kernel's duration is its own; the step's wall minus the union of kernel
 intervals is launch gaps. With PDL on a kernel's interval includes the time its blocks wait for the
 previous kernel, so only the wall is compared. Prints per kernel family: calls per step, mean us,
-total us per step.
+total us per step. With --keystroke N the step is a keystroke's instead: N new tokens after a cached
+prefix of --ctx tokens, as one-token sequences through the same graph, the head on the last row
+(what bench_gpu.py times as TTFT on the graph path).
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.engine_step import BLOCK_SIZE, CACHE_TOKENS, ServedStep, decode_metadata  # noqa: E402
+from bench.engine_step import (  # noqa: E402
+    BLOCK_SIZE,
+    CACHE_TOKENS,
+    ServedStep,
+    decode_metadata,
+    suffix_metadata,
+)
 from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 
@@ -34,13 +42,13 @@ def family(name: str) -> str:
     return re.sub(r"<.*", "", name)[:48]
 
 
-def timeline(step, ids, pos, attn, steps: int) -> tuple[float, list[tuple[str, float, float]]]:
+def timeline(step, ids, pos, attn, steps: int, rows: slice) -> tuple[float, list[tuple[str, float, float]]]:
     for _ in range(3):
-        step.run(ids, pos, attn)
+        step.run(ids, pos, attn, rows)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            step.run(ids, pos, attn)
+            step.run(ids, pos, attn, rows)
         torch.cuda.synchronize()
     kernels = []
     for e in prof.events():
@@ -74,6 +82,8 @@ def main() -> int:
     parser.add_argument(
         "--separate-merge", action="store_true", help="merge decode partitions in their own kernel"
     )
+    parser.add_argument("--keystroke", type=int, help="time a keystroke of this many new tokens instead")
+    parser.add_argument("--unfused", action="store_true", help="without the GEMV's fused epilogues")
     args = parser.parse_args()
     if not kernels_ready("decode_timeline"):
         return 1
@@ -89,11 +99,23 @@ def main() -> int:
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
     kv_cache.normal_()
     model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    if args.unfused:
+        from engine import ops
+
+        ops.set_fused_ops(False)
     ids, pos, attn = decode_metadata(args.ctx)
+    rows = slice(None)
+    if args.keystroke:
+        from engine.cuda_graph import token_level_metadata
+
+        n = args.keystroke
+        ids = torch.randint(0, model.config.vocab_size, (n,), device="cuda")
+        pos = torch.arange(args.ctx, args.ctx + n, device="cuda")
+        attn, rows = token_level_metadata(suffix_metadata(args.ctx, n), n), slice(-1, None)
     for pdl in (0, 1):
         torch.ops.exlsp.set_launch_pdl(pdl)
         step = ServedStep(model, kv_cache)
-        wall, kernels = timeline(step, ids, pos, attn, args.steps)
+        wall, kernels = timeline(step, ids, pos, attn, args.steps, rows)
         busy = union_us(kernels) / args.steps
         print(
             f"\nPDL {'on' if pdl else 'off'}: step wall {wall:.0f} us, kernels busy {busy:.0f} us, gaps {wall - busy:.0f} us"
@@ -104,9 +126,9 @@ def main() -> int:
         fam = collections.defaultdict(list)
         for name, s, e in kernels:
             fam[family(name)].append(e - s)
-        rows = sorted(fam.items(), key=lambda kv: -sum(kv[1]))
+        table = sorted(fam.items(), key=lambda kv: -sum(kv[1]))
         print(f"{'kernel':48s} {'calls/step':>10s} {'mean us':>8s} {'us/step':>8s}")
-        for name, ds in rows:
+        for name, ds in table:
             print(
                 f"{name:48s} {len(ds) / args.steps:10.1f} {sum(ds) / len(ds):8.2f} {sum(ds) / args.steps:8.1f}"
             )

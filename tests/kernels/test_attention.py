@@ -66,9 +66,18 @@ DECODE_CASES = {
 }
 
 
+@pytest.fixture(params=[True, False], ids=["tensor-cores", "cuda-cores"])
+def decode_path(request):
+    """The per-sequence decode path's dot products on the tensor cores (default) or the CUDA cores."""
+    ops = exlsp_ops()
+    ops.set_decode_attention_tensor_cores(request.param)
+    yield request.param
+    ops.set_decode_attention_tensor_cores(True)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", DECODE_CASES.values(), ids=DECODE_CASES.keys())
-def test_decode_kernel_matches_reference(case, dtype):
+def test_decode_kernel_matches_reference(case, dtype, decode_path):
     from engine.ops import cuda
 
     seq_lens, hq, hkv, d, window = case
@@ -102,7 +111,7 @@ def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block, co
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", DECODE_CASES.values(), ids=DECODE_CASES.keys())
-def test_decode_merge_in_the_last_block_equals_the_merge_kernel(case, dtype):
+def test_decode_merge_in_the_last_block_equals_the_merge_kernel(case, dtype, decode_path):
     """With counters the decode kernel's last block per (sequence, KV head) merges the partitions:
     bit for bit the separate merge kernel's output, twice in a row (the counters are left zero), and
     zeros for a padding row of length 0 (as a CUDA graph bucket has)."""
@@ -239,7 +248,7 @@ SM86_SMEM_PER_BLOCK = 99 * 1024  # the opt-in limit of sm_86 / sm_89 cards (A10,
     [([1, 300, 2049], 16, 2), ([70000], 6, 1), ([40000], 7, 1)],
     ids=["gqa8", "gqa6-512-token-partitions", "gqa7-256-token-partitions"],
 )
-def test_decode_kernel_stages_64_tokens_where_128_pass_a_99kb_card(seq_lens, hq, hkv, dtype):
+def test_decode_kernel_stages_64_tokens_where_128_pass_a_99kb_card(seq_lens, hq, hkv, dtype, decode_path):
     """8 query heads per KV head at D = 128 (CodeLlama-34B, Llama-3-70B shapes) need 100 KB per block
     with 128-token K/V stages: over what sm_86 / sm_89 allow. Under that limit the launcher stages
     64 tokens, and every path (merge kernel, merge in the last block, multi-query) still matches the

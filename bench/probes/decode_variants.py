@@ -1,10 +1,11 @@
-"""Probe: decode tok/s with the GEMV's fused epilogues (SiLU * up after gate|up, rotary + K/V write
-after q|k|v) against the unfused kernels, one model, same weights and cache, alternated.
+"""Probe: decode tok/s of the served step under kernel variants, one model, same weights and cache,
+alternated: the default; without the GEMV's fused epilogues (SiLU * up after gate|up, rotary + K/V
+write after q|k|v); with the decode attention's dot products on the CUDA cores.
 
-    python bench/probes/fused_epilogues.py [--model llama3-8b] [--rounds 2]
+    python bench/probes/decode_variants.py [--model llama3-8b] [--rounds 2]
 
-The op seam decides at capture time (engine.ops.set_fused_ops), so each variant is its own CUDA
-graph of the served decode step (bench/engine_step.py ServedStep).
+Each variant is its own CUDA graph of the served decode step (bench/engine_step.py ServedStep): the
+op seam (engine.ops.set_fused_ops) and the attention knob are read when the graph is captured.
 """
 
 from __future__ import annotations
@@ -25,30 +26,35 @@ from engine.loader import default_vocab_bits  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    if not kernels_ready("fused_epilogues"):
+    if not kernels_ready("decode_variants"):
         return 1
     head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
     model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
     kv_cache.normal_()
     model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    variants = {"default": (True, True), "unfused": (False, True), "cuda-core-attn": (True, False)}
     rows = []
     for r in range(args.rounds):
-        for fused in (True, False):
+        for label, (fused, tensor_cores) in variants.items():
             ops.set_fused_ops(fused)
+            torch.ops.exlsp.set_decode_attention_tensor_cores(tensor_cores)
             served = ServedStep(model, kv_cache)
             tok_s = {ctx: 1e3 / time_decode(served, ctx)[0] for ctx in (32, 2048, 8192)}
-            rows.append((r, "fused" if fused else "unfused", tok_s))
+            rows.append((r, label, tok_s))
             del served
     ops.set_fused_ops(True)
+    torch.ops.exlsp.set_decode_attention_tensor_cores(True)
     print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s (graph, steps queued)")
-    print(f"{'round':>5}  {'variant':8}  {'ctx 32':>8}  {'ctx 2k':>8}  {'ctx 8k':>8}")
+    print(f"{'round':>5}  {'variant':14}  {'ctx 32':>8}  {'ctx 2k':>8}  {'ctx 8k':>8}")
     for r, label, tok_s in rows:
-        print(f"{r:>5}  {label:8}  {tok_s[32]:8.1f}  {tok_s[2048]:8.1f}  {tok_s[8192]:8.1f}")
+        print(f"{r:>5}  {label:14}  {tok_s[32]:8.1f}  {tok_s[2048]:8.1f}  {tok_s[8192]:8.1f}")
     return 0
 
 
