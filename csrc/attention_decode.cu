@@ -27,15 +27,12 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-// Tokens of K and of V staged in shared memory at a time (the template parameter ST): 128, or 64
-// where a block of 128 would pass the card's shared-memory limit per block (2 x 128 x D of T beside
-// the scores and reduce_buf: 100 KB at G = 8, D = 128, over the 99 KB of sm_86 / sm_89).
-constexpr int kStage = 128;
-constexpr int kSmallStage = 64;
+constexpr int kStage = 128;  // tokens of K and of V staged in shared memory at a time
 constexpr int kMaxPartitions = 1024;
 
 // Shared memory of the per-sequence path: scores (G, partition_size) floats padded to 16 bytes, then
-// the K and V stages (ST, D) of T each. reduce_buf is separate: kWarps x G x D floats.
+// the K and V stages (kStage rows of stage_row<D>() T each). At most 16 + 68 KB (G = 8, D = 128,
+// partitions of 512): under the 99 KB a block may have on sm_86 / sm_89.
 template <int G>
 __host__ __device__ constexpr int scores_floats(int partition_size) {
   return (G * partition_size + 3) / 4 * 4;
@@ -45,28 +42,28 @@ template <int D>
 __host__ __device__ constexpr int stage_row() {
   return D + 8;
 }
-template <typename T, int D, int G, int ST>
+template <typename T, int D, int G>
 __host__ __device__ constexpr size_t one_sequence_smem_bytes(int partition_size) {
-  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * ST * stage_row<D>();
+  return sizeof(float) * scores_floats<G>(partition_size) + sizeof(T) * 2 * kStage * stage_row<D>();
 }
 
-// cp.async of rows [row_lo, row_hi) of a stage (ST tokens' head vectors, K or V, from token t0)
-// into stage[ST][stage_row<D>()], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
+// cp.async of rows [row_lo, row_hi) of a stage (kStage tokens' head vectors, K or V, from token t0)
+// into stage[kStage][stage_row<D>()], except rows [skip_lo, skip_hi); rows past `count` are zero-filled. The
 // whole block issues; the caller commits and waits.
-template <typename T, int D, int ST>
+template <typename T, int D>
 __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int32_t* block_table, int block_size,
                                              int num_kv_heads, int kv_head, int t0, int count, int row_lo = 0,
-                                             int row_hi = ST, int skip_lo = 0, int skip_hi = 0) {
+                                             int row_hi = kStage, int skip_lo = 0, int skip_hi = 0) {
   constexpr int kVecs = D / 8;
   constexpr int kRowStep = kThreads / kVecs;  // a thread's rows: r0, r0 + kRowStep, ...
-  static_assert(ST % kRowStep == 0, "whole row steps per stage");
+  static_assert(kStage % kRowStep == 0, "whole row steps per stage");
   const int v = threadIdx.x % kVecs, r0 = threadIdx.x / kVecs;
   // The cache block and slot of this thread's rows, stepped without a division per row (a division
   // by the runtime block size per copy was the largest part of the kernel's instructions).
   const int step_blocks = kRowStep / block_size, step_slots = kRowStep % block_size;
   int blk = (t0 + r0) / block_size, slot = (t0 + r0) % block_size;
 #pragma unroll 4
-  for (int r = r0; r < ST; r += kRowStep) {
+  for (int r = r0; r < kStage; r += kRowStep) {
     if (r >= row_lo && r < row_hi && !(r >= skip_lo && r < skip_hi)) {
       const bool valid = r < count;
       const T* src = cache;  // a readable address for the zero-fill
@@ -83,8 +80,13 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
   }
 }
 
-// One sequence's new token against one partition of its context, on the CUDA cores.
-// The partition's K and V are staged through shared memory ST tokens at a time with cp.async;
+// One sequence's new token against one partition of its context, on the tensor cores (m16n8k16,
+// fp32 accumulation): q is the A operand, row g = head g of the group (rows g + 8 stay empty, G <= 8),
+// so one K/V read serves every head of the group; K and V are the B operands, read from the stages
+// with ldmatrix. (The same phases on the CUDA cores, with 16-lane shuffle reductions per token and
+// per head, took 3.1M warp instructions per layer at 2k context: decode 2k 381 vs 392 tok/s, 8k 313
+// vs 331 on an H100, bench/NOTES.md.)
+// The partition's K and V are staged through shared memory kStage tokens at a time with cp.async;
 // for the usual partition of 128 tokens every load of the block is issued at once, so the block
 // waits for memory once. (It used to load K, then V, four tokens per thread at a time: four
 // dependent round trips per block, 10.6 us per layer at 2k context on an H100 for 8 MB of K/V.)
@@ -95,16 +97,12 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
 // the previous kernel writes, are read after the wait. A step adds at most num_seqs tokens to any
 // sequence's context (one per row; a short prompt's tokens are consecutive rows), and they are its
 // last ones, so rows from seq_len - num_seqs on wait.
-template <typename T, int D, int G, int ST>
+template <typename T, int D, int G>
 __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
-                                    float (*reduce_buf)[G][D], T* stage, bool wait_predecessor = false) {
-  constexpr int kLanesPerToken = D / 8;
-  constexpr int kTokensPerWarp = 32 / kLanesPerToken;
-  constexpr int kTokenGroups = kWarps * kTokensPerWarp;
-  constexpr int kRowsPerThread = ST / kTokenGroups;
+                                    T* stage, bool wait_predecessor = false) {
+  constexpr int ST = kStage;
+  constexpr int kRow = stage_row<D>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int lane_in_token = lane % kLanesPerToken;
-  const int row0 = warp * kTokensPerWarp + lane / kLanesPerToken;  // this thread's first staged row
   const int P = a.partition_size;
   const int seq_len = a.seq_lens[seq];
   const int start = part * P;
@@ -125,26 +123,26 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   const T* v_cache = k_cache + (size_t)a.num_blocks * a.block_size * a.num_kv_heads * D;
   const int32_t* block_table = a.block_tables + (size_t)seq * a.max_blocks_per_seq;
   T* k_stage = stage;
-  T* v_stage = stage + ST * stage_row<D>();
+  T* v_stage = stage + ST * kRow;
   auto stage_k = [&](int t0) {
-    stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
+    stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
   };
   auto stage_v = [&](int t0) {
-    stage_tokens<T, D, ST>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
+    stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, t0, min(ST, end - t0));
   };
   // V of the first stage comes with K: one round trip when n <= ST.
   const int first_count = min(ST, end - start);
   const int defer = wait_predecessor ? max(0, seq_len - a.num_seqs - start) : ST;  // first row that waits
-  stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
+  stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
                      ST, defer, first_count);
-  stage_tokens<T, D, ST>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
+  stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
                      ST, defer, first_count);
   if (wait_predecessor) {
     pdl_wait();
     if (defer < first_count) {
-      stage_tokens<T, D, ST>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
+      stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
                          defer, first_count);
-      stage_tokens<T, D, ST>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
+      stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
                          defer, first_count);
     }
   }
@@ -174,110 +172,20 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     __syncthreads();
   };
 
-  if (a.tensor_cores) {
-    // The same three phases on the tensor cores (m16n8k16, fp32 accumulation), q as the A operand:
-    // row g = head g of the group (rows g + 8 stay empty, G <= 8), K and V as B from the stages.
-    constexpr int kRow = stage_row<D>();
-    const int g = lane / 4, t4 = lane % 4;
-    uint32_t qa[D / 16][4];
-    {
-      const T* qrow = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token +
-                      ((size_t)kv_head * G + (g < G ? g : 0)) * D + t4 * 2;
+  // q of head g of the group as the A operand (this lane's two dims per 8; read after the wait).
+  const int g = lane / 4, t4 = lane % 4;
+  uint32_t qa[D / 16][4];
+  {
+    const T* qrow = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token +
+                    ((size_t)kv_head * G + (g < G ? g : 0)) * D + t4 * 2;
 #pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        qa[ks][0] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16) : 0u;
-        qa[ks][2] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16 + 8) : 0u;
-        qa[ks][1] = qa[ks][3] = 0u;
-      }
+    for (int ks = 0; ks < D / 16; ++ks) {
+      qa[ks][0] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16) : 0u;
+      qa[ks][2] = g < G ? *reinterpret_cast<const uint32_t*>(qrow + ks * 16 + 8) : 0u;
+      qa[ks][1] = qa[ks][3] = 0u;
     }
-    // Phase 1: warp w scores the 16-token slices w, w + kWarps, ... of each stage.
-    for (int t0 = start; t0 < end; t0 += ST) {
-      if (t0 != start) {
-        stage_k(t0);
-        mq::cp_async_commit();
-      }
-      mq::cp_async_wait<0>();
-      __syncthreads();
-      for (int slice = warp; slice < ST / 16 && t0 + slice * 16 < end; slice += kWarps) {  // warp-uniform
-        float sc[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-          const T* krow = k_stage + (slice * 16 + nt * 8 + lane % 8) * kRow + (lane / 8) * 8;
-#pragma unroll
-          for (int kb = 0; kb < D / 32; ++kb) {
-            uint32_t b[4];
-            mq::ldmatrix_x4(b, krow + kb * 32);
-            mq::mma16816<T>(sc[nt], qa[2 * kb], b[0], b[1]);
-            mq::mma16816<T>(sc[nt], qa[2 * kb + 1], b[2], b[3]);
-          }
-        }
-        if (g < G) {
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int t = t0 + slice * 16 + nt * 8 + t4 * 2 + e;
-              if (t < end) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : sc[nt][e] * a.scale;
-            }
-          }
-        }
-      }
-      __syncthreads();  // scores complete; the K stage may be refilled
-    }
-    softmax_weights();
-    // Phase 3: warp w owns dims [16 w, 16 w + 16) over every token: out = P (heads x tokens) . V.
-    float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-    const int d0 = warp * 16;
-    for (int t0 = start; t0 < end; t0 += ST) {
-      if (t0 != start) {
-        __syncthreads();  // every warp is done with the previous V stage
-        stage_v(t0);
-        mq::cp_async_commit();
-        mq::cp_async_wait<0>();
-        __syncthreads();
-      }
-      if (d0 >= D) continue;  // D = 64: warps 4-7 have no dims
-      const int rows = min(ST, end - t0);
-      for (int kk = 0; kk * 16 < rows; ++kk) {
-        // A = this lane's weights p[g][i], i = tokens 2 t4, +1, +8, +9 of the slice (0 past n).
-        const int i0 = t0 - start + kk * 16 + t4 * 2;
-        float p[4] = {0.f, 0.f, 0.f, 0.f};
-        if (g < G) {
-          const float2 lo = *reinterpret_cast<const float2*>(&scores[g * P + i0]);
-          const float2 hi = *reinterpret_cast<const float2*>(&scores[g * P + i0 + 8]);
-          p[0] = i0 < n ? lo.x : 0.f;
-          p[1] = i0 + 1 < n ? lo.y : 0.f;
-          p[2] = i0 + 8 < n ? hi.x : 0.f;
-          p[3] = i0 + 9 < n ? hi.y : 0.f;
-        }
-        const uint32_t pa[4] = {mq::pack2<T>(p[0], p[1]), 0u, mq::pack2<T>(p[2], p[3]), 0u};
-        uint32_t b[4];
-        mq::ldmatrix_x4_trans(b, v_stage + (kk * 16 + lane % 8 + ((lane / 8) & 1) * 8) * kRow + (lane / 16) * 8 + d0);
-        mq::mma16816<T>(o[0], pa, b[0], b[1]);
-        mq::mma16816<T>(o[1], pa, b[2], b[3]);
-      }
-    }
-    if (g < G && d0 < D) {
-      float* out = a.tmp_out + (part_index + (size_t)g * a.num_partitions) * D + d0 + t4 * 2;
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) *reinterpret_cast<float2*>(out + nt * 8) = make_float2(o[nt][0], o[nt][1]);
-    }
-    return;
   }
-
-  // q of the group's heads, this lane's 8 dims, pre-scaled (while K and V are on their way).
-  float qf[G][8];
-  const T* q = static_cast<const T*>(a.q) + (size_t)seq * a.q_stride_token + (size_t)kv_head * G * D;
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    load8_as_float(q + g * D + lane_in_token * 8, qf[g]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) qf[g][j] *= a.scale;
-  }
-
-  // Phase 1: scores = q . k for every token of the partition, a stage at a time. Every thread runs
-  // the same rows per stage (the shuffles need all 32 lanes); rows past the end store nothing.
+  // Phase 1: warp w scores the 16-token slices w, w + kWarps, ... of each stage.
   for (int t0 = start; t0 < end; t0 += ST) {
     if (t0 != start) {
       stage_k(t0);
@@ -285,89 +193,72 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     }
     mq::cp_async_wait<0>();
     __syncthreads();
-#pragma unroll 4
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const int r = row0 + i * kTokenGroups, t = t0 + r;
-      const uint4 kraw = *reinterpret_cast<const uint4*>(k_stage + r * stage_row<D>() + lane_in_token * 8);
-      const T* kv = reinterpret_cast<const T*>(&kraw);
-      float kf[8];
+    for (int slice = warp; slice < ST / 16 && t0 + slice * 16 < end; slice += kWarps) {  // warp-uniform
+      float sc[2][4];
 #pragma unroll
-      for (int j = 0; j < 8; ++j) kf[j] = to_float(kv[j]);
-      float dot[G];
+      for (int nt = 0; nt < 2; ++nt) {
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+        const T* krow = k_stage + (slice * 16 + nt * 8 + lane % 8) * kRow + (lane / 8) * 8;
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        dot[g] = 0.f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) dot[g] = fmaf(qf[g][j], kf[j], dot[g]);
-#pragma unroll
-        for (int off = kLanesPerToken / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(0xffffffffu, dot[g], off);
+        for (int kb = 0; kb < D / 32; ++kb) {
+          uint32_t b[4];
+          mq::ldmatrix_x4(b, krow + kb * 32);
+          mq::mma16816<T>(sc[nt], qa[2 * kb], b[0], b[1]);
+          mq::mma16816<T>(sc[nt], qa[2 * kb + 1], b[2], b[3]);
+        }
       }
-      if (lane_in_token == 0 && t < end) {
+      if (g < G) {
 #pragma unroll
-        for (int g = 0; g < G; ++g) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : dot[g];
+        for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int t = t0 + slice * 16 + nt * 8 + t4 * 2 + e;
+            if (t < end) scores[g * P + (t - start)] = t < window_lo ? -FLT_MAX : sc[nt][e] * a.scale;
+          }
+        }
       }
     }
     __syncthreads();  // scores complete; the K stage may be refilled
   }
-
   softmax_weights();
-
-  // Phase 3: acc[g] = sum_t p[g, t] * v_t over this thread's rows, a stage at a time.
-  float acc[G][8];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[g][j] = 0.f;
-  }
+  // Phase 3: warp w owns dims [16 w, 16 w + 16) over every token: out = P (heads x tokens) . V.
+  float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  const int d0 = warp * 16;
   for (int t0 = start; t0 < end; t0 += ST) {
     if (t0 != start) {
-      __syncthreads();  // every thread is done with the previous V stage
+      __syncthreads();  // every warp is done with the previous V stage
       stage_v(t0);
       mq::cp_async_commit();
       mq::cp_async_wait<0>();
       __syncthreads();
     }
-#pragma unroll 4
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const int r = row0 + i * kTokenGroups, t = t0 + r;
-      if (t >= end) break;  // rows ascend with i
-      const uint4 vraw = *reinterpret_cast<const uint4*>(v_stage + r * stage_row<D>() + lane_in_token * 8);
-      const T* vv = reinterpret_cast<const T*>(&vraw);
-      float vf[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) vf[j] = to_float(vv[j]);
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const float p = scores[g * P + (t - start)];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[g][j] = fmaf(p, vf[j], acc[g][j]);
+    if (d0 >= D) continue;  // D = 64: warps 4-7 have no dims
+    const int rows = min(ST, end - t0);
+    for (int kk = 0; kk * 16 < rows; ++kk) {
+      // A = this lane's weights p[g][i], i = tokens 2 t4, +1, +8, +9 of the slice (0 past n).
+      const int i0 = t0 - start + kk * 16 + t4 * 2;
+      float p[4] = {0.f, 0.f, 0.f, 0.f};
+      if (g < G) {
+        const float2 lo = *reinterpret_cast<const float2*>(&scores[g * P + i0]);
+        const float2 hi = *reinterpret_cast<const float2*>(&scores[g * P + i0 + 8]);
+        p[0] = i0 < n ? lo.x : 0.f;
+        p[1] = i0 + 1 < n ? lo.y : 0.f;
+        p[2] = i0 + 8 < n ? hi.x : 0.f;
+        p[3] = i0 + 9 < n ? hi.y : 0.f;
       }
+      const uint32_t pa[4] = {mq::pack2<T>(p[0], p[1]), 0u, mq::pack2<T>(p[2], p[3]), 0u};
+      uint32_t b[4];
+      mq::ldmatrix_x4_trans(b, v_stage + (kk * 16 + lane % 8 + ((lane / 8) & 1) * 8) * kRow + (lane / 16) * 8 + d0);
+      mq::mma16816<T>(o[0], pa, b[0], b[1]);
+      mq::mma16816<T>(o[1], pa, b[2], b[3]);
     }
   }
-  // Sum over the token groups of a warp (lane bits above lane_in_token), then over warps.
+  if (g < G && d0 < D) {
+    float* out = a.tmp_out + (part_index + (size_t)g * a.num_partitions) * D + d0 + t4 * 2;
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-      for (int off = kLanesPerToken; off < 32; off <<= 1) acc[g][j] += __shfl_xor_sync(0xffffffffu, acc[g][j], off);
-    }
+    for (int nt = 0; nt < 2; ++nt) *reinterpret_cast<float2*>(out + nt * 8) = make_float2(o[nt][0], o[nt][1]);
   }
-  if (lane < kLanesPerToken) {
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) reduce_buf[warp][g][lane * 8 + j] = acc[g][j];
-    }
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += reduce_buf[w][g][d];
-    a.tmp_out[(part_index + (size_t)g * a.num_partitions) * D + d] = sum;
-  }
+
 }
 
 // The merge of one (sequence, KV head)'s partitions into the G heads' outputs, by the last of its
@@ -428,18 +319,17 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
 }
 
 // One block per (KV head, sequence, partition): the ordinary decode path.
-template <typename T, int D, int G, int ST>
+template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
-  static_assert(sizeof(float) * G * kMaxPartitions <= sizeof(T) * 2 * ST * stage_row<D>(), "merge weights fit");
+  static_assert(sizeof(float) * G * kMaxPartitions <= sizeof(T) * 2 * kStage * stage_row<D>(), "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
-  __shared__ float reduce_buf[kWarps][G][D];
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
   const int seq = blockIdx.y, seq_len = a.seq_lens[seq];  // a step input, no kernel's output
   // Partitions blockIdx.z, + gridDim.z, ... up to the sequence's length (the merge reads no more).
   // The first one's cached K/V is requested before waiting for the previous kernel.
   for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
     if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
-    attend_one_sequence<T, D, G, ST>(a, seq, blockIdx.x, part, scores, reduce_buf, stage, part == (int)blockIdx.z);
+    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, stage, part == (int)blockIdx.z);
     pdl_trigger();
   }
   pdl_wait();  // a block without a partition too (no-op after the first)
@@ -457,7 +347,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
 // (attention_multi_query.cuh); a group of one runs the per-sequence path, so independent sequences
 // get exactly the per-sequence result (one after the other, though: the host picks this kernel for
 // short prefills only).
-template <typename T, int D, int G, int ST>
+template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(DecodeAttentionArgs a) {
   extern __shared__ __align__(16) unsigned char mq_smem[];
   __shared__ int shares_prev[mq::kMaxMembers];  // [i]: sequence first + i joins the group of first + i - 1
@@ -497,9 +387,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(
       while (head + num_members < num_run && shares_prev[head + num_members]) ++num_members;
       if (num_members == 1) {
         float* scores = reinterpret_cast<float*>(mq_smem);
-        auto* reduce_buf = reinterpret_cast<float(*)[G][D]>(scores + scores_floats<G>(P));
-        T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(P) + kWarps * G * D);
-        attend_one_sequence<T, D, G, ST>(a, first + head, kv_head, part, scores, reduce_buf, stage);
+        T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(P));
+        attend_one_sequence<T, D, G>(a, first + head, kv_head, part, scores, stage);
       } else {
         mq::attend_members<T, D, G>(a, first + head, num_members, kv_head, part, mq_smem);
       }
@@ -593,7 +482,7 @@ cudaError_t prepare_launch(size_t dynamic_smem, size_t static_smem, int partitio
 }
 
 // Shared memory a block may use: the device's opt-in limit, or the override of
-// set_decode_attention_smem_limit (tests run a 99 KB card's choices on a larger one).
+// set_decode_attention_smem_limit (a test checks on an H100 that every shape fits a 99 KB card).
 int& smem_limit_override() {
   static int bytes = 0;
   return bytes;
@@ -608,65 +497,33 @@ size_t block_smem_limit() {
   return limit[dev];
 }
 
-// Shared memory of each kernel: dynamic, and static (+ a margin for the few scalars beside the arrays).
-template <typename T, int D, int G, int ST>
-size_t per_sequence_dynamic(int partition_size) {
-  return one_sequence_smem_bytes<T, D, G, ST>(partition_size);
-}
-template <int D, int G>
-constexpr size_t per_sequence_static() {
-  return sizeof(float) * kWarps * G * D + 64;
-}
-template <typename T, int D, int G, int ST>
-size_t multi_query_dynamic(int partition_size) {
-  // The same shared memory serves the per-sequence path (scores, reduce_buf, K/V stages) or the
-  // multi-query kernel's K/V stages.
-  return std::max(mq::kv_smem_bytes<T, D>(),
-                  one_sequence_smem_bytes<T, D, G, ST>(partition_size) + sizeof(float) * kWarps * G * D);
-}
-constexpr size_t kMultiQueryStatic = sizeof(int) * mq::kMaxMembers + 64;
+// Static shared memory of each kernel: a margin for the merge's and the run's few scalars.
+constexpr size_t kPerSequenceStatic = 256;
+constexpr size_t kMultiQueryStatic = sizeof(int) * mq::kMaxMembers + 256;
 
-// Tokens per K/V stage: 128, or 64 where 128 would pass the block's shared-memory limit (only
-// G >= 6 at D = 128 can: below that even 512-token partitions fit 99 KB). Both dtypes are 2 bytes.
-template <int D, int G>
-int stage_tokens_for(int partition_size, bool multi_query) {
-  if constexpr (D == 128 && G >= 6) {
-    const size_t need = multi_query ? multi_query_dynamic<__half, D, G, kStage>(partition_size) + kMultiQueryStatic
-                                    : per_sequence_dynamic<__half, D, G, kStage>(partition_size) +
-                                          per_sequence_static<D, G>();
-    if (need > block_smem_limit()) return kSmallStage;
-  }
-  return kStage;
-}
-
-template <typename T, int D, int G, int ST>
-cudaError_t launch_phase1_staged(const DecodeAttentionArgs& a, cudaStream_t stream) {
+template <typename T, int D, int G>
+cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
   const int runs = (a.num_seqs + a.queries_per_block - 1) / a.queries_per_block;
   const int P = a.partition_size;
   int per_sm = 1;
   if (a.queries_per_block <= 1) {
-    constexpr auto kernel = decode_attention_kernel<T, D, G, ST>;
-    const size_t smem = per_sequence_dynamic<T, D, G, ST>(P);
-    const cudaError_t err = prepare_launch<kernel>(smem, per_sequence_static<D, G>(), P, per_sm);
+    constexpr auto kernel = decode_attention_kernel<T, D, G>;
+    const size_t smem = one_sequence_smem_bytes<T, D, G>(P);
+    if (smem + kPerSequenceStatic > block_smem_limit()) return cudaErrorInvalidConfiguration;
+    const cudaError_t err = prepare_launch<kernel>(smem, kPerSequenceStatic, P, per_sm);
     if (err != cudaSuccess) return err;
     const dim3 grid(a.num_kv_heads, runs, partition_blocks(per_sm, a.num_kv_heads * runs, a.num_partitions));
     return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
   }
-  constexpr auto kernel = decode_attention_multi_query_kernel<T, D, G, ST>;
-  const size_t smem = multi_query_dynamic<T, D, G, ST>(P);
+  // The same shared memory serves the per-sequence path (scores, K/V stages) or the multi-query
+  // kernel's K/V stages.
+  constexpr auto kernel = decode_attention_multi_query_kernel<T, D, G>;
+  const size_t smem = std::max(mq::kv_smem_bytes<T, D>(), one_sequence_smem_bytes<T, D, G>(P));
+  if (smem + kMultiQueryStatic > block_smem_limit()) return cudaErrorInvalidConfiguration;
   const cudaError_t err = prepare_launch<kernel>(smem, kMultiQueryStatic, P, per_sm);
   if (err != cudaSuccess) return err;
   const dim3 grid(a.num_kv_heads, runs, partition_blocks(per_sm, a.num_kv_heads * runs, a.num_partitions));
   return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
-}
-
-template <typename T, int D, int G>
-cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  if constexpr (D == 128 && G >= 6) {
-    if (stage_tokens_for<D, G>(a.partition_size, a.queries_per_block > 1) == kSmallStage)
-      return launch_phase1_staged<T, D, G, kSmallStage>(a, stream);
-  }
-  return launch_phase1_staged<T, D, G, kStage>(a, stream);
 }
 
 template <typename T, int D>
@@ -696,27 +553,7 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
 
 }  // namespace
 
-bool& tensor_cores_knob() {
-  static bool on = true;
-  return on;
-}
-void set_decode_attention_tensor_cores(bool on) { tensor_cores_knob() = on; }
-
 void set_decode_attention_smem_limit(int bytes) { smem_limit_override() = bytes; }
-
-int decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query) {
-  if (head_dim != 128) return kStage;
-  switch (group) {
-    case 6:
-      return stage_tokens_for<128, 6>(partition_size, multi_query);
-    case 7:
-      return stage_tokens_for<128, 7>(partition_size, multi_query);
-    case 8:
-      return stage_tokens_for<128, 8>(partition_size, multi_query);
-    default:
-      return kStage;
-  }
-}
 
 bool decode_attention_supports(int head_dim, int group) {
   return (head_dim == 64 || head_dim == 128) && group >= 1 && group <= 8;
@@ -728,11 +565,9 @@ cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, c
   if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > kMaxPartitions ||
       a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers)
     return cudaErrorInvalidValue;
-  DecodeAttentionArgs args = a;
-  args.tensor_cores = tensor_cores_knob() ? 1 : 0;
   cudaError_t err = cudaErrorInvalidValue;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    err = a.head_dim == 64 ? launch_d<T, 64>(args, G, stream) : launch_d<T, 128>(args, G, stream);
+    err = a.head_dim == 64 ? launch_d<T, 64>(a, G, stream) : launch_d<T, 128>(a, G, stream);
   });
   return err;
 }

@@ -60,19 +60,12 @@ struct DecodeAttentionArgs {
   int64_t q_stride_token;  // elements between consecutive tokens of q (heads * D when contiguous)
   // Per-sequence kernel only: (S * Hkv) zeroed ints. The last block of a (sequence, KV head) merges
   // its partitions (and leaves the count zero again); null: a separate merge kernel does.
-  int* counters;  // Set by the launcher (set_decode_attention_tensor_cores): the per-sequence path's dot products on
-  // the tensor cores (1) or the CUDA cores (0).
-  int tensor_cores;
+  int* counters;
 };
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream);
-// Test knob: decide the decode kernel's shared-memory staging as if a block could use at most
-// `bytes` (0: the device's opt-in limit, the default).
+// Test knob: launch the decode kernels as if a block could use at most `bytes` of shared memory (0:
+// the device's opt-in limit, the default); a launch that needs more fails.
 void set_decode_attention_smem_limit(int bytes);
-// Benchmark knob: the per-sequence decode path on the tensor cores (default) or the CUDA cores.
-void set_decode_attention_tensor_cores(bool on);
-// Tokens of K and of V the decode kernel stages in shared memory at a time for this shape (128, or
-// 64 where 128 would pass the block's limit), under the current limit.
-int decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query);
 bool decode_attention_supports(int head_dim, int group_size_q_per_kv);
 
 // out (T, H) = rmsnorm(x + residual) * weight; residual_out (T, H) = x + residual (or x) when

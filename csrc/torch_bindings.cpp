@@ -22,10 +22,6 @@ void set_attention_smem_limit(int64_t bytes) {
   set_decode_attention_smem_limit((int)bytes);
 }
 
-int64_t attention_stage_tokens(int64_t head_dim, int64_t group, int64_t partition_size, bool multi_query) {
-  return decode_attention_stage_tokens((int)head_dim, (int)group, (int)partition_size, multi_query);
-}
-
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
                             const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
                             int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum,
@@ -212,9 +208,6 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 TORCH_LIBRARY(exlsp, m) {
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
   m.def("set_decode_attention_smem_limit(int bytes) -> ()", &exlsp::set_attention_smem_limit);
-  m.def("set_decode_attention_tensor_cores(bool on) -> ()", &exlsp::set_decode_attention_tensor_cores);
-  m.def("decode_attention_stage_tokens(int head_dim, int group, int partition_size, bool multi_query) -> int",
-        &exlsp::attention_stage_tokens);
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "

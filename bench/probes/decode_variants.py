@@ -1,11 +1,11 @@
 """Probe: decode tok/s of the served step under kernel variants, one model, same weights and cache,
-alternated: the default; without the GEMV's fused epilogues (SiLU * up after gate|up, rotary + K/V
-write after q|k|v); with the decode attention's dot products on the CUDA cores.
+alternated: the default, and without the GEMV's fused epilogues (SiLU * up after gate|up, rotary +
+K/V write after q|k|v).
 
     python bench/probes/decode_variants.py [--model llama3-8b] [--rounds 2]
 
 Each variant is its own CUDA graph of the served decode step (bench/engine_step.py ServedStep): the
-op seam (engine.ops.set_fused_ops) and the attention knob are read when the graph is captured.
+op seam (engine.ops.set_fused_ops) is read when the graph is captured.
 """
 
 from __future__ import annotations
@@ -39,18 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
     kv_cache.normal_()
     model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
-    variants = {"default": (True, True), "unfused": (False, True), "cuda-core-attn": (True, False)}
+    variants = {"default": True, "unfused": False}
     rows = []
     for r in range(args.rounds):
-        for label, (fused, tensor_cores) in variants.items():
+        for label, fused in variants.items():
             ops.set_fused_ops(fused)
-            torch.ops.exlsp.set_decode_attention_tensor_cores(tensor_cores)
             served = ServedStep(model, kv_cache)
             tok_s = {ctx: 1e3 / time_decode(served, ctx)[0] for ctx in (32, 2048, 8192)}
             rows.append((r, label, tok_s))
             del served
     ops.set_fused_ops(True)
-    torch.ops.exlsp.set_decode_attention_tensor_cores(True)
     print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s (graph, steps queued)")
     print(f"{'round':>5}  {'variant':14}  {'ctx 32':>8}  {'ctx 2k':>8}  {'ctx 8k':>8}")
     for r, label, tok_s in rows:
