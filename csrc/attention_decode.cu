@@ -347,8 +347,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
 // (attention_multi_query.cuh); a group of one runs the per-sequence path, so independent sequences
 // get exactly the per-sequence result (one after the other, though: the host picks this kernel for
 // short prefills only).
+// Two blocks per SM (128 registers, a little spilled): the short prefill's 256 blocks at 8k context
+// in one wave instead of two, 37.4 -> 33.7-35.4 us per layer on an H100 (bench/NOTES.md).
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads) decode_attention_multi_query_kernel(DecodeAttentionArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) decode_attention_multi_query_kernel(DecodeAttentionArgs a) {
   extern __shared__ __align__(16) unsigned char mq_smem[];
   __shared__ int shares_prev[mq::kMaxMembers];  // [i]: sequence first + i joins the group of first + i - 1
   pdl_wait();
@@ -517,9 +519,9 @@ cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
   }
   // The same shared memory serves the per-sequence path (scores, K/V stages) or the multi-query
   // kernel's K/V stages.
-  constexpr auto kernel = decode_attention_multi_query_kernel<T, D, G>;
   const size_t smem = std::max(mq::kv_smem_bytes<T, D>(), one_sequence_smem_bytes<T, D, G>(P));
   if (smem + kMultiQueryStatic > block_smem_limit()) return cudaErrorInvalidConfiguration;
+  constexpr auto kernel = decode_attention_multi_query_kernel<T, D, G>;
   const cudaError_t err = prepare_launch<kernel>(smem, kMultiQueryStatic, P, per_sm);
   if (err != cudaSuccess) return err;
   const dim3 grid(a.num_kv_heads, runs, partition_blocks(per_sm, a.num_kv_heads * runs, a.num_partitions));
