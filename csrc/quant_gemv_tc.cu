@@ -175,17 +175,21 @@ __device__ void store_rotary_kv(const RotaryArgs& r, int m, int n, float a, floa
   }
 }
 
-template <typename T, int MT, int U, int S>
+// kPaired: a fused epilogue's column pairing (pair_arg) and its kind (ep.kind); else the plain
+// store, whose columns are a compile-time run of 32 (a runtime division in the prologue, before the
+// first loads, cost 2% at batch 1: bench/NOTES.md).
+template <typename T, int MT, int U, int S, bool kPaired>
 __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>())
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const GemvEpilogue ep,
                          T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
-                         int K, int N, int group_size, int chunks_per_split, int pair) {
+                         int K, int N, int group_size, int chunks_per_split, int pair_arg) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;
   // The block's 32 columns: 16 from tile_base on and 16 from tile_base + pair on (pair 16: 32 in a
   // row). A fused epilogue pairs the columns it combines: gate i with up i (pair N / 2), rotary
   // element i of a head with i + D / 2 (pair D / 2).
+  const int pair = kPaired ? pair_arg : 16;
   const int tiles_per_run = pair / 16;
   const int tile_base = blockIdx.x / tiles_per_run * 2 * pair + blockIdx.x % tiles_per_run * 16;
   const int col0 = tile_base + (g < 4 ? 4 * g : pair + 4 * (g - 4));  // this lane's 4 columns
@@ -373,7 +377,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     if (bias) y += to_float(bias[n]);
     return y;
   };
-  if (ep.kind == GemvEpilogueKind::kStore) {
+  if constexpr (!kPaired) {
     const T* residual = static_cast<const T*>(ep.residual);
     for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
       const int m = idx / 32, cl = idx % 32;
@@ -416,7 +420,7 @@ int chunks_per_split(int num_chunks, int splits) {
 // per-block prologue and reduction weigh less. H100, batch 1: 4096 x 14336 (448 blocks) 1622 ->
 // 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 26-29).
 // The occupancy per SM is asked once per kernel (the first device's; the cards of a machine alike).
-template <typename T, int MT, int U, int S>
+template <typename T, int MT, int U, int S, bool P>
 int block_warps(int blocks, int batches_per_block) {
   if (gemv_tuning().block_warps > 0) return gemv_tuning().block_warps;
   static int per_sm[kMaxWarps + 1] = {};  // resident blocks per SM by warps per block; 0: not asked
@@ -425,7 +429,7 @@ int block_warps(int blocks, int batches_per_block) {
   if (!asked) {
     asked = true;
     for (int w = 2; w <= kMaxWarps; ++w)
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U, S>, w * 32, 0) !=
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U, S, P>, w * 32, 0) !=
           cudaSuccess) {
         cudaGetLastError();
         per_sm[w] = 0;
@@ -447,13 +451,13 @@ int block_warps(int blocks, int batches_per_block) {
   return fallback;
 }
 
-template <typename T, int MT, int U, int S>
+template <typename T, int MT, int U, int S, bool P>
 cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep, T* o,
                       float* partials, int* counters, int M, int K, int N, int group_size, int per_split, int splits,
                       int pair, cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
-  const int warps = block_warps<T, MT, U, S>(grid.x * grid.y, per_split / U);
-  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, o,
+  const int warps = block_warps<T, MT, U, S, P>(grid.x * grid.y, per_split / U);
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, o,
                     partials, counters, M, K, N, group_size, per_split, pair);
 }
 
@@ -461,7 +465,7 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
 // (4 for group 128 and its multiples: every checkpoint exlsp writes). Batches of 8 where the grid
 // is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches, at
 // least one batch per warp: 4096 x 1024 in 4 slices of 32 chunks lost 10% to idle warps).
-template <typename T, int MT>
+template <typename T, int MT, bool P>
 cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
                         T* o, float* partials, int* counters, int M, int K, int N, int group_size, int splits,
                         int pair, cudaStream_t stream) {
@@ -469,7 +473,7 @@ cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, 
   const int per_split = chunks_per_split(num_chunks, splits);
   splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
 #define EXLSP_GEMV_LAUNCH(UU, SS) \
-  launch_mt<T, MT, UU, SS>(x, qw, s, z, b, ep, o, partials, counters, M, K, N, group_size, per_split, splits, pair, \
+  launch_mt<T, MT, UU, SS, P>(x, qw, s, z, b, ep, o, partials, counters, M, K, N, group_size, per_split, splits, pair, \
                            stream)
   if constexpr (MT == 1) {
     if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
@@ -498,6 +502,8 @@ int quant_gemv_tc_effective_splits(int K, int splits) {
 
 void set_gemv_tuning(int block_warps, bool wide_batches) { gemv_tuning() = GemvTuning{block_warps, wide_batches}; }
 
+#define EXLSP_GEMV_ROWS(MT, P) \
+  launch_rows<T, MT, P>(xr, qw, sc, ze, bi, ep, orow, partials, counters, rows, K, N, group_size, splits, pair, stream)
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
@@ -540,13 +546,16 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       }
       const T* xr = xs + (size_t)m0 * K;
       T* orow = static_cast<T*>(out) + (size_t)m0 * out_cols;
-      err = rows <= 8 ? launch_rows<T, 1>(xr, qw, sc, ze, bi, ep, orow, partials, counters, rows, K, N, group_size,
-                                          splits, pair, stream)
-                      : launch_rows<T, 2>(xr, qw, sc, ze, bi, ep, orow, partials, counters, rows, K, N, group_size,
-                                          splits, pair, stream);
+      const bool paired = ep.kind != GemvEpilogueKind::kStore;
+      if (rows <= 8) {
+        err = paired ? EXLSP_GEMV_ROWS(1, true) : EXLSP_GEMV_ROWS(1, false);
+      } else {
+        err = paired ? EXLSP_GEMV_ROWS(2, true) : EXLSP_GEMV_ROWS(2, false);
+      }
     }
   });
   return err;
 }
+#undef EXLSP_GEMV_ROWS
 
 }  // namespace exlsp
