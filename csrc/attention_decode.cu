@@ -258,12 +258,46 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) *reinterpret_cast<float2*>(out + nt * 8) = make_float2(o[nt][0], o[nt][1]);
   }
+}
 
+// The merge of one query head's partitions, shared by both merges (so they give the same bits).
+// merge_weights, one warp: w_p = exp(max_p - max) for the partitions that saw a token (0 for the
+// others) into weights[p], and 1 / sum_p w_p l_p. merge_dim: dim d's sum_p w_p out_p[d], skipping
+// empty partitions (their outputs are unwritten). Loads go to L2 (__ldcg): in the in-kernel merge
+// other blocks of the same grid wrote them.
+__device__ __forceinline__ float merge_weights(const DecodeAttentionArgs& a, size_t base, int used, int lane,
+                                               float* weights) {
+  float m = -FLT_MAX;
+  for (int p = lane; p < used; p += 32) {
+    if (__ldcg(&a.tmp_sum[base + p]) > 0.f) m = fmaxf(m, __ldcg(&a.tmp_max[base + p]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float den = 0.f;
+  for (int p = lane; p < used; p += 32) {
+    const float l = __ldcg(&a.tmp_sum[base + p]);
+    const float w = l > 0.f ? __expf(__ldcg(&a.tmp_max[base + p]) - m) : 0.f;
+    weights[p] = w;
+    den += w * l;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
+  return den > 0.f ? 1.f / den : 0.f;
+}
+__device__ __forceinline__ float merge_dim(const DecodeAttentionArgs& a, size_t base, int used, const float* weights,
+                                           int d, int D) {
+  float num = 0.f;
+#pragma unroll 4
+  for (int p = 0; p < used; ++p) {
+    const float w = weights[p];
+    if (w > 0.f) num += w * __ldcg(&a.tmp_out[(base + p) * D + d]);
+  }
+  return num;
 }
 
 // The merge of one (sequence, KV head)'s partitions into the G heads' outputs, by the last of its
-// blocks to finish (a.counters). The arithmetic is decode_attention_reduce_kernel's, in the same
-// order, so both merges give the same bits. `weights`: G x used floats of free shared memory.
+// blocks to finish (a.counters), with the merge kernel's merge_weights and merge_dim: the same
+// bits. `weights`: G x used floats of free shared memory.
 template <typename T, int D, int G>
 __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
   __shared__ bool is_last;
@@ -284,36 +318,16 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
   if (!is_last) return;
   __threadfence();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t base0 = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions;
   for (int g = warp; g < G; g += kWarps) {
-    const size_t base = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G + g) * a.num_partitions;
-    float m = -FLT_MAX;
-    for (int p = lane; p < used; p += 32) {
-      if (__ldcg(&a.tmp_sum[base + p]) > 0.f) m = fmaxf(m, __ldcg(&a.tmp_max[base + p]));
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float den = 0.f;
-    for (int p = lane; p < used; p += 32) {
-      const float l = __ldcg(&a.tmp_sum[base + p]);
-      const float w = l > 0.f ? __expf(__ldcg(&a.tmp_max[base + p]) - m) : 0.f;  // empty partitions weigh 0
-      weights[g * used + p] = w;
-      den += w * l;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
-    if (lane == 0) inv_den[g] = den > 0.f ? 1.f / den : 0.f;
+    const float inv = merge_weights(a, base0 + (size_t)g * a.num_partitions, used, lane, weights + g * used);
+    if (lane == 0) inv_den[g] = inv;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < G * D; i += kThreads) {
     const int g = i / D, d = i % D;
-    const size_t base = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G + g) * a.num_partitions;
-    float num = 0.f;
-#pragma unroll 4
-    for (int p = 0; p < used; ++p) {
-      const float w = weights[g * used + p];
-      if (w > 0.f) num += w * __ldcg(&a.tmp_out[(base + p) * D + d]);
-    }
-    out[i] = from_float<T>(num * inv_den[g]);
+    out[i] = from_float<T>(merge_dim(a, base0 + (size_t)g * a.num_partitions, used, weights + g * used, d, D) *
+                           inv_den[g]);
   }
   if (threadIdx.x == 0) *counter = 0;  // ready for the next call
 }
@@ -415,31 +429,11 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
   const size_t base = ((size_t)seq * a.num_q_heads + head) * a.num_partitions;
   if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    float m = -FLT_MAX;
-    for (int p = lane; p < used; p += 32) {
-      if (a.tmp_sum[base + p] > 0.f) m = fmaxf(m, a.tmp_max[base + p]);
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float den = 0.f;
-    for (int p = lane; p < used; p += 32) {
-      const float l = a.tmp_sum[base + p];
-      const float w = l > 0.f ? __expf(a.tmp_max[base + p] - m) : 0.f;  // empty partitions weigh 0
-      weight[p] = w;
-      den += w * l;
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
-    if (lane == 0) inv_den = den > 0.f ? 1.f / den : 0.f;
+    const float inv = merge_weights(a, base, used, threadIdx.x, weight);
+    if (threadIdx.x == 0) inv_den = inv;
   }
   __syncthreads();
-  float num = 0.f;
-#pragma unroll 4
-  for (int p = 0; p < used; ++p) {
-    const float w = weight[p];
-    if (w > 0.f) num += w * a.tmp_out[(base + p) * D + d];  // skip: an empty partition's output is unwritten
-  }
+  const float num = merge_dim(a, base, used, weight, d, D);
   T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + head) * D;
   out[d] = from_float<T>(num * inv_den);
 }
