@@ -6,8 +6,9 @@
 // memory once and used G times.
 // Grid of phase 1: (num_kv_heads, num_seqs, blocks along the partitions), each block looping over
 // partitions up to its sequence's length, so a CUDA graph can be captured for the longest context.
-// Thread layout: D/8 lanes cover one token's head vector with 16-byte reads of the staged K/V; a
-// block of 8 warps works on 8 * 32 / (D/8) tokens at a time.
+// A block stages a partition's K and V in shared memory, then on the tensor cores each warp scores
+// 16-token slices (phase 1), the softmax weights are formed per head (phase 2), and each warp sums
+// p . V for 16 output dims (phase 3). The partitions merge in attention_merge.cuh.
 //
 // Short prefills run as one-token sequences (engine/cuda_graph.py): with queries_per_block > 1 the
 // multi-query kernel finds, on the device, consecutive sequences that share the partition's blocks
@@ -17,6 +18,7 @@
 #include <cfloat>
 #include <cstdint>
 
+#include "attention_merge.cuh"
 #include "attention_multi_query.cuh"
 #include "dtype_utils.cuh"
 #include "kernels.h"
@@ -28,7 +30,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kStage = 128;  // tokens of K and of V staged in shared memory at a time
-constexpr int kMaxPartitions = 1024;
 
 // Shared memory of the per-sequence path: scores (G, partition_size) floats padded to 16 bytes, then
 // the K and V stages (kStage rows of stage_row<D>() T each). At most 16 + 68 KB (G = 8, D = 128,
@@ -260,82 +261,11 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   }
 }
 
-// The merge of one query head's partitions, shared by both merges (so they give the same bits).
-// merge_weights, one warp: w_p = exp(max_p - max) for the partitions that saw a token (0 for the
-// others) into weights[p], and 1 / sum_p w_p l_p. merge_dim: dim d's sum_p w_p out_p[d], skipping
-// empty partitions (their outputs are unwritten). Loads go to L2 (__ldcg): in the in-kernel merge
-// other blocks of the same grid wrote them.
-__device__ __forceinline__ float merge_weights(const DecodeAttentionArgs& a, size_t base, int used, int lane,
-                                               float* weights) {
-  float m = -FLT_MAX;
-  for (int p = lane; p < used; p += 32) {
-    if (__ldcg(&a.tmp_sum[base + p]) > 0.f) m = fmaxf(m, __ldcg(&a.tmp_max[base + p]));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  float den = 0.f;
-  for (int p = lane; p < used; p += 32) {
-    const float l = __ldcg(&a.tmp_sum[base + p]);
-    const float w = l > 0.f ? __expf(__ldcg(&a.tmp_max[base + p]) - m) : 0.f;
-    weights[p] = w;
-    den += w * l;
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
-  return den > 0.f ? 1.f / den : 0.f;
-}
-__device__ __forceinline__ float merge_dim(const DecodeAttentionArgs& a, size_t base, int used, const float* weights,
-                                           int d, int D) {
-  float num = 0.f;
-#pragma unroll 4
-  for (int p = 0; p < used; ++p) {
-    const float w = weights[p];
-    if (w > 0.f) num += w * __ldcg(&a.tmp_out[(base + p) * D + d]);
-  }
-  return num;
-}
-
-// The merge of one (sequence, KV head)'s partitions into the G heads' outputs, by the last of its
-// blocks to finish (a.counters), with the merge kernel's merge_weights and merge_dim: the same
-// bits. `weights`: G x used floats of free shared memory.
-template <typename T, int D, int G>
-__device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
-  __shared__ bool is_last;
-  __shared__ float inv_den[G];
-  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
-  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * D;
-  if (used == 0) {  // a padding row (length 0): zeros, as the separate merge writes
-    if (blockIdx.z == 0)
-      for (int i = threadIdx.x; i < G * D; i += kThreads) out[i] = from_float<T>(0.f);
-    return;
-  }
-  if ((int)blockIdx.z >= used) return;  // this block had no partition and is not counted
-  int* counter = a.counters + (size_t)seq * a.num_kv_heads + kv_head;
-  __threadfence();  // this block's partials are visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1) == min((int)gridDim.z, used) - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t base0 = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions;
-  for (int g = warp; g < G; g += kWarps) {
-    const float inv = merge_weights(a, base0 + (size_t)g * a.num_partitions, used, lane, weights + g * used);
-    if (lane == 0) inv_den[g] = inv;
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < G * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    out[i] = from_float<T>(merge_dim(a, base0 + (size_t)g * a.num_partitions, used, weights + g * used, d, D) *
-                           inv_den[g]);
-  }
-  if (threadIdx.x == 0) *counter = 0;  // ready for the next call
-}
-
 // One block per (KV head, sequence, partition): the ordinary decode path.
 template <typename T, int D, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
-  static_assert(sizeof(float) * G * kMaxPartitions <= sizeof(T) * 2 * kStage * stage_row<D>(), "merge weights fit");
+  static_assert(sizeof(float) * G * merge::kMaxPartitions <= sizeof(T) * 2 * kStage * stage_row<D>(),
+                "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
   const int seq = blockIdx.y, seq_len = a.seq_lens[seq];  // a step input, no kernel's output
@@ -350,7 +280,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   pdl_trigger();
   if (a.counters) {
     __syncthreads();  // the stages are free for the merge weights
-    merge_in_last_block<T, D, G>(a, seq, blockIdx.x, seq_len, reinterpret_cast<float*>(stage));
+    merge::merge_in_last_block<T, D, G, kThreads>(a, seq, blockIdx.x, seq_len, reinterpret_cast<float*>(stage));
   }
 }
 
@@ -412,30 +342,6 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attention_multi_query_kern
       __syncthreads();  // shared memory is rewritten by the next group
     }
   }
-}
-
-// Phase 2: one block per (query head, sequence), one thread per output dim. Warp 0 turns the
-// partitions' (max, exp-sum) into merge weights in shared memory; then every dim sums its
-// partitions with independent loads.
-template <typename T>
-__global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
-  __shared__ float weight[kMaxPartitions];
-  __shared__ float inv_den;
-  pdl_wait();
-  pdl_trigger();
-  const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
-  const int D = a.head_dim;
-  const int seq_len = a.seq_lens[seq];
-  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
-  const size_t base = ((size_t)seq * a.num_q_heads + head) * a.num_partitions;
-  if (threadIdx.x < 32) {
-    const float inv = merge_weights(a, base, used, threadIdx.x, weight);
-    if (threadIdx.x == 0) inv_den = inv;
-  }
-  __syncthreads();
-  const float num = merge_dim(a, base, used, weight, d, D);
-  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + head) * D;
-  out[d] = from_float<T>(num * inv_den);
 }
 
 // Blocks along the partitions: enough for one wave of the grid, each block looping over partitions
@@ -544,7 +450,8 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
   }
   if (err != cudaSuccess) return err;
   if (a.queries_per_block <= 1 && a.counters) return cudaSuccess;  // merged in phase 1
-  return launch_pdl(decode_attention_reduce_kernel<T>, dim3(a.num_q_heads, a.num_seqs), dim3(D), 0, stream, a);
+  return launch_pdl(merge::decode_attention_reduce_kernel<T>, dim3(a.num_q_heads, a.num_seqs), dim3(D), 0, stream,
+                    a);
 }
 
 }  // namespace
@@ -558,7 +465,7 @@ bool decode_attention_supports(int head_dim, int group) {
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream) {
   if (a.num_seqs == 0) return cudaSuccess;
   const int G = a.num_q_heads / a.num_kv_heads;
-  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > kMaxPartitions ||
+  if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > merge::kMaxPartitions ||
       a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers)
     return cudaErrorInvalidValue;
   cudaError_t err = cudaErrorInvalidValue;

@@ -1,0 +1,119 @@
+// Merging a sequence's decode-attention partitions (flash-decoding phase 2): the partial results of
+// the partitions (unnormalised output, running max, exp-sum; kernels.h DecodeAttentionArgs) become
+// the heads' outputs. Two ways, with the same arithmetic in the same order, so the same bits:
+//   - merge_in_last_block: by the last block of the per-sequence kernel to finish a (sequence, KV
+//     head), counted in a.counters; no kernel boundary;
+//   - decode_attention_reduce_kernel: a kernel of its own, one block per (query head, sequence), for
+//     the multi-query path and callers without counters.
+#pragma once
+
+#include <cfloat>
+#include <cstdint>
+
+#include "dtype_utils.cuh"
+#include "kernels.h"
+#include "launch.cuh"
+
+namespace exlsp {
+namespace merge {
+
+constexpr int kMaxPartitions = 1024;
+
+// The merge of one query head's partitions, shared by both merges (so they give the same bits).
+// merge_weights, one warp: w_p = exp(max_p - max) for the partitions that saw a token (0 for the
+// others) into weights[p], and 1 / sum_p w_p l_p. merge_dim: dim d's sum_p w_p out_p[d], skipping
+// empty partitions (their outputs are unwritten). Loads go to L2 (__ldcg): in the in-kernel merge
+// other blocks of the same grid wrote them.
+__device__ __forceinline__ float merge_weights(const DecodeAttentionArgs& a, size_t base, int used, int lane,
+                                               float* weights) {
+  float m = -FLT_MAX;
+  for (int p = lane; p < used; p += 32) {
+    if (__ldcg(&a.tmp_sum[base + p]) > 0.f) m = fmaxf(m, __ldcg(&a.tmp_max[base + p]));
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  float den = 0.f;
+  for (int p = lane; p < used; p += 32) {
+    const float l = __ldcg(&a.tmp_sum[base + p]);
+    const float w = l > 0.f ? __expf(__ldcg(&a.tmp_max[base + p]) - m) : 0.f;
+    weights[p] = w;
+    den += w * l;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) den += __shfl_xor_sync(0xffffffffu, den, off);
+  return den > 0.f ? 1.f / den : 0.f;
+}
+__device__ __forceinline__ float merge_dim(const DecodeAttentionArgs& a, size_t base, int used, const float* weights,
+                                           int d, int D) {
+  float num = 0.f;
+#pragma unroll 4
+  for (int p = 0; p < used; ++p) {
+    const float w = weights[p];
+    if (w > 0.f) num += w * __ldcg(&a.tmp_out[(base + p) * D + d]);
+  }
+  return num;
+}
+
+// The merge of one (sequence, KV head)'s partitions into the G heads' outputs, by the last of its
+// blocks to finish (a.counters), with the merge kernel's merge_weights and merge_dim: the same
+// bits. `weights`: G x used floats of free shared memory.
+template <typename T, int D, int G, int kThreads>
+__device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
+  __shared__ bool is_last;
+  __shared__ float inv_den[G];
+  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
+  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * D;
+  if (used == 0) {  // a padding row (length 0): zeros, as the separate merge writes
+    if (blockIdx.z == 0)
+      for (int i = threadIdx.x; i < G * D; i += kThreads) out[i] = from_float<T>(0.f);
+    return;
+  }
+  if ((int)blockIdx.z >= used) return;  // this block had no partition and is not counted
+  int* counter = a.counters + (size_t)seq * a.num_kv_heads + kv_head;
+  __threadfence();  // this block's partials are visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1) == min((int)gridDim.z, used) - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t base0 = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions;
+  for (int g = warp; g < G; g += kThreads / 32) {
+    const float inv = merge_weights(a, base0 + (size_t)g * a.num_partitions, used, lane, weights + g * used);
+    if (lane == 0) inv_den[g] = inv;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += kThreads) {
+    const int g = i / D, d = i % D;
+    out[i] = from_float<T>(merge_dim(a, base0 + (size_t)g * a.num_partitions, used, weights + g * used, d, D) *
+                           inv_den[g]);
+  }
+  if (threadIdx.x == 0) *counter = 0;  // ready for the next call
+}
+
+// Phase 2: one block per (query head, sequence), one thread per output dim. Warp 0 turns the
+// partitions' (max, exp-sum) into merge weights in shared memory; then every dim sums its
+// partitions with independent loads.
+template <typename T>
+__global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
+  __shared__ float weight[kMaxPartitions];
+  __shared__ float inv_den;
+  pdl_wait();
+  pdl_trigger();
+  const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
+  const int D = a.head_dim;
+  const int seq_len = a.seq_lens[seq];
+  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
+  const size_t base = ((size_t)seq * a.num_q_heads + head) * a.num_partitions;
+  if (threadIdx.x < 32) {
+    const float inv = merge_weights(a, base, used, threadIdx.x, weight);
+    if (threadIdx.x == 0) inv_den = inv;
+  }
+  __syncthreads();
+  const float num = merge_dim(a, base, used, weight, d, D);
+  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + head) * D;
+  out[d] = from_float<T>(num * inv_den);
+}
+
+}  // namespace merge
+}  // namespace exlsp
