@@ -31,9 +31,12 @@
 #include "elementwise_math.cuh"
 #include "kernels.h"
 #include "launch.cuh"
+#include "quant_gemv_tc_math.cuh"
 
 namespace exlsp {
 namespace {
+
+using namespace gemv_tc;  // quant_gemv_tc_math.cuh: MmaTraits, pair arithmetic, mma16816, mask_or
 
 constexpr int kUnroll = 4;    // the most 16-byte weight vectors in flight per lane
 constexpr int kMaxWarps = 8;  // per block, batches of 4 chunks
@@ -56,96 +59,6 @@ struct GemvTuning {
 };
 GemvTuning& gemv_tuning();
 
-template <typename T>
-struct MmaTraits;
-template <>
-struct MmaTraits<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;      // fp16 1024.0 in both halves
-  static constexpr uint32_t kSixteenth = 0x2C002C00u;  // fp16 1/16 in both halves
-  static constexpr uint32_t kMinusOne = 0xBC00BC00u;   // fp16 -1.0 in both halves
-  static constexpr uint32_t kMinus64 = 0xD400D400u;    // fp16 -64.0 in both halves
-};
-template <>
-struct MmaTraits<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // bf16 128.0 in both halves
-};
-
-__device__ __forceinline__ uint32_t fma2(uint32_t a, uint32_t b, uint32_t c, __half) {
-  __half2 r = __hfma2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b), *reinterpret_cast<__half2*>(&c));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b, __half) {
-  __half2 r = __hadd2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b, __nv_bfloat16) {
-  __nv_bfloat162 r = __hadd2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-// The low or high half of a pair in both halves (the compiler folds it into the consumer's operand).
-__device__ __forceinline__ uint32_t low2(uint32_t a, __half) {
-  __half2 r = __low2half2(*reinterpret_cast<__half2*>(&a));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t high2(uint32_t a, __half) {
-  __half2 r = __high2half2(*reinterpret_cast<__half2*>(&a));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t low2(uint32_t a, __nv_bfloat16) {
-  __nv_bfloat162 r = __low2bfloat162(*reinterpret_cast<__nv_bfloat162*>(&a));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t high2(uint32_t a, __nv_bfloat16) {
-  __nv_bfloat162 r = __high2bfloat162(*reinterpret_cast<__nv_bfloat162*>(&a));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b, __half) {
-  __half2 r = __hsub2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-__device__ __forceinline__ uint32_t sub2(uint32_t a, uint32_t b, __nv_bfloat16) {
-  __nv_bfloat162 r = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-  return *reinterpret_cast<uint32_t*>(&r);
-}
-
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-}
-
-// (w & kMask) | magic in one LOP3. Written plainly the compiler emits an AND and an OR: a LOP3 takes
-// one immediate, and both constants are immediates. Here magic lives in a register.
-template <uint32_t kMask>
-__device__ __forceinline__ uint32_t mask_or(uint32_t w, uint32_t magic) {
-  uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(w), "n"(kMask), "r"(magic));
-  return r;
-}
-
-// MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). The block's warps split K.
-// U: chunks (16-byte vectors per lane) per batch, loaded together with the scales and zeros of
-// their groups: one memory round trip per batch. S: chunks per sub-batch, a common divisor of U and
-// the chunks per group, so each sub-batch lies in one group. The host rounds every K slice to whole
-// batches, so the loop has no bounds checks, and the pointers step by one batch: in an earlier
-// version index math, an integer division per batch and per-chunk guards took as many instructions
-// as the dequantization and the mma (125 per chunk).
-// U = 4 at 80 registers fits 3 eight-warp blocks per SM (24 warps), so the loads of more warps
-// overlap the math. U = 8 (128 registers, 16 warps per SM) serves grids too small to fill those
-// slots: with a short K slice per warp its whole slice is requested at once, before pdl_wait.
-// With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
 // The kRotaryKv epilogue for one pair: column n (element i < D/2 of a head) and n + D/2, values
 // a and b as the unfused GEMV stores them. q heads are rotated into out (M, Hq D), k heads rotated
 // into the cache, v heads copied into it, exactly as rotary_write_kv_kernel (elementwise.cu) does.
@@ -175,6 +88,17 @@ __device__ void store_rotary_kv(const RotaryArgs& r, int m, int n, float a, floa
   }
 }
 
+// MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). The block's warps split K.
+// U: chunks (16-byte vectors per lane) per batch, loaded together with the scales and zeros of
+// their groups: one memory round trip per batch. S: chunks per sub-batch, a common divisor of U and
+// the chunks per group, so each sub-batch lies in one group. The host rounds every K slice to whole
+// batches, so the loop has no bounds checks, and the pointers step by one batch: in an earlier
+// version index math, an integer division per batch and per-chunk guards took as many instructions
+// as the dequantization and the mma (125 per chunk).
+// U = 4 at 80 registers fits 3 eight-warp blocks per SM (24 warps), so the loads of more warps
+// overlap the math. U = 8 (128 registers, 16 warps per SM) serves grids too small to fill those
+// slots: with a short K slice per warp its whole slice is requested at once, before pdl_wait.
+// With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
 // kPaired: a fused epilogue's column pairing (pair_arg) and its kind (ep.kind); else the plain
 // store, whose columns are a compile-time run of 32 (a runtime division in the prologue, before the
 // first loads, cost 2% at batch 1: bench/NOTES.md).
