@@ -21,6 +21,11 @@
 // each block writes its fp32 partial sums to `partials` and bumps the tile's counter; the last
 // block of a tile adds the partials in split order (deterministic), applies the epilogue and resets
 // the counter to 0 for the next call.
+// Epilogues (kernels.h GemvEpilogue): store y (+ bias, + residual), or finish the next element-wise
+// kernel's work: SiLU * up after gate|up, the rotary rotation and the K/V write after q|k|v. For
+// those a block owns 16 + 16 columns at a pair offset (N / 2, D / 2), so it holds both values of
+// every pair it combines; y is rounded as the unfused GEMV stores it, then the shared element-wise
+// code runs (elementwise_math.cuh): the fused and unfused paths give the same bits.
 // Loads: a batch of U 16-byte weight vectors per lane in registers, then its math. (A cp.async
 // shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
 // 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
