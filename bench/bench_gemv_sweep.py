@@ -19,9 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_gpu import copy_bandwidth_gbs, gemv_gbs, time_decode  # noqa: E402
-from bench.engine_step import BLOCK_SIZE, CACHE_TOKENS, ServedStep  # noqa: E402
-from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
-from engine.loader import default_vocab_bits  # noqa: E402
+from bench.engine_step import ServedStep, served_model  # noqa: E402
+from bench.gpu_shapes import kernels_ready  # noqa: E402
 
 SHAPES = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024), (896, 1152)]
 # (label, warps per block (0: the launcher chooses), batches of 8 for small grids)
@@ -68,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 def decode_by_tuning(name: str) -> dict:
     """Decode tok/s of one model, its step recaptured under each tuning (launch shapes live in the
     graph), same weights and cache."""
-    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
-    model = build_model(name, head_bits=head_bits, embed_bits=embed_bits)
-    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
-    kv_cache.normal_()
-    model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    model, kv_cache = served_model(name)
     out = {}
     for label, warps, wide in TUNINGS:
         torch.ops.exlsp.set_quant_gemv_tc_tuning(warps, wide)

@@ -29,11 +29,11 @@ from bench.engine_step import (  # noqa: E402
     CACHE_TOKENS,
     ServedStep,
     first_token_id,
+    served_model,
     suffix_metadata,
 )
-from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
+from bench.gpu_shapes import kernels_ready  # noqa: E402
 from engine.cuda_graph import token_level_metadata  # noqa: E402
-from engine.loader import default_vocab_bits  # noqa: E402
 
 PREFIX_TOKENS = 8192
 SUFFIX_TOKENS = 16
@@ -75,10 +75,7 @@ def attention_kernel(
 def ttft(model_name: str) -> dict:
     from engine.ops import cuda
 
-    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))  # what the engine serves
-    model = build_model(model_name, head_bits=head_bits, embed_bits=embed_bits)
-    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
-    kv_cache.normal_()  # never time on zeros
+    model, kv_cache = served_model(model_name)
     attn = suffix_metadata(PREFIX_TOKENS, SUFFIX_TOKENS)
     ids = torch.randint(0, model.config.vocab_size, (SUFFIX_TOKENS,), device="cuda")
     pos = torch.arange(PREFIX_TOKENS, PREFIX_TOKENS + SUFFIX_TOKENS, device="cuda")

@@ -391,12 +391,7 @@ int& smem_limit_override() {
 }
 size_t block_smem_limit() {
   if (smem_limit_override() > 0) return smem_limit_override();
-  static int limit[64] = {};
-  int dev = 0;
-  cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) return 48 * 1024;
-  if (!limit[dev]) cudaDeviceGetAttribute(&limit[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  return limit[dev];
+  return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024);
 }
 
 // Static shared memory of each kernel: a margin for the merge's and the run's few scalars.

@@ -3,8 +3,6 @@
 // paths produce the same bits (tests/kernels check that they do).
 #pragma once
 
-#include <cstdint>
-
 #include "dtype_utils.cuh"
 
 namespace exlsp {
@@ -16,23 +14,6 @@ __device__ __forceinline__ float silu_mul(float gate, float up) { return gate / 
 __device__ __forceinline__ void rotate_neox(float x1, float x2, float c, float s, float& y1, float& y2) {
   y1 = x1 * c - x2 * s;
   y2 = x2 * c + x1 * s;
-}
-
-// cos and sin of rotary pair i at `position` from the (max_pos, D) table [cos(D/2) | sin(D/2)],
-// stored in float32 or in the model dtype T.
-template <typename T>
-__device__ __forceinline__ void rotary_cos_sin(const void* table, bool table_is_float, int64_t position, int head_dim,
-                                               int i, float& c, float& s) {
-  const int64_t row = position * head_dim;
-  if (table_is_float) {
-    const float* cs = static_cast<const float*>(table) + row;
-    c = cs[i];
-    s = cs[i + head_dim / 2];
-  } else {
-    const T* cs = static_cast<const T*>(table) + row;
-    c = to_float(cs[i]);
-    s = to_float(cs[i + head_dim / 2]);
-  }
 }
 
 }  // namespace exlsp

@@ -45,16 +45,19 @@ inline bool pdl_enabled() {
   return major >= 9;
 }
 
-// Streaming multiprocessors of the current device (asked once per device), for the launchers that
-// size their grids by it.
-inline int sm_count() {
+// An attribute of the current device, asked once per device (`fallback` past 64 devices).
+template <cudaDeviceAttr kAttr>
+inline int device_attribute(int fallback) {
   static int cached[64] = {0};
   int dev = 0;
   cudaGetDevice(&dev);
-  if (dev < 0 || dev >= 64) return 132;
-  if (!cached[dev]) cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMultiProcessorCount, dev);
+  if (dev < 0 || dev >= 64) return fallback;
+  if (!cached[dev]) cudaDeviceGetAttribute(&cached[dev], kAttr, dev);
   return cached[dev];
 }
+
+// Streaming multiprocessors of the current device, for the launchers that size their grids by it.
+inline int sm_count() { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
 
 template <typename... Params, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,

@@ -64,6 +64,23 @@ struct GemvTuning {
 };
 GemvTuning& gemv_tuning();
 
+// cos and sin of rotary pair i at `position` from the (max_pos, D) table [cos(D/2) | sin(D/2)],
+// stored in float32 or in the model dtype T.
+template <typename T>
+__device__ __forceinline__ void rotary_cos_sin(const void* table, bool table_is_float, int64_t position, int head_dim,
+                                               int i, float& c, float& s) {
+  const int64_t row = position * head_dim;
+  if (table_is_float) {
+    const float* cs = static_cast<const float*>(table) + row;
+    c = cs[i];
+    s = cs[i + head_dim / 2];
+  } else {
+    const T* cs = static_cast<const T*>(table) + row;
+    c = to_float(cs[i]);
+    s = to_float(cs[i + head_dim / 2]);
+  }
+}
+
 // The kRotaryKv epilogue for one pair: column n (element i < D/2 of a head) and n + D/2, values
 // a and b as the unfused GEMV stores them. q heads are rotated into out (M, Hq D), k heads rotated
 // into the cache, v heads copied into it, exactly as rotary_write_kv_kernel (elementwise.cu) does.

@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 
-from bench.engine_step import BLOCK_SIZE, CACHE_TOKENS, chunked_prefill  # noqa: E402
-from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
+from bench.engine_step import chunked_prefill, served_model  # noqa: E402
+from bench.gpu_shapes import kernels_ready  # noqa: E402
 
 
 def main() -> int:
@@ -25,10 +25,7 @@ def main() -> int:
     if not kernels_ready("chunked_prefill"):
         return 1
     torch.set_grad_enabled(False)
-    model = build_model(args.model, head_bits=8, embed_bits=4)
-    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
-    kv_cache.normal_()
-    model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    model, kv_cache = served_model(args.model)
     for chunk in (512, 1024, 2048):
         chunked_prefill(model, kv_cache, 8192, chunk)
         times = []

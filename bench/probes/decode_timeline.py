@@ -25,14 +25,12 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.engine_step import (  # noqa: E402
-    BLOCK_SIZE,
-    CACHE_TOKENS,
     ServedStep,
     decode_metadata,
+    served_model,
     suffix_metadata,
 )
-from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
-from engine.loader import default_vocab_bits  # noqa: E402
+from bench.gpu_shapes import kernels_ready  # noqa: E402
 
 
 def family(name: str) -> str:
@@ -94,11 +92,7 @@ def main() -> int:
         cuda.MIN_PARTITION = args.min_partition
     if args.separate_merge:
         cuda._merge_counters = lambda device, count: None
-    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
-    model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
-    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
-    kv_cache.normal_()
-    model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    model, kv_cache = served_model(args.model)
     if args.unfused:
         from engine import ops
 

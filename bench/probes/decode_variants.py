@@ -19,10 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.bench_gpu import time_decode  # noqa: E402
-from bench.engine_step import BLOCK_SIZE, CACHE_TOKENS, ServedStep  # noqa: E402
-from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
+from bench.engine_step import ServedStep, served_model  # noqa: E402
+from bench.gpu_shapes import kernels_ready  # noqa: E402
 from engine import ops  # noqa: E402
-from engine.loader import default_vocab_bits  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not kernels_ready("decode_variants"):
         return 1
-    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
-    model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
-    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
-    kv_cache.normal_()
-    model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    model, kv_cache = served_model(args.model)
     variants = {"default": True, "unfused": False}
     rows = []
     for r in range(args.rounds):

@@ -20,16 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.engine_step import (  # noqa: E402
-    BLOCK_SIZE,
-    CACHE_TOKENS,
     ServedStep,
     decode_metadata,
+    served_model,
     suffix_metadata,
 )
-from bench.gpu_shapes import build_model, kernels_ready  # noqa: E402
+from bench.gpu_shapes import kernels_ready  # noqa: E402
 from engine import ops  # noqa: E402
 from engine.cuda_graph import token_level_metadata  # noqa: E402
-from engine.loader import default_vocab_bits  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     from engine.ops import cuda
 
-    head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
-    model = build_model(args.model, head_bits=head_bits, embed_bits=embed_bits)
-    kv_cache = model.allocate_kv_cache(CACHE_TOKENS // BLOCK_SIZE + 4, BLOCK_SIZE)
     gen = torch.Generator(device="cuda").manual_seed(1)
-    kv_cache.normal_(generator=gen)
-    model.rotary.limit_positions((CACHE_TOKENS // BLOCK_SIZE + 4) * BLOCK_SIZE)
+    model, kv_cache = served_model(args.model, gen)
     prefix, new = 8192, 16
     key_ids = torch.randint(0, model.config.vocab_size, (new,), device="cuda", generator=gen)
     key_pos = torch.arange(prefix, prefix + new, device="cuda")
