@@ -86,10 +86,33 @@ std::pair<float*, int*> check_splits(const char* op, int64_t M, int64_t K, int64
   return {partials->data_ptr<float>(), counters->data_ptr<int>()};
 }
 
+// What the GEMV prefetches into L2 after its own loads (kernels.h L2Prefetch): the tensors in order,
+// `max_bytes` of them at most.
+L2Prefetch check_l2_prefetch(const char* op, const Tensor& x, at::TensorList tensors, int64_t max_bytes) {
+  EXLSP_CHECK(tensors.size() <= (size_t)L2Prefetch::kMaxRanges,
+              "exlsp::%s: l2_prefetch takes at most %s tensors, got %s", to_str(op).c_str(),
+              to_str(L2Prefetch::kMaxRanges).c_str(), to_str((int64_t)tensors.size()).c_str());
+  EXLSP_CHECK(max_bytes >= 0, "exlsp::%s: l2_prefetch_bytes must be >= 0, got %s", to_str(op).c_str(),
+              to_str(max_bytes).c_str());
+  L2Prefetch pf;
+  for (size_t i = 0; i < tensors.size() && max_bytes > 0; ++i) {
+    const Tensor& t = tensors[i];
+    EXLSP_CHECK(t.is_cuda() && t.device() == x.device() && t.is_contiguous(),
+                "exlsp::%s: l2_prefetch tensor %s must be a contiguous CUDA tensor on x's device",
+                to_str(op).c_str(), to_str((int64_t)i).c_str());
+    const int64_t bytes = std::min<int64_t>(t.numel() * t.element_size(), max_bytes);
+    pf.ptr[i] = static_cast<const char*>(t.data_ptr());
+    pf.bytes[i] = bytes;
+    max_bytes -= bytes;
+  }
+  return pf;
+}
+
 // The tensor-core GEMV with one of its epilogues (kernels.h GemvEpilogue); shapes checked by the op.
 void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                  const std::optional<Tensor>& bias, const GemvEpilogue& epilogue, int64_t group_size, Tensor& out,
-                 const std::optional<Tensor>& partials, const std::optional<Tensor>& counters, int64_t splits) {
+                 const std::optional<Tensor>& partials, const std::optional<Tensor>& counters, int64_t splits,
+                 at::TensorList l2_prefetch, int64_t l2_prefetch_bytes) {
   const Dtype dtype = model_dtype(x, op);
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
   EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
@@ -97,11 +120,12 @@ void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const T
               "group_size, got K=%s N=%s group_size=%s",
               to_str(op).c_str(), to_str(K).c_str(), to_str(N).c_str(), to_str(group_size).c_str());
   const auto [partials_ptr, counters_ptr] = check_splits(op, M, K, N, partials, counters, splits);
+  const L2Prefetch prefetch = check_l2_prefetch(op, x, l2_prefetch, l2_prefetch_bytes);
   if (M == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
                                     zeros.data_ptr(), opt_ptr(bias), epilogue, out.data_ptr(), partials_ptr,
-                                    counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits,
+                                    counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits, prefetch,
                                     c10::cuda::getCurrentCUDAStream()),
                op);
 }
@@ -110,24 +134,26 @@ void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const T
 void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
                    Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                   int64_t splits) {
+                   int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc";
   check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
   GemvEpilogue epilogue;
   epilogue.residual = opt_ptr(residual);
-  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits);
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
 // x (M, K) @ [gate | up] (K, 2I) -> out (M, I) = silu(gate) * up, in one kernel.
 void quant_gemv_tc_silu_mul(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                             const std::optional<Tensor>& bias, int64_t group_size, Tensor& out,
                             const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                            int64_t splits) {
+                            int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc_silu_mul";
   check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out, qweight.size(1) / 2, "N / 2");
   GemvEpilogue epilogue;
   epilogue.kind = GemvEpilogueKind::kSiluMul;
-  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits);
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
 // x (M, K) @ [q | k | v] (K, (Hq + 2 Hkv) D) in one kernel: q rotated into q_out (M, Hq, D), k rotated
@@ -136,7 +162,8 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
                              const std::optional<Tensor>& bias, int64_t group_size, const Tensor& positions,
                              const Tensor& cos_sin_cache, Tensor& kv_cache_layer, const Tensor& slot_mapping,
                              Tensor& q_out, const std::optional<Tensor>& partials,
-                             const std::optional<Tensor>& counters, int64_t splits) {
+                             const std::optional<Tensor>& counters, int64_t splits,
+                             std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc_rotary_kv";
   check_cuda(q_out, op, "q_out");
   EXLSP_CHECK(q_out.dim() == 3, "exlsp::%s: q_out must be (M, Hq, D), got %s", to_str(op).c_str(),
@@ -158,7 +185,8 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
   r.apply_rotary = true;
   check_rotary_table(op, x, positions, cos_sin_cache, M, D, r);
   check_kv_cache(op, x, kv_cache_layer, slot_mapping, M, Hkv, D, r);
-  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out2d, partials, counters, splits);
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out2d, partials, counters, splits,
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
 int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
@@ -171,6 +199,7 @@ void set_quant_gemv_tc_tuning(int64_t block_warps, bool wide_batches) {
               to_str(block_warps).c_str());
   set_gemv_tuning((int)block_warps, wide_batches);
 }
+
 
 // A column slice of a row-major matrix: unit column stride, rows `ld` apart (the dequantize op takes
 // N-slices of a weight without a copy).
@@ -220,14 +249,17 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
       "int group_size, Tensor(a!) out) -> ()");
   m.def(
       "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
-      "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
+      "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1, "
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
   m.def(
       "quant_gemv_tc_silu_mul(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
-      "Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1) -> ()");
+      "Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1, "
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
   m.def(
       "quant_gemv_tc_rotary_kv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
       "Tensor positions, Tensor cos_sin_cache, Tensor(a!) kv_cache_layer, Tensor slot_mapping, Tensor(b!) q_out, "
-      "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1) -> ()");
+      "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1, Tensor[]? l2_prefetch=None, "
+      "int l2_prefetch_bytes=0) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
   m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");

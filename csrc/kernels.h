@@ -112,12 +112,20 @@ struct GemvEpilogue {
   const void* residual = nullptr;  // kStore only
   RotaryArgs rotary{};             // kRotaryKv only
 };
+// Weights the step reads after this GEMV's, which its warps ask L2 to fetch once their own loads are
+// done (l2_prefetch.cuh): up to kMaxRanges byte ranges (0 bytes: none).
+struct L2Prefetch {
+  static constexpr int kMaxRanges = 4;
+  const char* ptr[kMaxRanges] = {};
+  int64_t bytes[kMaxRanges] = {};
+};
+
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
 int quant_gemv_tc_effective_splits(int K, int splits);  // the number of K slices actually launched
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
-                                 cudaStream_t stream);
+                                 const L2Prefetch& prefetch, cudaStream_t stream);
 
 // out (M, I) = silu(x[:, :I]) * x[:, I:], x (M, 2I).
 cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream);

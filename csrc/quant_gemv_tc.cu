@@ -35,6 +35,7 @@
 #include "dtype_utils.cuh"
 #include "elementwise_math.cuh"
 #include "kernels.h"
+#include "l2_prefetch.cuh"
 #include "launch.cuh"
 #include "quant_gemv_tc_math.cuh"
 
@@ -128,8 +129,9 @@ template <typename T, int MT, int U, int S, bool kPaired>
 __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>())
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const GemvEpilogue ep,
-                         T* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters, int M,
-                         int K, int N, int group_size, int chunks_per_split, int pair_arg) {
+                         const L2Prefetch pf, T* __restrict__ out, float* __restrict__ partials,
+                         int* __restrict__ counters, int M, int K, int N, int group_size, int chunks_per_split,
+                         int pair_arg) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;
   // The block's 32 columns: 16 from tile_base on and 16 from tile_base + pair on (pair 16: 32 in a
@@ -227,6 +229,11 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     wp += (size_t)U * N;
   };
 
+  // Once this warp's own loads are done: its share of the next weight (l2_prefetch.cuh).
+  auto prefetch_next = [&]() {
+    prefetch_l2_share(pf, (blockIdx.y * gridDim.x + blockIdx.x) * warps + warp, gridDim.x * gridDim.y * warps, lane);
+  };
+
   if (b_begin < b_end) load();
   pdl_wait();
   pdl_trigger();
@@ -281,6 +288,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     for (int mt = 0; mt < MT; ++mt) xp[mt] += 4 * U;
     if (b + 1 < b_end) load();
   }
+  prefetch_next();
   if (b_begin < b_end) flush();
 
   // C fragment: i = 0, 1 -> A row g (column 4g + 2j), rows m = 2t, 2t + 1; i = 2, 3 -> A row g + 8
@@ -398,12 +406,12 @@ int block_warps(int blocks, int batches_per_block) {
 }
 
 template <typename T, int MT, int U, int S, bool P>
-cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep, T* o,
-                      float* partials, int* counters, int M, int K, int N, int group_size, int per_split, int splits,
-                      int pair, cudaStream_t stream) {
+cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
+                      const L2Prefetch& pf, T* o, float* partials, int* counters, int M, int K, int N, int group_size,
+                      int per_split, int splits, int pair, cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
   const int warps = block_warps<T, MT, U, S, P>(grid.x * grid.y, per_split / U);
-  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, o,
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, pf, o,
                     partials, counters, M, K, N, group_size, per_split, pair);
 }
 
@@ -413,13 +421,13 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
 // least one batch per warp: 4096 x 1024 in 4 slices of 32 chunks lost 10% to idle warps).
 template <typename T, int MT, bool P>
 cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
-                        T* o, float* partials, int* counters, int M, int K, int N, int group_size, int splits,
-                        int pair, cudaStream_t stream) {
+                        const L2Prefetch& pf, T* o, float* partials, int* counters, int M, int K, int N,
+                        int group_size, int splits, int pair, cudaStream_t stream) {
   const int num_chunks = K / 32, chunks_per_group = group_size / 32;
   const int per_split = chunks_per_split(num_chunks, splits);
   splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
 #define EXLSP_GEMV_LAUNCH(UU, SS) \
-  launch_mt<T, MT, UU, SS, P>(x, qw, s, z, b, ep, o, partials, counters, M, K, N, group_size, per_split, splits, pair, \
+  launch_mt<T, MT, UU, SS, P>(x, qw, s, z, b, ep, pf, o, partials, counters, M, K, N, group_size, per_split, splits, pair, \
                            stream)
   if constexpr (MT == 1) {
     if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
@@ -449,11 +457,12 @@ int quant_gemv_tc_effective_splits(int K, int splits) {
 void set_gemv_tuning(int block_warps, bool wide_batches) { gemv_tuning() = GemvTuning{block_warps, wide_batches}; }
 
 #define EXLSP_GEMV_ROWS(MT, P) \
-  launch_rows<T, MT, P>(xr, qw, sc, ze, bi, ep, orow, partials, counters, rows, K, N, group_size, splits, pair, stream)
+  launch_rows<T, MT, P>(xr, qw, sc, ze, bi, ep, pf, orow, partials, counters, rows, K, N, group_size, splits, pair, \
+                        stream)
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
-                                 cudaStream_t stream) {
+                                 const L2Prefetch& prefetch, cudaStream_t stream) {
   splits = (partials && counters) ? quant_gemv_tc_effective_splits(K, splits) : 1;
   int pair = 16, out_cols = N;  // the column pairing and the output's row length
   switch (epilogue.kind) {
@@ -492,6 +501,8 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       }
       const T* xr = xs + (size_t)m0 * K;
       T* orow = static_cast<T*>(out) + (size_t)m0 * out_cols;
+      // the last chunk of rows prefetches: the earlier ones read the weight again
+      const L2Prefetch pf = m0 + 16 >= M ? prefetch : L2Prefetch{};
       const bool paired = ep.kind != GemvEpilogueKind::kStore;
       if (rows <= 8) {
         err = paired ? EXLSP_GEMV_ROWS(1, true) : EXLSP_GEMV_ROWS(1, false);

@@ -1,17 +1,25 @@
-"""Probe: decode tok/s of the served step under kernel variants, one model, same weights and cache,
-alternated: the default, and without the GEMV's fused epilogues (SiLU * up after gate|up, rotary +
-K/V write after q|k|v).
+"""Probe: decode tok/s and a keystroke's latency of the served step under kernel variants, one model,
+same weights and cache, the variants alternated:
 
-    python bench/probes/decode_variants.py [--model llama3-8b] [--rounds 2]
+    --compare fused     the default vs the GEMV without its fused epilogues (SiLU * up after gate|up,
+                        rotary + K/V write after q|k|v);
+    --compare prefetch  the GEMV's L2 prefetch of the next weight (csrc/l2_prefetch.cuh): off, 4 MB
+                        (the default) and 8 MB per GEMV.
 
-Each variant is its own CUDA graph of the served decode step (bench/engine_step.py ServedStep): the
-op seam (engine.ops.set_fused_ops) is read when the graph is captured.
+    python bench/probes/decode_variants.py [--model llama3-8b] [--compare fused] [--rounds 2]
+
+Each variant is its own CUDA graph of the served step (bench/engine_step.py ServedStep): the op seam's
+settings are read when the graph is captured. The keystroke is 16 new tokens after a cached 8k
+prefix, the head on the last row (as bench_ttft.py's graph path).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,9 +27,55 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.bench_gpu import time_decode  # noqa: E402
-from bench.engine_step import ServedStep, served_model  # noqa: E402
+from bench.engine_step import ServedStep, served_model, suffix_metadata  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
 from engine import ops  # noqa: E402
+from engine.cuda_graph import token_level_metadata  # noqa: E402
+
+
+def prefetch(limit: int) -> Callable[[], None]:
+    def setup() -> None:
+        from engine.ops import cuda
+
+        cuda.set_l2_prefetch_bytes(limit)
+
+    return setup
+
+
+def fused(enabled: bool) -> Callable[[], None]:
+    return lambda: ops.set_fused_ops(enabled)
+
+
+MB = 1 << 20
+COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
+    "fused": {"default": fused(True), "unfused": fused(False)},
+    "prefetch": {
+        "off": prefetch(0),
+        "4 MB": prefetch(4 * MB),
+        "8 MB": prefetch(8 * MB),
+    },
+}
+
+
+def restore_defaults(prefetch_bytes: int) -> None:
+    from engine.ops import cuda
+
+    ops.set_fused_ops(True)
+    cuda.set_l2_prefetch_bytes(prefetch_bytes)
+
+
+def keystroke_ms(served: ServedStep, vocab_size: int, prefix: int = 8192, suffix: int = 16) -> float:
+    ids = torch.randint(0, vocab_size, (suffix,), device="cuda")
+    pos = torch.arange(prefix, prefix + suffix, device="cuda")
+    attn = token_level_metadata(suffix_metadata(prefix, suffix), suffix)
+    times = []
+    for i in range(23):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        served.run(ids, pos, attn, rows=slice(-1, None)).item()
+        if i >= 3:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,25 +83,30 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="llama3-8b")
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="fused")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if not kernels_ready("decode_variants"):
         return 1
+    from engine.ops import cuda
+
+    default_prefetch = cuda.L2_PREFETCH_BYTES
     model, kv_cache = served_model(args.model)
-    variants = {"default": True, "unfused": False}
     rows = []
-    for r in range(args.rounds):
-        for label, fused in variants.items():
-            ops.set_fused_ops(fused)
-            served = ServedStep(model, kv_cache)
-            tok_s = {ctx: 1e3 / time_decode(served, ctx)[0] for ctx in (32, 2048, 8192)}
-            rows.append((r, label, tok_s))
-            del served
-    ops.set_fused_ops(True)
-    print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s (graph, steps queued)")
-    print(f"{'round':>5}  {'variant':14}  {'ctx 32':>8}  {'ctx 2k':>8}  {'ctx 8k':>8}")
-    for r, label, tok_s in rows:
-        print(f"{r:>5}  {label:14}  {tok_s[32]:8.1f}  {tok_s[2048]:8.1f}  {tok_s[8192]:8.1f}")
+    try:
+        for r in range(args.rounds):
+            for label, setup in COMPARISONS[args.compare].items():
+                setup()
+                served = ServedStep(model, kv_cache)
+                tok_s = {ctx: 1e3 / time_decode(served, ctx)[0] for ctx in (32, 2048, 8192)}
+                rows.append((r, label, tok_s, keystroke_ms(served, model.config.vocab_size)))
+                del served
+    finally:
+        restore_defaults(default_prefetch)
+    print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s (graph, steps queued), keystroke ms")
+    print(f"{'round':>5}  {'variant':14}  {'ctx 32':>8}  {'ctx 2k':>8}  {'ctx 8k':>8}  {'keystroke':>9}")
+    for r, label, tok_s, key_ms in rows:
+        print(f"{r:>5}  {label:14}  {tok_s[32]:8.1f}  {tok_s[2048]:8.1f}  {tok_s[8192]:8.1f}  {key_ms:9.3f}")
     return 0
 
 

@@ -2,9 +2,15 @@
 
 Weights arrive built by the loader (engine/loader.py), already fused where possible: q/k/v and gate/up
 are one matrix whose output features are the parts side by side. x: (..., K) -> (..., N).
+
+A QuantLinear may be told which linear the model reads after it (link_read_order): its GEMV then
+hands that weight's tensors to the op as read_next, a hint a kernel uses to start fetching them
+while the memory bus would otherwise idle (engine/ops/__init__.py).
 """
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +52,19 @@ class QuantLinear(nn.Module):
         self.register_buffer("perm", w.perm)
         self.register_buffer("bias", w.bias)
         self._prepared: PackedWeight | None = None
+        # (owner, attribute name) of the linear read after this one, looked up per call so that a
+        # module replaced or moved later (a quantized head, .to()) is the one named
+        self._read_next: tuple[nn.Module, str] | None = None
+
+    def set_read_next(self, owner: nn.Module, name: str) -> None:
+        self._read_next = (owner, name)
+
+    def read_next(self) -> tuple[torch.Tensor, ...]:
+        """The tensors of the linear the model reads after this one, or () when none was linked."""
+        if self._read_next is None:
+            return ()
+        owner, name = self._read_next
+        return weight_tensors(getattr(owner, name, None))
 
     def _apply(self, fn, recurse=True):
         self._prepared = None  # tensors moved or cast: prepare again on the next call
@@ -61,7 +80,7 @@ class QuantLinear(nn.Module):
         return self._prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.quant_linear(x.reshape(-1, self.in_features), self.packed())  # (M, N)
+        y = ops.quant_linear(x.reshape(-1, self.in_features), self.packed(), self.read_next())  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -76,3 +95,24 @@ class ConcatLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
+def weight_tensors(module: nn.Module | None) -> tuple[torch.Tensor, ...]:
+    """What a linear's product reads, small tensors first (a prefetch limited in bytes then still
+    covers the scales of the rows it reaches): () for anything that is not a linear."""
+    if isinstance(module, QuantLinear):
+        return (module.scales, module.zeros, module.qweight)
+    if isinstance(module, Linear):
+        return (module.weight,)
+    if isinstance(module, ConcatLinear):
+        return weight_tensors(module.parts[0])
+    return ()
+
+
+def link_read_order(linears: list[tuple[nn.Module, str]]) -> None:
+    """Tell each QuantLinear of `linears` (owner, attribute name), listed in the order a forward reads
+    them, which one comes next."""
+    for (owner, name), following in pairwise(linears):
+        module = getattr(owner, name)
+        if isinstance(module, QuantLinear):
+            module.set_read_next(*following)

@@ -25,6 +25,7 @@ from engine.attention_metadata import AttentionMetadata
 from engine.config import ModelConfig
 from engine.layers.attention import Attention
 from engine.layers.embedding import Embedding
+from engine.layers.linear import link_read_order
 from engine.layers.mlp import GatedMLP
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
@@ -118,6 +119,15 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(weights.tensor("model.norm.weight", (h,)), config.rms_norm_eps)
         # tied: compute_logits reads the embedding matrix itself, so moving or casting keeps them one
         self.lm_head = None if config.tie_word_embeddings else weights.linear(["lm_head"], h, [v], bias=False)
+        link_read_order(self.linears_in_read_order())
+
+    def linears_in_read_order(self) -> list[tuple[nn.Module, str]]:
+        """(owner, attribute name) of every linear, in the order forward_paged and the head read them."""
+        order: list[tuple[nn.Module, str]] = []
+        for layer in self.layers:
+            order += [(layer.self_attn, "qkv_proj"), (layer.self_attn, "o_proj")]
+            order += [(layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")]
+        return order + [(self, "lm_head")]
 
     @property
     def dtype(self) -> torch.dtype:

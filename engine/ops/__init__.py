@@ -5,13 +5,16 @@ Public ops (signatures and layouts documented in engine/ops/reference.py):
     apply_rotary(q (T, Hq, D), k (T, Hkv, D), positions (T,), cos_sin_cache (max_pos, D)) -> (q, k)
     write_kv(k (T, Hkv, D), v (T, Hkv, D), kv_cache_layer (2, num_blocks, bs, Hkv, D), slot_mapping (T,))
     paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window) -> (T, Hq, D)
-    quant_linear(x (M, K), w: PackedWeight) -> (M, N)
+    quant_linear(x (M, K), w: PackedWeight, read_next=()) -> (M, N)
     silu_and_mul(x (M, 2I)) -> (M, I)
-    quant_linear_silu_mul(x (M, K), w) -> (M, I) or None          (fused: gate|up GEMV + SiLU * up)
+    quant_linear_silu_mul(x (M, K), w, read_next=()) -> (M, I) or None   (fused: gate|up GEMV + SiLU * up)
     quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads,
-                        head_dim) -> q (T, Hq, D) or None         (fused: q|k|v GEMV + rotary + K/V write)
+                        head_dim, read_next=()) -> q (T, Hq, D) or None  (fused: q|k|v GEMV + rotary + K/V write)
     prepare_quant_weight(w: PackedWeight) -> PackedWeight   (once at load, after moving to the device)
     backend_report() -> {op name: "cuda" | "reference"}
+
+read_next (the GEMV ops): the tensors the model reads after this weight, which a kernel may ask L2 to
+fetch once its own loads are issued; a hint only, no result depends on it (engine/layers/linear.py).
 
 Fused ops return None where no kernel serves the call (the reference always does); the caller then
 composes the unfused ops, so the two paths compute the same thing. set_fused_ops(False) turns them
@@ -99,8 +102,8 @@ def paged_attention(q, kv_cache_layer, attn, scale, sliding_window):
     return _impl("paged_attention", q)(q, kv_cache_layer, attn, scale, sliding_window)
 
 
-def quant_linear(x, w):
-    return _impl("quant_linear", x)(x, w)
+def quant_linear(x, w, read_next=()):
+    return _impl("quant_linear", x)(x, w, read_next)
 
 
 def silu_and_mul(x):
@@ -113,17 +116,19 @@ def set_fused_ops(enabled: bool) -> None:
     _fused_enabled = enabled
 
 
-def quant_linear_silu_mul(x, w):
+def quant_linear_silu_mul(x, w, read_next=()):
     if not _fused_enabled:
         return None
-    return _impl("quant_linear_silu_mul", x)(x, w)
+    return _impl("quant_linear_silu_mul", x)(x, w, read_next)
 
 
-def quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim):
+def quant_qkv_rotary_kv(
+    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
+):
     if not _fused_enabled:
         return None
     return _impl("quant_qkv_rotary_kv", x)(
-        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim
+        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next
     )
 
 

@@ -363,6 +363,28 @@ def _tc_split_args(x: torch.Tensor, w: PackedWeight) -> tuple[torch.Tensor | Non
     return partials, counters, splits
 
 
+# What a tensor-core GEMV asks L2 to fetch of the weight read after it, once its own loads are done
+# (csrc/l2_prefetch.cuh): DRAM idles in kernel tails, the attention and the norms. H100, Llama-3-8B
+# shape, decode at 2k: off 384, 4 MB 399, 8 MB 398, 12 MB 389 tok/s (bench/NOTES.md 41): more is
+# evicted before its reader comes.
+L2_PREFETCH_BYTES = 4 << 20
+
+
+def set_l2_prefetch_bytes(limit: int) -> None:
+    """Bytes of the next weight a GEMV prefetches (0: none), for side-by-side benchmarks."""
+    global L2_PREFETCH_BYTES
+    L2_PREFETCH_BYTES = limit
+
+
+def _prefetch_args(x: torch.Tensor, read_next: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], int]:
+    """(l2_prefetch, l2_prefetch_bytes) of a tensor-core GEMV call: the next weight's tensors the
+    kernel can address (contiguous, on x's device), up to the op's 4."""
+    if not L2_PREFETCH_BYTES:
+        return [], 0
+    tensors = [t for t in read_next if t.device == x.device and t.is_contiguous()][:4]
+    return tensors, L2_PREFETCH_BYTES
+
+
 def _fused_gemv_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
     """x ready for a tensor-core GEMV with a fused epilogue (act-order applied), or None where that
     kernel does not serve the call (too many rows for a GEMV, a weight it cannot read)."""
@@ -373,18 +395,21 @@ def _fused_gemv_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
     return x.contiguous()
 
 
-def quant_linear_silu_mul(x, w: PackedWeight):
+def quant_linear_silu_mul(x, w: PackedWeight, read_next=()):
     x = _fused_gemv_input(x, w)
     if x is None:
         return None
     out = torch.empty((x.shape[0], w.out_features // 2), dtype=x.dtype, device=x.device)
     torch.ops.exlsp.quant_gemv_tc_silu_mul(
-        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, out, *_tc_split_args(x, w)
-    )
+        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, out, *_tc_split_args(x, w),
+        *_prefetch_args(x, read_next),
+    )  # fmt: skip
     return out
 
 
-def quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim):
+def quant_qkv_rotary_kv(
+    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
+):
     x = _fused_gemv_input(x, w)
     if (
         x is None
@@ -397,11 +422,12 @@ def quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_map
     torch.ops.exlsp.quant_gemv_tc_rotary_kv(
         x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, positions.long(), cos_sin_cache,
         kv_cache_layer, slot_mapping.long().contiguous(), q, *_tc_split_args(x, w),
+        *_prefetch_args(x, read_next),
     )  # fmt: skip
     return q
 
 
-def quant_linear(x, w: PackedWeight):
+def quant_linear(x, w: PackedWeight, read_next=()):
     if not _gemv_ok(x, w):
         return reference.quant_linear(x, w)
     if w.perm is not None:
@@ -411,8 +437,9 @@ def quant_linear(x, w: PackedWeight):
     if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
         torch.ops.exlsp.quant_gemv_tc(
-            x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, *_tc_split_args(x, w)
-        )
+            x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, *_tc_split_args(x, w),
+            *_prefetch_args(x, read_next),
+        )  # fmt: skip
         return out
     if num_rows <= GEMV_MAX_ROWS:
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)

@@ -212,8 +212,9 @@ class DequantizedWeight(PackedWeight):
     sorted_dense: torch.Tensor | None = None  # (K, N) = dequantize(self), rows in group order
 
 
-def quant_linear(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
-    """x (M, K) @ dequantized W (K, N) + bias -> (M, N)."""
+def quant_linear(x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """x (M, K) @ dequantized W (K, N) + bias -> (M, N). read_next: the tensors the model reads after
+    this weight, a hint a kernel may use to start fetching them (no effect on any result)."""
     if not isinstance(w, DequantizedWeight):
         return quant_linear_reference(x, w)
     if w.perm is not None:
@@ -228,7 +229,9 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def quant_linear_silu_mul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
+def quant_linear_silu_mul(
+    x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = ()
+) -> torch.Tensor | None:
     """Fused op: silu(gate) * up of x @ W = [gate | up] in one kernel, or None where no kernel serves
     the call (always here: the caller composes quant_linear and silu_and_mul)."""
     return None
@@ -243,6 +246,7 @@ def quant_qkv_rotary_kv(
     slot_mapping: torch.Tensor,
     num_heads: int,
     head_dim: int,
+    read_next: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor | None:
     """Fused op: x @ W = [q | k | v] heads, q and k rotated, k and v written to their slots, q
     (T, Hq, D) returned, in one kernel; or None where no kernel serves the call (always here: the

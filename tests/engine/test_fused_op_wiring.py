@@ -40,7 +40,9 @@ def quant_linear(in_features: int, out_features: int, seed: int, bias: bool = Fa
     return QuantLinear(w)
 
 
-def stand_in_qkv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim):
+def stand_in_qkv(
+    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
+):
     """quant_qkv_rotary_kv by its contract alone: the KV head count comes from the weight's width."""
     num_kv_heads = (w.out_features // head_dim - num_heads) // 2
     y = reference.quant_linear(x, w)
@@ -52,7 +54,7 @@ def stand_in_qkv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, n
     return q
 
 
-def stand_in_silu_mul(x, w):
+def stand_in_silu_mul(x, w, read_next=()):
     return reference.silu_and_mul(reference.quant_linear(x, w))
 
 
