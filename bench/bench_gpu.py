@@ -85,9 +85,9 @@ def gemv_gbs(
     them) -> achieved GB/s. `splits`: K slices per column tile (None: the engine's choice). PDL off
     by default: back-to-back GEMVs would overlap one's start with the previous one's tail, which
     flatters the kernel; the decode figures measure PDL where it really applies."""
-    from engine.ops import cuda
+    from engine.ops import cuda, cuda_common
 
-    counters = cuda.split_counters(torch.device("cuda"))
+    counters = cuda_common.split_counters(torch.device("cuda"))
     if splits is None:
         splits = cuda.gemv_splits(k, n, rows, torch.cuda.get_device_properties(0).multi_processor_count)
     splits = torch.ops.exlsp.quant_gemv_tc_splits(k, splits)

@@ -5,7 +5,7 @@ kernel behind it, with the multi-query kernel and with the per-sequence kernel a
 
 The graph path is the engine's short-prefill route (engine/cuda_graph.py): the 16 new tokens as
 one-token sequences through the decode graph of bucket 16, captured for a 16k-token cache. "before"
-captures it with engine/ops/cuda.py QUERIES_PER_BLOCK = 1 (each token's block reads its K/V alone),
+captures it with engine/ops/cuda_attention.py QUERIES_PER_BLOCK = 1 (each token's block reads its K/V alone),
 "after" with the default (one block reads each K/V chunk once for all 16). The kernel figure
 rotates several layers' caches so that L2 holds none of the 33.5 MB of K/V per layer.
 """
@@ -43,7 +43,7 @@ def attention_kernel(
     queries_per_block: int, partition_size: int | None = None, *, hq=32, hkv=8, d=128, layers=4, repeats=5
 ) -> dict:
     """Decode attention of the 16 suffix tokens as one-token sequences (Llama-3-8B heads), per layer."""
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     tokens = token_level_metadata(suffix_metadata(PREFIX_TOKENS, SUFFIX_TOKENS), SUFFIX_TOKENS)
     num_blocks = tokens.block_tables.shape[1] + 1
@@ -54,7 +54,7 @@ def attention_kernel(
 
     def calls():
         for layer in range(layers):
-            cuda.decode_attention(
+            cuda_attention.decode_attention(
                 q,
                 caches[layer],
                 tables,
@@ -73,7 +73,7 @@ def attention_kernel(
 
 
 def ttft(model_name: str) -> dict:
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     model, kv_cache = served_model(model_name)
     attn = suffix_metadata(PREFIX_TOKENS, SUFFIX_TOKENS)
@@ -94,9 +94,9 @@ def ttft(model_name: str) -> dict:
     res = {"model": model_name}
     res["ttft_eager_ms"] = timed(lambda: first_token_id(model, kv_cache, ids, pos, attn).item())
     tokens_out = {}
-    default = cuda.QUERIES_PER_BLOCK
+    default = cuda_attention.QUERIES_PER_BLOCK
     for label, queries_per_block in (("per_sequence", 1), ("multi_query", default)):
-        cuda.QUERIES_PER_BLOCK = queries_per_block  # read when the graph is captured
+        cuda_attention.QUERIES_PER_BLOCK = queries_per_block  # read when the graph is captured
         try:
             served = ServedStep(model, kv_cache)
 
@@ -106,7 +106,7 @@ def ttft(model_name: str) -> dict:
             res[f"ttft_graph_{label}_ms"] = timed(run)
             tokens_out[label] = served.run(ids, pos, token_level_metadata(attn, SUFFIX_TOKENS)).clone()
         finally:
-            cuda.QUERIES_PER_BLOCK = default
+            cuda_attention.QUERIES_PER_BLOCK = default
         del served
     res["graph_tokens_agree"] = float(
         (tokens_out["per_sequence"] == tokens_out["multi_query"]).float().mean().item()
@@ -121,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not kernels_ready("bench_ttft"):
         return 1
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     torch.set_grad_enabled(False)
     report: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     report["attention_per_sequence"] = attention_kernel(1)
     for part in (128, 256, 512):
-        report[f"attention_multi_query_p{part}"] = attention_kernel(cuda.QUERIES_PER_BLOCK, part)
+        report[f"attention_multi_query_p{part}"] = attention_kernel(cuda_attention.QUERIES_PER_BLOCK, part)
     report["ttft"] = ttft(args.model)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

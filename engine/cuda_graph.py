@@ -161,9 +161,9 @@ def graphs_supported(config) -> bool:
     """Graphs need every decode op on a CUDA kernel: the reference attention synchronizes with the
     host (and a failed capture can leave the stream unusable), so this is decided before capturing."""
     from engine import ops
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     if not torch.cuda.is_available() or ops.backend_report().get("paged_attention") != "cuda":
         return False
     group = config.num_heads // config.num_kv_heads
-    return cuda.decode_kernel_covers(config.head_dim, group)
+    return cuda_attention.decode_kernel_covers(config.head_dim, group)

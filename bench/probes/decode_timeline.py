@@ -86,12 +86,12 @@ def main() -> int:
     if not kernels_ready("decode_timeline"):
         return 1
     torch.set_grad_enabled(False)
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     if args.min_partition:
-        cuda.MIN_PARTITION = args.min_partition
+        cuda_attention.MIN_PARTITION = args.min_partition
     if args.separate_merge:
-        cuda._merge_counters = lambda device, count: None
+        cuda_attention._merge_counters = lambda device, count: None
     model, kv_cache = served_model(args.model)
     if args.unfused:
         from engine import ops

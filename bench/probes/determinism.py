@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if not kernels_ready("determinism"):
         return 1
     torch.set_grad_enabled(False)
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     gen = torch.Generator(device="cuda").manual_seed(1)
     model, kv_cache = served_model(args.model, gen)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     key_pos = torch.arange(prefix, prefix + new, device="cuda")
     key_attn = token_level_metadata(suffix_metadata(prefix, new), new)
     dec_ids, dec_pos, dec_attn = decode_metadata(2048)
-    q = cuda.QUERIES_PER_BLOCK
+    q = cuda_attention.QUERIES_PER_BLOCK
     cases = [
         ("keystroke, multi-query", q, True, key_ids, key_pos, key_attn),
         ("keystroke, per-sequence", 1, True, key_ids, key_pos, key_attn),
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         ("decode 2k", q, True, dec_ids, dec_pos, dec_attn),
     ]
     for label, queries_per_block, fused, ids, pos, attn in cases:
-        cuda.QUERIES_PER_BLOCK = queries_per_block  # read when the graph is captured
+        cuda_attention.QUERIES_PER_BLOCK = queries_per_block  # read when the graph is captured
         ops.set_fused_ops(fused)
         try:
             served = ServedStep(model, kv_cache)
             outs = [served.graphs.run(ids, pos, attn).clone() for _ in range(args.repeats)]
         finally:
-            cuda.QUERIES_PER_BLOCK = q
+            cuda_attention.QUERIES_PER_BLOCK = q
             ops.set_fused_ops(True)
         del served
         bits = [o.view(torch.int16) for o in outs]  # NaN == NaN bit for bit

@@ -4,10 +4,7 @@ in a function with the reference's signature (engine/ops/reference.py).
 Wrappers allocate the outputs (the kernels never do) and fall back to the reference for inputs a
 kernel does not cover (float32 models, odd shapes, unsupported head sizes), so a CUDA call never
 fails where the reference would succeed. `op_table()` is the contract with engine/ops/__init__.py.
-
-Prefill attention is a first version: each sequence's K/V are gathered from the paged cache and
-handed to torch's scaled_dot_product_attention (flash / memory-efficient kernels), causal aligned to
-the bottom right (new tokens see every cached token and themselves).
+The attention op's routing lives in engine/ops/cuda_attention.py.
 """
 
 from __future__ import annotations
@@ -19,23 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from engine.attention_metadata import AttentionMetadata
 from engine.ops import reference
+from engine.ops.cuda_attention import paged_attention
+from engine.ops.cuda_common import (
+    MODEL_DTYPES,
+    counters_of,
+    heads_contiguous,
+    is_model_dtype,
+    num_sms,
+    split_counters,
+)
 from engine.quant.layout import PackedWeight
 
-MODEL_DTYPES = (torch.float16, torch.bfloat16)
 GEMV_MAX_ROWS = 16  # CUDA-core GEMV (one weight pass per 8 rows) up to here, then dequantize + GEMM
 TC_GEMV_MAX_ROWS = 48  # tensor-core GEMV (one weight pass per 16 rows) up to here
-MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequence fills the GPU...
-MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
-# A short prefill's new tokens as one-token sequences (engine/cuda_graph.py token_level_metadata):
-# up to this many consecutive ones that share their blocks are computed by one block from one read
-# of each K/V chunk (the multi-query kernel); 1 selects the per-sequence kernel for them too.
-QUERIES_PER_BLOCK = 16
-MULTI_QUERY_MIN_PARTITION = 256  # tokens per partition of the multi-query kernel (one block each)
-
 _state: dict[str, object] = {}
 
 
@@ -79,19 +74,10 @@ def op_table() -> dict[str, Callable]:
     }
 
 
-def _is_model_dtype(*tensors: torch.Tensor) -> bool:
-    dtype = tensors[0].dtype
-    return dtype in MODEL_DTYPES and all(t.dtype == dtype and t.is_cuda for t in tensors)
-
-
-def _heads_contiguous(t: torch.Tensor) -> bool:
-    return t.dim() == 3 and t.stride(2) == 1 and t.stride(1) == t.shape[2]
-
-
 def rms_norm(x, weight, eps, residual=None):
     hidden = x.shape[-1]
     others = (weight,) if residual is None else (weight, residual)
-    if not _is_model_dtype(x, *others) or hidden % 8 or hidden > 8192:
+    if not is_model_dtype(x, *others) or hidden % 8 or hidden > 8192:
         return reference.rms_norm(x, weight, eps, residual)
     x = x.contiguous()
     out = torch.empty_like(x)
@@ -104,7 +90,7 @@ def rms_norm(x, weight, eps, residual=None):
 
 
 def apply_rotary(q, k, positions, cos_sin_cache):
-    if not (_is_model_dtype(q, k) and _heads_contiguous(q) and _heads_contiguous(k) and q.shape[2] % 2 == 0):
+    if not (is_model_dtype(q, k) and heads_contiguous(q) and heads_contiguous(k) and q.shape[2] % 2 == 0):
         return reference.apply_rotary(q, k, positions, cos_sin_cache)
     q_out, k_out = (
         torch.empty(q.shape, dtype=q.dtype, device=q.device),
@@ -115,153 +101,11 @@ def apply_rotary(q, k, positions, cos_sin_cache):
 
 
 def write_kv(k, v, kv_cache_layer, slot_mapping):
-    if not (_is_model_dtype(k, v, kv_cache_layer) and _heads_contiguous(k) and _heads_contiguous(v)):
+    if not (is_model_dtype(k, v, kv_cache_layer) and heads_contiguous(k) and heads_contiguous(v)):
         return reference.write_kv(k, v, kv_cache_layer, slot_mapping)
     torch.ops.exlsp.write_kv(k, v, kv_cache_layer, slot_mapping.long().contiguous())
 
 
-def partition_size_for(max_seq_len: int, min_partition: int = MIN_PARTITION) -> int:
-    """Smallest of 128, 256, ... tokens per partition that keeps at most MAX_PARTITIONS partitions:
-    small partitions spread a single short sequence over many SMs; the cap bounds the merge."""
-    size = min_partition
-    while size < 512 and -(-max_seq_len // size) > MAX_PARTITIONS:
-        size *= 2
-    return size
-
-
-def decode_attention(
-    q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window,
-    queries_per_block: int = 1, partition_size: int | None = None,
-):  # fmt: skip
-    """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache.
-    queries_per_block > 1: the multi-query kernel (consecutive sequences sharing blocks together)."""
-    num_seqs, num_heads, head_dim = q.shape
-    min_partition = MIN_PARTITION if queries_per_block == 1 else MULTI_QUERY_MIN_PARTITION
-    part = partition_size or partition_size_for(max(1, max_seq_len), min_partition)
-    num_partitions = -(-max(1, max_seq_len) // part)
-    out = torch.empty_like(q)
-    tmp_out = torch.empty(
-        (num_seqs, num_heads, num_partitions, head_dim), dtype=torch.float32, device=q.device
-    )
-    tmp_max = torch.empty((num_seqs, num_heads, num_partitions), dtype=torch.float32, device=q.device)
-    tmp_sum = torch.empty_like(tmp_max)
-    torch.ops.exlsp.paged_attention_decode(
-        q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
-        queries_per_block, out, tmp_out, tmp_max, tmp_sum,
-        _merge_counters(q.device, num_seqs * kv_cache_layer.shape[3]) if queries_per_block == 1 else None,
-    )  # fmt: skip
-    return out
-
-
-ATTENTION_COUNTERS_OFFSET = 32768  # the upper half of split_counters; the GEMV splits use the lower
-
-
-def _merge_counters(device: torch.device, count: int) -> torch.Tensor | None:
-    """Zeroed counters with which the decode kernel merges its partitions in its last block per
-    sequence and KV head (one kernel less per layer); None (a separate merge kernel) where the
-    device's counters were not created at load, since they must not be allocated under a graph
-    capture, or there are too many rows."""
-    counters = _split_counters.get(device)
-    if counters is None or count > counters.numel() - ATTENTION_COUNTERS_OFFSET:
-        return None
-    return counters[ATTENTION_COUNTERS_OFFSET : ATTENTION_COUNTERS_OFFSET + count]
-
-
-def decode_kernel_covers(head_dim: int, group: int) -> bool:
-    """Head sizes and query heads per KV head the decode kernel is compiled for."""
-    return head_dim in (64, 128) and 1 <= group <= 8
-
-
-def _decode_supported(q: torch.Tensor, kv_cache_layer: torch.Tensor) -> bool:
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads = kv_cache_layer.shape[3]
-    return (
-        num_heads % num_kv_heads == 0
-        and decode_kernel_covers(head_dim, num_heads // num_kv_heads)
-        and q.stride(2) == 1
-        and q.stride(1) == head_dim
-    )
-
-
-def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
-    if not _is_model_dtype(q, kv_cache_layer):
-        return reference.paged_attention(q, kv_cache_layer, attn, scale, sliding_window)
-    if attn.is_decode and q.shape[0] == attn.num_seqs and _decode_supported(q, kv_cache_layer):
-        return decode_attention(
-            q,
-            kv_cache_layer,
-            attn.block_tables.int(),
-            attn.seq_lens.int(),
-            attn.max_seq_len,
-            scale,
-            sliding_window,
-            queries_per_block=QUERIES_PER_BLOCK if attn.prompt_tokens_as_sequences else 1,
-        )
-    return prefill_attention(q, kv_cache_layer, attn, scale, sliding_window)
-
-
-_last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None
-
-
-def _host_lists(attn: AttentionMetadata) -> tuple[list[int], list[int]]:
-    """query_start_loc and seq_lens on the host, read once per forward pass: every layer gets the
-    same metadata object, and a device->host copy per layer would stall the CPU at every layer."""
-    global _last_host_lists
-    if _last_host_lists is None or _last_host_lists[0] is not attn:
-        _last_host_lists = (attn, attn.query_start_loc.tolist(), attn.seq_lens.tolist())
-    return _last_host_lists[1], _last_host_lists[2]
-
-
-_flash_direct = True  # False once the direct flash call failed here: use the generic SDPA path
-
-
-def _causal_flash(qh, kh, vh, scale: float) -> torch.Tensor:
-    """Flash attention called directly: its causal mask is aligned to the bottom right (the new
-    tokens come last) and it takes fewer query than key heads (GQA), so no bias object, no head
-    expansion and none of the SDPA dispatcher's Python checks per layer."""
-    global _flash_direct
-    if _flash_direct:
-        try:
-            return torch.ops.aten._scaled_dot_product_flash_attention(
-                qh, kh, vh, 0.0, True, False, scale=scale
-            )[0]
-        except RuntimeError:
-            _flash_direct = False
-    from torch.nn.attention.bias import causal_lower_right
-
-    tq, tk = qh.shape[2], kh.shape[2]
-    mask = None if tq == tk else causal_lower_right(tq, tk)
-    return F.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
-    )
-
-
-def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
-    """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
-    out = torch.empty_like(q)
-    query_start_loc, seq_lens = _host_lists(attn)
-    block_size = kv_cache_layer.shape[2]
-    for i, seq_len in enumerate(seq_lens):
-        start, end = query_start_loc[i], query_start_loc[i + 1]
-        num_new = end - start
-        if num_new == 0:
-            continue
-        blocks = attn.block_tables[i, : -(-seq_len // block_size)]
-        kv = kv_cache_layer.index_select(1, blocks).flatten(1, 2)[:, :seq_len]  # (2, L, Hkv, D)
-        qh = q[start:end].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
-        kh = kv[0].transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
-        vh = kv[1].transpose(0, 1).unsqueeze(0)
-        if sliding_window is not None and sliding_window < seq_len:
-            mask = reference.causal_mask(num_new, seq_len, sliding_window, q.device)
-            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
-        else:
-            o = _causal_flash(qh, kh, vh, scale)  # (1, Hq, Tq, D)
-        out[start:end] = o[0].transpose(0, 1)
-    return out
-
-
-_split_counters: dict[torch.device, torch.Tensor] = {}
-_num_sms: dict[torch.device, int] = {}
 MAX_GEMV_SPLITS = 8
 # Cost model, in chunks of 32 k per warp: each wave of blocks costs its chunks per warp (at least
 # GEMV_MIN_ROUND: a warp with fewer still waits a memory round trip) plus GEMV_BLOCK_COST (prologue,
@@ -290,15 +134,6 @@ def gemv_splits(in_features: int, out_features: int, rows: int, num_sms: int) ->
         if cost < best_cost:
             best, best_cost = splits, cost
     return best
-
-
-def split_counters(device: torch.device) -> torch.Tensor:
-    """The zeroed per-tile counters the split GEMV uses (it leaves them zero). Created at load, never
-    inside a CUDA graph capture, one per device; GEMVs on one stream run one after the other."""
-    if device not in _split_counters:
-        _split_counters[device] = torch.zeros(65536, dtype=torch.int32, device=device)
-        _num_sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _split_counters[device]
 
 
 @dataclass
@@ -353,10 +188,10 @@ def _tc_split_args(x: torch.Tensor, w: PackedWeight) -> tuple[torch.Tensor | Non
     """(partials, counters, splits) of a tensor-core GEMV call: K slices per gemv_splits, with their
     fp32 scratch; one slice (no scratch) where the counters were not made at load."""
     num_rows = x.shape[0]
-    counters = _split_counters.get(x.device)
+    counters = counters_of(x.device)
     if counters is None or w.out_features // 32 > counters.numel():
         return None, None, 1
-    splits = gemv_splits(w.in_features, w.out_features, num_rows, _num_sms[x.device])
+    splits = gemv_splits(w.in_features, w.out_features, num_rows, num_sms(x.device))
     if splits == 1:
         return None, None, 1
     partials = torch.empty((splits, min(num_rows, 16), w.out_features), dtype=torch.float32, device=x.device)
@@ -365,8 +200,9 @@ def _tc_split_args(x: torch.Tensor, w: PackedWeight) -> tuple[torch.Tensor | Non
 
 # What a tensor-core GEMV asks L2 to fetch of the weight read after it, once its own loads are done
 # (csrc/l2_prefetch.cuh): DRAM idles in kernel tails, the attention and the norms. H100, Llama-3-8B
-# shape, decode at 2k: off 384, 4 MB 399, 8 MB 398, 12 MB 389 tok/s (bench/NOTES.md 41): more is
-# evicted before its reader comes.
+# shape, decode at 2k: off 384, 4 MB 399, 6 MB 399, 8 MB 398, 12 MB 389 tok/s; the whole o weight
+# (9 MB) from q|k|v, across the attention: no better at 2k, worse at 8k (bench/NOTES.md 41, 42).
+# More is evicted before its reader comes.
 L2_PREFETCH_BYTES = 4 << 20
 
 
@@ -414,7 +250,7 @@ def quant_qkv_rotary_kv(
     if (
         x is None
         or head_dim % 32
-        or not _is_model_dtype(x, kv_cache_layer)
+        or not is_model_dtype(x, kv_cache_layer)
         or cos_sin_cache.dtype not in (torch.float32, x.dtype)
     ):
         return None
@@ -482,7 +318,7 @@ def dequantize(w: PackedWeight, n0: int = 0, n1: int | None = None) -> torch.Ten
 
 
 def silu_and_mul(x):
-    if not _is_model_dtype(x) or x.shape[-1] % 16:
+    if not is_model_dtype(x) or x.shape[-1] % 16:
         return reference.silu_and_mul(x)
     x = x.contiguous()
     out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)

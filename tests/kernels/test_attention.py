@@ -69,7 +69,7 @@ DECODE_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", DECODE_CASES.values(), ids=DECODE_CASES.keys())
 def test_decode_kernel_matches_reference(case, dtype):
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     seq_lens, hq, hkv, d, window = case
     cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, dtype, seed=sum(seq_lens) + hq)
@@ -77,10 +77,10 @@ def test_decode_kernel_matches_reference(case, dtype):
     scale = d**-0.5
     ref = reference.paged_attention(q, cache, attn, scale, window)
 
-    part = cuda.partition_size_for(attn.max_seq_len)
+    part = cuda_attention.partition_size_for(attn.max_seq_len)
     out = run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block=1)
     assert rel_err(out, ref) <= REL_TOL
-    assert rel_err(cuda.paged_attention(q, cache, attn, scale, window), ref) <= REL_TOL
+    assert rel_err(cuda_attention.paged_attention(q, cache, attn, scale, window), ref) <= REL_TOL
     # Independent sequences through the multi-query kernel take the per-sequence path: bit for bit.
     multi = run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block=16)
     assert torch.equal(multi, out)
@@ -106,7 +106,7 @@ def test_decode_merge_in_the_last_block_equals_the_merge_kernel(case, dtype):
     """With counters the decode kernel's last block per (sequence, KV head) merges the partitions:
     bit for bit the separate merge kernel's output, twice in a row (the counters are left zero), and
     zeros for a padding row of length 0 (as a CUDA graph bucket has)."""
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     seq_lens, hq, hkv, d, window = case
     cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, dtype, seed=sum(seq_lens) + hq + 1)
@@ -117,7 +117,7 @@ def test_decode_merge_in_the_last_block_equals_the_merge_kernel(case, dtype):
     )
     q = torch.randn((len(seq_lens) + 1, hq, d), generator=generator(2), device="cuda").to(dtype)
     scale = d**-0.5
-    part = cuda.partition_size_for(attn.max_seq_len)
+    part = cuda_attention.partition_size_for(attn.max_seq_len)
     separate = run_decode_kernel(q, cache, attn, scale, window, part, 1)
     counters = torch.zeros(len(seq_lens) * hkv + hkv + 3, dtype=torch.int32, device="cuda")
     for _ in range(2):
@@ -167,7 +167,7 @@ MULTI_QUERY_CASES = {
 @pytest.mark.parametrize("case", MULTI_QUERY_CASES.values(), ids=MULTI_QUERY_CASES.keys())
 def test_multi_query_kernel_matches_reference(case, dtype):
     from engine.cuda_graph import token_level_metadata
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     prefix, new, hq, hkv, d, window, block_size, part = case
     cache, attn = paged_batch(
@@ -178,13 +178,18 @@ def test_multi_query_kernel_matches_reference(case, dtype):
     ref = reference.paged_attention(q, cache, attn, scale, window)
     tokens = token_level_metadata(attn, new)
     parts = (
-        [part] if part else [128, cuda.partition_size_for(tokens.max_seq_len, cuda.MULTI_QUERY_MIN_PARTITION)]
+        [part]
+        if part
+        else [
+            128,
+            cuda_attention.partition_size_for(tokens.max_seq_len, cuda_attention.MULTI_QUERY_MIN_PARTITION),
+        ]
     )
     for queries_per_block in (16, 1, 4):
         for p in parts:
             out = run_decode_kernel(q, cache, tokens, scale, window, p, queries_per_block)
             assert rel_err(out, ref) <= REL_TOL, (queries_per_block, p)
-    assert rel_err(cuda.paged_attention(q, cache, tokens, scale, window), ref) <= REL_TOL
+    assert rel_err(cuda_attention.paged_attention(q, cache, tokens, scale, window), ref) <= REL_TOL
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -192,7 +197,7 @@ def test_multi_query_kernel_in_a_mixed_batch(dtype):
     """Prompts and decode sequences side by side, runs crossing prompt boundaries, and padding rows
     (sequence length 0, as in a CUDA graph bucket): each row as the reference says."""
     from engine.cuda_graph import token_level_metadata
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     seq_lens, query_lens = [1200, 77, 530, 16, 2049], [9, 1, 16, 16, 1]
     hq, hkv, d = 32, 8, 128
@@ -212,7 +217,7 @@ def test_multi_query_kernel_in_a_mixed_batch(dtype):
         block_size=BLOCK_SIZE,
     )
     q_padded = torch.cat([q, torch.randn((padding, hq, d), generator=generator(9), device="cuda").to(dtype)])
-    part = cuda.partition_size_for(padded.max_seq_len)
+    part = cuda_attention.partition_size_for(padded.max_seq_len)
     for queries_per_block in (16, 8, 1):
         out = run_decode_kernel(q_padded, cache, padded, d**-0.5, None, part, queries_per_block)
         assert rel_err(out[:num_tokens], ref) <= REL_TOL, queries_per_block
@@ -220,13 +225,13 @@ def test_multi_query_kernel_in_a_mixed_batch(dtype):
 
 def test_decode_kernel_with_more_partitions_than_the_context_needs():
     """As under a CUDA graph captured for a longer context: unused partitions must not leak in."""
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     exlsp_ops()
     cache, attn = paged_batch([37, 300], [1, 1], 2, 128, torch.float16, seed=5)
     q = torch.randn((2, 8, 128), generator=generator(6), device="cuda").half()
     ref = reference.paged_attention(q, cache, attn, 0.1, None)
-    out = cuda.decode_attention(q, cache, attn.block_tables, attn.seq_lens, 40000, 0.1, None)
+    out = cuda_attention.decode_attention(q, cache, attn.block_tables, attn.seq_lens, 40000, 0.1, None)
     assert rel_err(out, ref) <= REL_TOL
 
 
@@ -243,14 +248,14 @@ def test_decode_kernels_fit_a_99kb_card(seq_lens, hq, hkv, dtype):
     allow per block, every path (merge kernel, merge in the last block, multi-query) still launches
     and matches the reference. A limit below that need makes the launch fail, so the limit is real."""
     from engine.cuda_graph import token_level_metadata
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     ops = exlsp_ops()
     d = 128
     cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, dtype, seed=sum(seq_lens) + hq)
     q = torch.randn((len(seq_lens), hq, d), generator=generator(3), device="cuda").to(dtype)
     ref = reference.paged_attention(q, cache, attn, d**-0.5, None)
-    part = cuda.partition_size_for(attn.max_seq_len)
+    part = cuda_attention.partition_size_for(attn.max_seq_len)
     ops.set_decode_attention_smem_limit(SM86_SMEM_PER_BLOCK)
     try:
         counters = torch.zeros(len(seq_lens) * hkv, dtype=torch.int32, device="cuda")
@@ -263,7 +268,7 @@ def test_decode_kernels_fit_a_99kb_card(seq_lens, hq, hkv, dtype):
         q = torch.randn((new, hq, d), generator=generator(4), device="cuda").to(dtype)
         ref = reference.paged_attention(q, cache, attn, d**-0.5, None)
         tokens = token_level_metadata(attn, new)
-        part = cuda.partition_size_for(tokens.max_seq_len, cuda.MULTI_QUERY_MIN_PARTITION)
+        part = cuda_attention.partition_size_for(tokens.max_seq_len, cuda_attention.MULTI_QUERY_MIN_PARTITION)
         out = run_decode_kernel(q, cache, tokens, d**-0.5, None, part, 16)
         assert rel_err(out, ref) <= REL_TOL
         ops.set_decode_attention_smem_limit(48 * 1024)
@@ -285,20 +290,20 @@ PREFILL_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", PREFILL_CASES.values(), ids=PREFILL_CASES.keys())
 def test_prefill_attention_matches_reference(case, dtype):
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     seq_lens, query_lens, hq, hkv, d, window = case
     cache, attn = paged_batch(seq_lens, query_lens, hkv, d, dtype, seed=sum(seq_lens))
     q = torch.randn((sum(query_lens), hq, d), generator=generator(2), device="cuda").to(dtype)
     ref = reference.paged_attention(q, cache, attn, d**-0.5, window)
-    assert rel_err(cuda.paged_attention(q, cache, attn, d**-0.5, window), ref) <= REL_TOL
+    assert rel_err(cuda_attention.paged_attention(q, cache, attn, d**-0.5, window), ref) <= REL_TOL
 
 
 @pytest.mark.parametrize("case", ["suffix-after-cached-prefix", "mixed-decode-and-prefill", "sliding-window"])
 def test_prefill_as_one_token_sequences_matches_reference(case):
     """The graph path of short prefills: new tokens as one-token sequences through the decode kernel."""
     from engine.cuda_graph import token_level_metadata
-    from engine.ops import cuda
+    from engine.ops import cuda_attention
 
     exlsp_ops()
     seq_lens, query_lens, hq, hkv, d, window = PREFILL_CASES[case]
@@ -306,4 +311,4 @@ def test_prefill_as_one_token_sequences_matches_reference(case):
     q = torch.randn((sum(query_lens), hq, d), generator=generator(4), device="cuda").half()
     ref = reference.paged_attention(q, cache, attn, d**-0.5, window)
     tokens = token_level_metadata(attn, q.shape[0])
-    assert rel_err(cuda.paged_attention(q, cache, tokens, d**-0.5, window), ref) <= REL_TOL
+    assert rel_err(cuda_attention.paged_attention(q, cache, tokens, d**-0.5, window), ref) <= REL_TOL

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine.cuda_graph import BUCKETS, bucket_for
-from engine.ops import build, cuda
+from engine.ops import build, cuda_attention
 
 
 def test_every_listed_source_exists_and_every_kernel_file_is_listed():
@@ -34,7 +34,7 @@ def test_build_key_changes_with_the_gpu():
     "max_seq_len,size", [(1, 128), (2048, 128), (32768, 128), (32769, 256), (131072, 512), (10**6, 512)]
 )
 def test_partition_size_grows_only_past_the_partition_cap(max_seq_len, size):
-    assert cuda.partition_size_for(max_seq_len) == size
+    assert cuda_attention.partition_size_for(max_seq_len) == size
 
 
 def test_batch_buckets():

@@ -260,7 +260,7 @@ def test_tensor_core_gemv_split_k_needs_its_buffers():
 
 def test_quant_linear_splits_k_for_the_decode_shapes_and_matches_reference():
     """The public op with the engine's own choice of split (counters created by prepare)."""
-    from engine.ops import cuda
+    from engine.ops import cuda, cuda_common
 
     exlsp_ops()
     w = cuda.prepare_quant_weight(
@@ -269,4 +269,4 @@ def test_quant_linear_splits_k_for_the_decode_shapes_and_matches_reference():
     assert cuda.gemv_splits(14336, 4096, 1, torch.cuda.get_device_properties(0).multi_processor_count) > 1
     x = torch.randn((1, 14336), generator=generator(6), device="cuda").half()
     assert rel_err(cuda.quant_linear(x, w), reference(x, w)) <= REL_TOL
-    assert not cuda.split_counters(x.device).any()
+    assert not cuda_common.split_counters(x.device).any()

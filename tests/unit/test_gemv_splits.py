@@ -89,13 +89,14 @@ def test_decode_merge_counters_are_the_upper_half_of_the_split_counters(monkeypa
     """The decode kernel merges in its last block only with counters created at load (never under
     a graph capture), from the half the split GEMV does not use, and falls back to the merge
     kernel when there are none or too few."""
-    from engine.ops import cuda
+    from engine.ops import cuda_attention, cuda_common
 
     device = torch.device("cpu")
-    monkeypatch.setattr(cuda, "_split_counters", {})
-    assert cuda._merge_counters(device, 8) is None
+    offset = cuda_common.ATTENTION_COUNTERS_OFFSET
+    monkeypatch.setattr(cuda_common, "_counters", {})
+    assert cuda_attention._merge_counters(device, 8) is None
     counters = torch.zeros(65536, dtype=torch.int32)
-    monkeypatch.setattr(cuda, "_split_counters", {device: counters})
-    got = cuda._merge_counters(device, 16 * 8)
-    assert got.numel() == 128 and got.data_ptr() == counters[cuda.ATTENTION_COUNTERS_OFFSET :].data_ptr()
-    assert cuda._merge_counters(device, 65536 - cuda.ATTENTION_COUNTERS_OFFSET + 1) is None
+    monkeypatch.setattr(cuda_common, "_counters", {device: counters})
+    got = cuda_attention._merge_counters(device, 16 * 8)
+    assert got.numel() == 128 and got.data_ptr() == counters[offset:].data_ptr()
+    assert cuda_attention._merge_counters(device, 65536 - offset + 1) is None

@@ -1,0 +1,163 @@
+"""The CUDA side of the attention op (engine/ops/__init__.py paged_attention): one new token per
+sequence goes to the flash-decoding kernel (csrc/attention_decode.cu); a short prompt whose tokens
+come as one-token sequences (engine/cuda_graph.py token_level_metadata) to its multi-query kernel;
+anything else to prefill_attention.
+
+Prefill attention is a first version: each sequence's K/V are gathered from the paged cache and
+handed to torch's scaled_dot_product_attention (flash / memory-efficient kernels), causal aligned to
+the bottom right (new tokens see every cached token and themselves).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention_metadata import AttentionMetadata
+from engine.ops import reference
+from engine.ops.cuda_common import ATTENTION_COUNTERS_OFFSET, counters_of, is_model_dtype
+
+MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequence fills the GPU...
+MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
+# A short prefill's new tokens as one-token sequences (engine/cuda_graph.py token_level_metadata):
+# up to this many consecutive ones that share their blocks are computed by one block from one read
+# of each K/V chunk (the multi-query kernel); 1 selects the per-sequence kernel for them too.
+QUERIES_PER_BLOCK = 16
+MULTI_QUERY_MIN_PARTITION = 256  # tokens per partition of the multi-query kernel (one block each)
+
+
+def partition_size_for(max_seq_len: int, min_partition: int = MIN_PARTITION) -> int:
+    """Smallest of 128, 256, ... tokens per partition that keeps at most MAX_PARTITIONS partitions:
+    small partitions spread a single short sequence over many SMs; the cap bounds the merge."""
+    size = min_partition
+    while size < 512 and -(-max_seq_len // size) > MAX_PARTITIONS:
+        size *= 2
+    return size
+
+
+def decode_attention(
+    q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window,
+    queries_per_block: int = 1, partition_size: int | None = None,
+):  # fmt: skip
+    """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache.
+    queries_per_block > 1: the multi-query kernel (consecutive sequences sharing blocks together)."""
+    num_seqs, num_heads, head_dim = q.shape
+    min_partition = MIN_PARTITION if queries_per_block == 1 else MULTI_QUERY_MIN_PARTITION
+    part = partition_size or partition_size_for(max(1, max_seq_len), min_partition)
+    num_partitions = -(-max(1, max_seq_len) // part)
+    out = torch.empty_like(q)
+    tmp_out = torch.empty(
+        (num_seqs, num_heads, num_partitions, head_dim), dtype=torch.float32, device=q.device
+    )
+    tmp_max = torch.empty((num_seqs, num_heads, num_partitions), dtype=torch.float32, device=q.device)
+    tmp_sum = torch.empty_like(tmp_max)
+    torch.ops.exlsp.paged_attention_decode(
+        q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
+        queries_per_block, out, tmp_out, tmp_max, tmp_sum,
+        _merge_counters(q.device, num_seqs * kv_cache_layer.shape[3]) if queries_per_block == 1 else None,
+    )  # fmt: skip
+    return out
+
+
+def _merge_counters(device: torch.device, count: int) -> torch.Tensor | None:
+    """Zeroed counters with which the decode kernel merges its partitions in its last block per
+    sequence and KV head (one kernel less per layer); None (a separate merge kernel) where the
+    device's counters were not created at load, since they must not be allocated under a graph
+    capture, or there are too many rows."""
+    counters = counters_of(device)
+    if counters is None or count > counters.numel() - ATTENTION_COUNTERS_OFFSET:
+        return None
+    return counters[ATTENTION_COUNTERS_OFFSET : ATTENTION_COUNTERS_OFFSET + count]
+
+
+def decode_kernel_covers(head_dim: int, group: int) -> bool:
+    """Head sizes and query heads per KV head the decode kernel is compiled for."""
+    return head_dim in (64, 128) and 1 <= group <= 8
+
+
+def _decode_supported(q: torch.Tensor, kv_cache_layer: torch.Tensor) -> bool:
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = kv_cache_layer.shape[3]
+    return (
+        num_heads % num_kv_heads == 0
+        and decode_kernel_covers(head_dim, num_heads // num_kv_heads)
+        and q.stride(2) == 1
+        and q.stride(1) == head_dim
+    )
+
+
+def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+    if not is_model_dtype(q, kv_cache_layer):
+        return reference.paged_attention(q, kv_cache_layer, attn, scale, sliding_window)
+    if attn.is_decode and q.shape[0] == attn.num_seqs and _decode_supported(q, kv_cache_layer):
+        return decode_attention(
+            q,
+            kv_cache_layer,
+            attn.block_tables.int(),
+            attn.seq_lens.int(),
+            attn.max_seq_len,
+            scale,
+            sliding_window,
+            queries_per_block=QUERIES_PER_BLOCK if attn.prompt_tokens_as_sequences else 1,
+        )
+    return prefill_attention(q, kv_cache_layer, attn, scale, sliding_window)
+
+
+_last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None
+
+
+def _host_lists(attn: AttentionMetadata) -> tuple[list[int], list[int]]:
+    """query_start_loc and seq_lens on the host, read once per forward pass: every layer gets the
+    same metadata object, and a device->host copy per layer would stall the CPU at every layer."""
+    global _last_host_lists
+    if _last_host_lists is None or _last_host_lists[0] is not attn:
+        _last_host_lists = (attn, attn.query_start_loc.tolist(), attn.seq_lens.tolist())
+    return _last_host_lists[1], _last_host_lists[2]
+
+
+_flash_direct = True  # False once the direct flash call failed here: use the generic SDPA path
+
+
+def _causal_flash(qh, kh, vh, scale: float) -> torch.Tensor:
+    """Flash attention called directly: its causal mask is aligned to the bottom right (the new
+    tokens come last) and it takes fewer query than key heads (GQA), so no bias object, no head
+    expansion and none of the SDPA dispatcher's Python checks per layer."""
+    global _flash_direct
+    if _flash_direct:
+        try:
+            return torch.ops.aten._scaled_dot_product_flash_attention(
+                qh, kh, vh, 0.0, True, False, scale=scale
+            )[0]
+        except RuntimeError:
+            _flash_direct = False
+    from torch.nn.attention.bias import causal_lower_right
+
+    tq, tk = qh.shape[2], kh.shape[2]
+    mask = None if tq == tk else causal_lower_right(tq, tk)
+    return F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+    )
+
+
+def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+    """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
+    out = torch.empty_like(q)
+    query_start_loc, seq_lens = _host_lists(attn)
+    block_size = kv_cache_layer.shape[2]
+    for i, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[i], query_start_loc[i + 1]
+        num_new = end - start
+        if num_new == 0:
+            continue
+        blocks = attn.block_tables[i, : -(-seq_len // block_size)]
+        kv = kv_cache_layer.index_select(1, blocks).flatten(1, 2)[:, :seq_len]  # (2, L, Hkv, D)
+        qh = q[start:end].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
+        kh = kv[0].transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
+        vh = kv[1].transpose(0, 1).unsqueeze(0)
+        if sliding_window is not None and sliding_window < seq_len:
+            mask = reference.causal_mask(num_new, seq_len, sliding_window, q.device)
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+        else:
+            o = _causal_flash(qh, kh, vh, scale)  # (1, Hq, Tq, D)
+        out[start:end] = o[0].transpose(0, 1)
+    return out
