@@ -29,7 +29,8 @@
 // Loads: a batch of U 16-byte weight vectors per lane in registers, then its math. (A cp.async
 // shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
 // 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
-// waiting for the kernel that wrote x.
+// waiting for the kernel that wrote x. After its last batch each warp asks L2 for its share of the
+// weight the model reads next, when the caller names one (l2_prefetch.cuh).
 #include <cstdint>
 
 #include "dtype_utils.cuh"
@@ -427,8 +428,8 @@ cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, 
   const int per_split = chunks_per_split(num_chunks, splits);
   splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
 #define EXLSP_GEMV_LAUNCH(UU, SS) \
-  launch_mt<T, MT, UU, SS, P>(x, qw, s, z, b, ep, pf, o, partials, counters, M, K, N, group_size, per_split, splits, pair, \
-                           stream)
+  launch_mt<T, MT, UU, SS, P>(x, qw, s, z, b, ep, pf, o, partials, counters, M, K, N, group_size, per_split, splits, \
+                              pair, stream)
   if constexpr (MT == 1) {
     if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
         num_chunks % 8 == 0 && (N / 32) * splits <= 2 * sm_count())
