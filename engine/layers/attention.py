@@ -51,7 +51,7 @@ class Attention(nn.Module):
         if isinstance(self.qkv_proj, QuantLinear):
             q = ops.quant_qkv_rotary_kv(
                 hidden, self.qkv_proj.packed(), positions, self.rotary.cos_sin_cache,
-                kv_cache_layer, attn.slot_mapping, self.num_heads, self.head_dim, self.qkv_proj.read_next(),
+                kv_cache_layer, attn.slot_mapping, self.num_heads, self.head_dim, self.qkv_proj.read_next_hint(hidden),
             )  # fmt: skip
         if q is None:
             q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)  # (T, q|kv|kv)

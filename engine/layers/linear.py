@@ -64,7 +64,11 @@ class QuantLinear(nn.Module):
         if self._read_next is None:
             return ()
         owner, name = self._read_next
-        return weight_tensors(getattr(owner, name, None))
+        return weight_tensors(owner._modules.get(name))  # the dicts, not nn.Module's slow __getattr__
+
+    def read_next_hint(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """read_next() for an op on x: only a GPU kernel uses it, so a CPU forward skips the lookups."""
+        return self.read_next() if x.is_cuda else ()
 
     def _apply(self, fn, recurse=True):
         self._prepared = None  # tensors moved or cast: prepare again on the next call
@@ -80,7 +84,7 @@ class QuantLinear(nn.Module):
         return self._prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.quant_linear(x.reshape(-1, self.in_features), self.packed(), self.read_next())  # (M, N)
+        y = ops.quant_linear(x.reshape(-1, self.in_features), self.packed(), self.read_next_hint(x))  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -101,9 +105,10 @@ def weight_tensors(module: nn.Module | None) -> tuple[torch.Tensor, ...]:
     """What a linear's product reads, small tensors first (a prefetch limited in bytes then still
     covers the scales of the rows it reaches): () for anything that is not a linear."""
     if isinstance(module, QuantLinear):
-        return (module.scales, module.zeros, module.qweight)
+        buffers = module._buffers
+        return (buffers["scales"], buffers["zeros"], buffers["qweight"])
     if isinstance(module, Linear):
-        return (module.weight,)
+        return (module._parameters["weight"],)
     if isinstance(module, ConcatLinear):
         return weight_tensors(module.parts[0])
     return ()

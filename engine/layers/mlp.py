@@ -20,7 +20,7 @@ class GatedMLP(nn.Module):
         """x (T, H) -> (T, H)."""
         if isinstance(self.gate_up_proj, QuantLinear):
             gate_up = self.gate_up_proj
-            act = ops.quant_linear_silu_mul(x, gate_up.packed(), gate_up.read_next())  # (T, I) or None
+            act = ops.quant_linear_silu_mul(x, gate_up.packed(), gate_up.read_next_hint(x))  # (T, I) or None
             if act is not None:
                 return self.down_proj(act)
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # (T, 2I) -> (T, I) -> (T, H)
