@@ -57,7 +57,9 @@ def faults_per_prefill(keep: bool) -> int:
 @pytest.mark.skipif(not keep_freed_memory(), reason="needs Linux with glibc")
 def test_a_cpu_engine_stops_faulting_its_activations_back_in():
     default, kept = faults_per_prefill(keep=False), faults_per_prefill(keep=True)
-    assert default > 500, default  # glibc's defaults hand the activations back after each prefill
+    # glibc's defaults hand the activations back after each prefill: ~4160 faults per prefill
+    # alone, 402 seen once inside the whole suite on a loaded 2-core machine
+    assert default > 100, default
     assert kept < default / 5, (kept, default)
 
 
