@@ -13,9 +13,14 @@ logits as the sampler sees them. Prints microseconds per call.
 from __future__ import annotations
 
 import math
-import statistics
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.bench_gpu import graph_of, median_ms  # noqa: E402
 
 CALLS = 50
 
@@ -35,30 +40,10 @@ def chunk_for(vocab: int) -> int:
 
 
 def per_call_us(fn, graph: bool) -> float:
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        if graph:
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, stream=stream):
-                for _ in range(CALLS):
-                    fn()
-
-        def once() -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            if graph:
-                g.replay()
-            else:
-                for _ in range(CALLS):
-                    fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) * 1e3 / CALLS
-
-        return statistics.median(once() for _ in range(15))
+    """Microseconds per call: CALLS calls replayed as one CUDA graph, or enqueued eagerly."""
+    if graph:
+        return median_ms(graph_of(fn, CALLS).replay, iters=15) * 1e3 / CALLS
+    return median_ms(lambda: [fn() for _ in range(CALLS)], iters=15) * 1e3 / CALLS
 
 
 def main() -> int:

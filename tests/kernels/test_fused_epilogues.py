@@ -16,9 +16,10 @@ pytestmark = gpu
 
 
 def split_args(ops, k: int, n: int, rows: int, splits: int):
-    """(partials, counters, splits) scratch for a K split, NaN-poisoned partials; () for one slice."""
+    """(partials, counters, splits) scratch for a K split, NaN-poisoned partials; the op's defaults
+    (None, None, 1) for one slice."""
     if splits == 1:
-        return ()
+        return None, None, 1
     launched = ops.quant_gemv_tc_splits(k, splits)
     partials = torch.full((launched, min(rows, 16), n), float("nan"), device="cuda")
     return partials, torch.zeros(n // 32, dtype=torch.int32, device="cuda"), splits

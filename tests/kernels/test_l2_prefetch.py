@@ -37,7 +37,7 @@ def test_gemv_gives_the_same_bits_with_a_prefetch(limit, rows, splits):
         out = poisoned((rows, n), torch.float16)
         ops.quant_gemv_tc(
             x, w.qweight, w.scales, w.zeros, w.bias, residual, 128, out, *split_args(ops, k, n, rows, splits),
-            *(() if splits > 1 else (None, None, 1)), prefetch, limit,
+            prefetch, limit,
         )  # fmt: skip
         outs.append(out)
     assert torch.equal(outs[0], outs[1])
