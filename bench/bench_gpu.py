@@ -176,11 +176,12 @@ def bench_model(
     embed_bits: int,
     profile_to: Path | None = None,
     compare_pdl: bool = False,
+    act_order: bool = False,
 ) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base_bytes = torch.cuda.memory_allocated()
-    model = build_model(name, head_bits=head_bits, embed_bits=embed_bits)
+    model = build_model(name, head_bits=head_bits, embed_bits=embed_bits, act_order=act_order)
     torch.cuda.synchronize()
     weight_bytes = torch.cuda.memory_allocated() - base_bytes
     num_blocks = CACHE_TOKENS // BLOCK_SIZE + 4
@@ -191,7 +192,7 @@ def bench_model(
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     res: dict = {"model": name, "weights_GB": weight_bytes / 1e9, "cache_GB": cache_bytes / 1e9,
-                 "head_bits": head_bits, "embed_bits": embed_bits}  # fmt: skip
+                 "head_bits": head_bits, "embed_bits": embed_bits, "act_order": act_order}  # fmt: skip
 
     if profile_to is not None:
         profile_to.write_text(profile_decode(model, kv_cache))
@@ -327,7 +328,17 @@ def main(argv: list[str] | None = None) -> int:
                 compare_pdl=i == 0 and not args.no_pdl_compare,
             )  # fmt: skip
         )
-        if full:  # the other head and embedding choices, same run
+        if full:  # act-order weights (exlsp's own GPTQ default), the other head/embedding choices
+            report["models"].append(
+                bench_model(
+                    name,
+                    contexts=contexts,
+                    full=False,
+                    head_bits=head_bits,
+                    embed_bits=embed_bits,
+                    act_order=True,
+                )  # fmt: skip
+            )
             for other_head, other_embed in ((4, 8), (8, 4), (16, 16)):
                 report["models"].append(
                     bench_model(

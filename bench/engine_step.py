@@ -16,14 +16,14 @@ BLOCK_SIZE = 16
 CACHE_TOKENS = 16384
 
 
-def served_model(name: str, generator: torch.Generator | None = None):
+def served_model(name: str, generator: torch.Generator | None = None, act_order: bool = False):
     """(model, kv_cache): the random-weight model `name` (bench/gpu_shapes.py) with the head and
     embedding bits the engine serves on a GPU, and a random cache of CACHE_TOKENS tokens (never time
     on zeros), the rotary table trimmed to it as engine/model_runner.py does."""
     from bench.gpu_shapes import build_model
 
     head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
-    model = build_model(name, head_bits=head_bits, embed_bits=embed_bits)
+    model = build_model(name, head_bits=head_bits, embed_bits=embed_bits, act_order=act_order)
     num_blocks = CACHE_TOKENS // BLOCK_SIZE + 4
     kv_cache = model.allocate_kv_cache(num_blocks, BLOCK_SIZE)
     kv_cache.normal_(generator=generator)

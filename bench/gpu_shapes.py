@@ -69,11 +69,20 @@ MODELS = {
 
 
 def random_packed(
-    in_features: int, out_features: int, *, bits: int, group_size: int, dtype: torch.dtype, bias: bool, gen
+    in_features: int,
+    out_features: int,
+    *,
+    bits: int,
+    group_size: int,
+    dtype: torch.dtype,
+    bias: bool,
+    gen,
+    act_order: bool = False,
 ) -> PackedWeight:
     """Uniform random codes (every bit pattern), scales ~0.004, mid-range zeros: weights of std ~0.02,
     as in real checkpoints. (With scales ~0.01, std ~0.05, the residual stream of the Llama-3-8B shape
-    overflowed fp16 on most rows of a keystroke's step: bench/NOTES.md 40.)"""
+    overflowed fp16 on most rows of a keystroke's step: bench/NOTES.md 40.) act_order: a random
+    permutation of the input features, as exlsp's GPTQ (act-order by default) leaves on every linear."""
     k, n, dev = in_features, out_features, "cuda"
     qweight = torch.randint(
         -(2**31), 2**31 - 1, (k * bits // 32, n), dtype=torch.int32, device=dev, generator=gen
@@ -81,7 +90,8 @@ def random_packed(
     scales = (torch.rand((k // group_size, n), device=dev, generator=gen) * 0.004 + 0.002).to(dtype)
     zeros = torch.full((k // group_size, n), 2 ** (bits - 1), dtype=dtype, device=dev)
     b = (torch.randn((n,), device=dev, generator=gen) * 0.01).to(dtype) if bias else None
-    return PackedWeight(bits, group_size, k, n, qweight, scales, zeros, None, b)
+    perm = torch.randperm(k, device=dev, generator=gen) if act_order else None
+    return PackedWeight(bits, group_size, k, n, qweight, scales, zeros, perm, b)
 
 
 class RandomWeights:
@@ -89,8 +99,8 @@ class RandomWeights:
     fused as the loader fuses them (q|k|v, gate|up); the output head and the embedding are float, as in
     a GPTQ checkpoint (build_model quantizes them as the engine does at load)."""
 
-    def __init__(self, dtype: torch.dtype, *, bits: int = 4, group_size: int = 128):
-        self.dtype, self.bits, self.group_size = dtype, bits, group_size
+    def __init__(self, dtype: torch.dtype, *, bits: int = 4, group_size: int = 128, act_order: bool = False):
+        self.dtype, self.bits, self.group_size, self.act_order = dtype, bits, group_size, act_order
         self.gen = torch.Generator(device="cuda").manual_seed(0)
 
     def tensor(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -113,21 +123,30 @@ class RandomWeights:
             dtype=self.dtype,
             bias=bias,
             gen=self.gen,
+            act_order=self.act_order,
         )
         return QuantLinear(w)
 
 
 def build_model(
-    name: str, *, dtype: torch.dtype = torch.float16, bits: int = 4, head_bits: int = 16, embed_bits: int = 16
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float16,
+    bits: int = 4,
+    head_bits: int = 16,
+    embed_bits: int = 16,
+    act_order: bool = False,
 ):
     """The model `name` with random weights on the GPU; head_bits / embed_bits as the engine's load
-    (engine/loader.py default_vocab_bits gives the engine's GPU default)."""
+    (engine/loader.py default_vocab_bits gives the engine's GPU default); act_order: every linear with
+    an act-order permutation, as exlsp's own checkpoints have."""
     from engine.config import ModelConfig
     from engine.models import model_class
     from engine.quant.vocab import quantize_vocab_matrices
 
     config = ModelConfig.from_dict(MODELS[name])
-    model = model_class(config.model_type)(config, RandomWeights(dtype, bits=bits)).to("cuda").eval()
+    weights = RandomWeights(dtype, bits=bits, act_order=act_order)
+    model = model_class(config.model_type)(config, weights).to("cuda").eval()
     quantize_vocab_matrices(model, head_bits=head_bits, embed_bits=embed_bits)
     return model
 

@@ -98,9 +98,14 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
 // the previous kernel writes, are read after the wait. A step adds at most num_seqs tokens to any
 // sequence's context (one per row; a short prompt's tokens are consecutive rows), and they are its
 // last ones, so rows from seq_len - num_seqs on wait.
+//
+// write_out: the partition is the sequence's only one, so its result is final: the heads' outputs
+// are written normalised, as the merge would write them (weight 1, 1 / exp-sum: the same bits), and
+// no partial result, no count and no merge follow (~2 us of dependent L2 round trips per layer).
 template <typename T, int D, int G>
 __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
-                                    T* stage, bool wait_predecessor = false) {
+                                    T* stage, bool wait_predecessor = false, bool write_out = false) {
+  __shared__ float inv_sum[G];  // write_out: 1 / exp-sum per head
   constexpr int ST = kStage;
   constexpr int kRow = stage_row<D>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -111,7 +116,10 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   const int window_lo = a.sliding_window > 0 ? max(0, seq_len - a.sliding_window) : 0;
   const size_t part_index = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions + part;
   if (start >= end || end <= window_lo) {
-    if (wait_predecessor) pdl_wait();  // before the first write
+    if (wait_predecessor) {
+      pdl_wait();  // before the first write
+      pdl_trigger();
+    }
     if (threadIdx.x < G) {
       a.tmp_max[part_index + (size_t)threadIdx.x * a.num_partitions] = -FLT_MAX;
       a.tmp_sum[part_index + (size_t)threadIdx.x * a.num_partitions] = 0.f;
@@ -140,6 +148,9 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
                      ST, defer, first_count);
   if (wait_predecessor) {
     pdl_wait();
+    // The next kernel (the o GEMV) may launch now and request its weights while this one computes
+    // and merges: its blocks only wait for this grid to complete before they read its output.
+    pdl_trigger();
     if (defer < first_count) {
       stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
                          defer, first_count);
@@ -165,7 +176,9 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
       }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
-      if (lane == 0) {
+      if (lane == 0 && write_out) {
+        inv_sum[g] = l > 0.f ? 1.f / l : 0.f;
+      } else if (lane == 0) {
         a.tmp_max[part_index + (size_t)g * a.num_partitions] = m;
         a.tmp_sum[part_index + (size_t)g * a.num_partitions] = l;
       }
@@ -254,7 +267,15 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
       mq::mma16816<T>(o[1], pa, b[2], b[3]);
     }
   }
-  if (g < G && d0 < D) {
+  if (g < G && d0 < D && write_out) {
+    T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + (size_t)kv_head * G + g) * D + d0 + t4 * 2;
+    const float inv = inv_sum[g];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      out[nt * 8] = from_float<T>(o[nt][0] * inv);
+      out[nt * 8 + 1] = from_float<T>(o[nt][1] * inv);
+    }
+  } else if (g < G && d0 < D) {
     float* out = a.tmp_out + (part_index + (size_t)g * a.num_partitions) * D + d0 + t4 * 2;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) *reinterpret_cast<float2*>(out + nt * 8) = make_float2(o[nt][0], o[nt][1]);
@@ -269,16 +290,18 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
   const int seq = blockIdx.y, seq_len = a.seq_lens[seq];  // a step input, no kernel's output
+  // A sequence within one partition needs no merge: its block writes the outputs (with counters,
+  // where the merge would be this kernel's; the separate merge kernel reads every partial result).
+  const bool single = a.counters && seq_len > 0 && seq_len <= a.partition_size;
   // Partitions blockIdx.z, + gridDim.z, ... up to the sequence's length (the merge reads no more).
   // The first one's cached K/V is requested before waiting for the previous kernel.
   for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
     if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
-    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, stage, part == (int)blockIdx.z);
-    pdl_trigger();
+    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, stage, part == (int)blockIdx.z, single);
   }
   pdl_wait();  // a block without a partition too (no-op after the first)
   pdl_trigger();
-  if (a.counters) {
+  if (a.counters && !single) {
     __syncthreads();  // the stages are free for the merge weights
     merge::merge_in_last_block<T, D, G, kThreads>(a, seq, blockIdx.x, seq_len, reinterpret_cast<float*>(stage));
   }

@@ -5,6 +5,14 @@ same weights and cache, the variants alternated:
                         rotary + K/V write after q|k|v);
     --compare prefetch  the GEMV's L2 prefetch of the next weight (csrc/l2_prefetch.cuh): off, 4 MB
                         (the default) and 8 MB per GEMV.
+    --compare staging   the tensor-core GEMV staging its input (csrc/gemv_stage.cuh): the RMSNorm and
+                        the act-order gather in the GEMV (the default), the norm only, neither
+                        (the rms_norm kernel and index_select first). With --act-order every
+                        linear has a permutation, as exlsp's own GPTQ checkpoints do.
+    --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
+                        what each costs on the step's critical path with PDL on, where the profiler's
+                        per-kernel times overlap. Speed does not depend on the values, but these
+                        variants do not compute the model: timing only.
 
     python bench/probes/decode_variants.py [--model llama3-8b] [--compare fused] [--rounds 2]
 
@@ -42,8 +50,36 @@ def prefetch(limit: int) -> Callable[[], None]:
     return setup
 
 
+def staging(*, norm: bool, perm: bool) -> Callable[[], None]:
+    def setup() -> None:
+        from engine.ops import cuda
+
+        cuda.set_gemv_staging(norm=norm, perm=perm)
+
+    return setup
+
+
 def fused(enabled: bool) -> Callable[[], None]:
     return lambda: ops.set_fused_ops(enabled)
+
+
+_ORIGINAL_OPS = {name: getattr(ops, name) for name in ("rms_norm", "paged_attention")}
+
+
+def _skip_norm(x, weight, eps, residual=None):
+    return x, x
+
+
+def _skip_attention(q, kv_cache_layer, attn, scale, sliding_window):
+    return q
+
+
+def ablate(*, norms: bool = False, attention: bool = False) -> Callable[[], None]:
+    def setup() -> None:
+        ops.rms_norm = _skip_norm if norms else _ORIGINAL_OPS["rms_norm"]
+        ops.paged_attention = _skip_attention if attention else _ORIGINAL_OPS["paged_attention"]
+
+    return setup
 
 
 MB = 1 << 20
@@ -54,6 +90,17 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
         "4 MB": prefetch(4 * MB),
         "8 MB": prefetch(8 * MB),
     },
+    "staging": {
+        "norm + perm": staging(norm=True, perm=True),
+        "norm only": staging(norm=True, perm=False),
+        "neither": staging(norm=False, perm=False),
+    },
+    "ablate": {
+        "whole step": ablate(),
+        "no RMSNorm": ablate(norms=True),
+        "no attention": ablate(attention=True),
+        "neither": ablate(norms=True, attention=True),
+    },
 }
 
 
@@ -62,6 +109,8 @@ def restore_defaults(prefetch_bytes: int) -> None:
 
     ops.set_fused_ops(True)
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
+    cuda.set_gemv_staging()
+    ablate()()
 
 
 def keystroke_ms(served: ServedStep, vocab_size: int, prefix: int = 8192, suffix: int = 16) -> float:
@@ -85,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default="fused")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--act-order", action="store_true", help="every linear with a permutation")
     args = parser.parse_args(argv)
     if not kernels_ready("decode_variants"):
         return 1
     from engine.ops import cuda
 
     default_prefetch = cuda.L2_PREFETCH_BYTES
-    model, kv_cache = served_model(args.model)
+    model, kv_cache = served_model(args.model, act_order=args.act_order)
     rows = []
     try:
         for r in range(args.rounds):
@@ -103,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                 del served
     finally:
         restore_defaults(default_prefetch)
-    print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s (graph, steps queued), keystroke ms")
+    order = "  act-order" if args.act_order else ""
+    print(
+        f"{torch.cuda.get_device_name()}  {args.model}{order}  decode tok/s (graph, steps queued), keystroke ms"
+    )
     print(f"{'round':>5}  {'variant':14}  {'ctx 32':>8}  {'ctx 2k':>8}  {'ctx 8k':>8}  {'keystroke':>9}")
     for r, label, tok_s, key_ms in rows:
         print(f"{r:>5}  {label:14}  {tok_s[32]:8.1f}  {tok_s[2048]:8.1f}  {tok_s[8192]:8.1f}  {key_ms:9.3f}")

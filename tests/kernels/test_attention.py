@@ -61,6 +61,8 @@ DECODE_CASES = {
     "d64-mha": ([64, 65, 1000], 4, 4, 64, None),
     "gqa8-long": ([9000], 8, 1, 64, None),
     "sliding-window": ([40, 1500, 2100], 16, 4, 128, 100),
+    # one partition (written directly, no merge) up to 128 tokens, two from 129 on
+    "partition-edges": ([127, 128, 129, 256], 8, 2, 128, None),
     # 16+ independent sequences: runs of queries_per_block with no shared blocks
     "twenty-sequences": ([1 + 97 * i for i in range(20)], 8, 2, 128, None),
 }
