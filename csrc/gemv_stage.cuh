@@ -21,7 +21,7 @@ namespace exlsp {
 namespace gemv_stage {
 
 constexpr int kMaxRows = 8;
-constexpr size_t kMaxBytes = 48 * 1024;  // no opt-in to more shared memory needed
+constexpr size_t kMaxBytes = 48 * 1024;  // of staged rows; the launcher opts in past the 48 KB default
 
 // A staged row holds the block's K slice [k0, k1) plus one 16-byte vector of padding, so that the
 // rows a warp reads at the same k fall into different banks.

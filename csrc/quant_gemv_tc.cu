@@ -436,6 +436,20 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
   const dim3 grid(N / 32, splits);
   const int warps = block_warps<T, MT, U, S, P, ST>(grid.x * grid.y, per_split / U);
   const size_t smem = ST ? stage_bytes(M, K, per_split) : 0;
+  if constexpr (ST) {
+    // The staged rows come on top of the static reduction buffer (up to 16 KB): past the 48 KB a
+    // block gets without asking, opt in once per device.
+    static bool allowed[64] = {};
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if (dev < 0 || dev >= 64 || !allowed[dev]) {
+      const cudaError_t err = cudaFuncSetAttribute(quant_gemv_tc_kernel<T, MT, U, S, P, ST>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   (int)gemv_stage::kMaxBytes);
+      if (err != cudaSuccess) return err;
+      if (dev >= 0 && dev < 64) allowed[dev] = true;
+    }
+  }
   return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P, ST>, grid, dim3(warps * 32), smem, stream, x, qw, s, z, b, ep,
                     pf, in, o, partials, counters, M, K, N, group_size, per_split, pair);
 }
