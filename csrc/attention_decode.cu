@@ -150,7 +150,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     pdl_wait();
     // The next kernel (the o GEMV) may launch now and request its weights while this one computes
     // and merges: its blocks only wait for this grid to complete before they read its output.
-    pdl_trigger();
+    if (a.early_trigger) pdl_trigger();
     if (defer < first_count) {
       stage_tokens<T, D>(k_stage, k_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count,
                          defer, first_count);
@@ -298,6 +298,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
   for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
     if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
     attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, stage, part == (int)blockIdx.z, single);
+    if (!a.early_trigger) pdl_trigger();
   }
   pdl_wait();  // a block without a partition too (no-op after the first)
   pdl_trigger();
@@ -476,12 +477,20 @@ cudaError_t launch_d(const DecodeAttentionArgs& a, int G, cudaStream_t stream) {
 
 void set_decode_attention_smem_limit(int bytes) { smem_limit_override() = bytes; }
 
+bool& early_trigger_setting() {
+  static bool early = true;
+  return early;
+}
+void set_decode_attention_early_trigger(bool early) { early_trigger_setting() = early; }
+
 bool decode_attention_supports(int head_dim, int group) {
   return (head_dim == 64 || head_dim == 128) && group >= 1 && group <= 8;
 }
 
-cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream) {
-  if (a.num_seqs == 0) return cudaSuccess;
+cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& args, cudaStream_t stream) {
+  if (args.num_seqs == 0) return cudaSuccess;
+  DecodeAttentionArgs a = args;
+  a.early_trigger = early_trigger_setting();
   const int G = a.num_q_heads / a.num_kv_heads;
   if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > merge::kMaxPartitions ||
       a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers)

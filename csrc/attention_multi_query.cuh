@@ -19,6 +19,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "cp_async.cuh"
 #include "dtype_utils.cuh"
 #include "kernels.h"
 
@@ -35,15 +36,9 @@ __host__ __device__ constexpr size_t kv_smem_bytes() {
   return sizeof(T) * kStages * 2 * kChunk * (D + 8);
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+using ::exlsp::cp_async16;  // cp_async.cuh
+using ::exlsp::cp_async_commit;
+using ::exlsp::cp_async_wait;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

@@ -134,10 +134,12 @@ GemvInput check_input(const char* op, const Tensor& x, const std::optional<Tenso
   }
   if (in.staged()) {
     const int effective_splits = splits > 1 ? quant_gemv_tc_effective_splits((int)K, (int)splits) : 1;
-    EXLSP_CHECK(quant_gemv_tc_stage_supports((int)M, (int)K, effective_splits, (int)group_size, norm_weight.has_value()),
-                "exlsp::%s: a norm or perm takes 1 to 8 rows whose K slice fits 48 KB of shared memory (M * (K / "
-                "splits + 8) <= 24576), a group size that is a multiple of 128, and with a norm K <= 8192; got M=%s "
-                "K=%s splits=%s group_size=%s (normalise or permute x first instead)",
+    EXLSP_CHECK(quant_gemv_tc_stage_supports((int)M, (int)K, effective_splits, (int)group_size,
+                                             norm_weight.has_value(), perm.has_value()),
+                "exlsp::%s: a norm or perm takes 1 to 8 rows that fit the block's shared memory with the norm "
+                "weight and perm (quant_gemv_tc_stage_supports), a group size that is a multiple of 128, and "
+                "with a norm K <= 8192; got M=%s K=%s splits=%s group_size=%s (normalise or permute x first "
+                "instead)",
                 to_str(op).c_str(), to_str(M).c_str(), to_str(K).c_str(), to_str(splits).c_str(),
                 to_str(group_size).c_str());
   }
@@ -235,9 +237,10 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
               l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes, input);
 }
 
-bool quant_gemv_tc_stage_supports_op(int64_t M, int64_t K, int64_t splits, int64_t group_size, bool norm) {
+bool quant_gemv_tc_stage_supports_op(int64_t M, int64_t K, int64_t splits, int64_t group_size, bool norm,
+                                     bool perm) {
   return quant_gemv_tc_stage_supports((int)M, (int)K, (int)quant_gemv_tc_effective_splits((int)K, (int)splits),
-                                      (int)group_size, norm);
+                                      (int)group_size, norm, perm);
 }
 
 int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
@@ -313,7 +316,7 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
       "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1, Tensor[]? l2_prefetch=None, "
       "int l2_prefetch_bytes=0, Tensor? norm_weight=None, float norm_eps=0.0, Tensor? perm=None) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
-  m.def("quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm) -> bool",
+  m.def("quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm, bool perm) -> bool",
         &exlsp::quant_gemv_tc_stage_supports_op);
   m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");

@@ -61,11 +61,15 @@ struct DecodeAttentionArgs {
   // Per-sequence kernel only: (S * Hkv) zeroed ints. The last block of a (sequence, KV head) merges
   // its partitions (and leaves the count zero again); null: a separate merge kernel does.
   int* counters;
+  bool early_trigger;  // set by the launcher (set_decode_attention_early_trigger)
 };
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream);
 // Test knob: launch the decode kernels as if a block could use at most `bytes` of shared memory (0:
 // the device's opt-in limit, the default); a launch that needs more fails.
 void set_decode_attention_smem_limit(int bytes);
+// Benchmark knob: the per-sequence decode kernel lets the next kernel launch right after its wait
+// (true, the default) or only once its first partition is computed.
+void set_decode_attention_early_trigger(bool early);
 bool decode_attention_supports(int head_dim, int group_size_q_per_kv);
 
 // out (T, H) = rmsnorm(x + residual) * weight; residual_out (T, H) = x + residual (or x) when
@@ -130,9 +134,9 @@ struct GemvInput {
   const int32_t* perm = nullptr;  // (K,), 16-byte aligned
   bool staged() const { return norm_weight != nullptr || perm != nullptr; }
 };
-// Whether a staged input covers M rows of K in `splits` K slices (the rows' slice lives in each
-// block's shared memory); with a norm also K <= 8192.
-bool quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm);
+// Whether a staged input covers M rows of K in `splits` K slices (the rows, the block's staged slice,
+// the norm weight and the slice of perm live in its shared memory); with a norm also K <= 8192.
+bool quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm, bool perm);
 
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
 int quant_gemv_tc_effective_splits(int K, int splits);  // the number of K slices actually launched

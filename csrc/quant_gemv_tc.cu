@@ -238,16 +238,21 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     prefetch_l2_share(pf, (blockIdx.y * gridDim.x + blockIdx.x) * warps + warp, gridDim.x * gridDim.y * warps, lane);
   };
 
+  // kStage: the block's K slice of the staged rows (gemv_stage.cuh)
+  extern __shared__ __align__(16) unsigned char stage_smem[];
+  const int k0 = split_begin * 32, k1 = min(K, (split_begin + chunks_per_split) * 32);
+  const gemv_stage::Layout layout(M, K, k1 - k0, sizeof(T), in.norm_weight != nullptr, in.perm != nullptr);
+
   if (b_begin < b_end) load();
+  if constexpr (kStage) gemv_stage::copy_weights<T>(in, K, k0, k1, layout, stage_smem);
   pdl_wait();
   pdl_trigger();
-  if constexpr (kStage) {  // the K loop reads the block's slice of the staged rows instead
-    extern __shared__ uint4 staged_rows[];
-    const int k0 = split_begin * 32, k1 = min(K, (split_begin + chunks_per_split) * 32);
-    gemv_stage::stage_rows(x, in, M, K, k0, k1, staged_rows);
+  if constexpr (kStage) {  // the K loop reads the staged rows instead
+    gemv_stage::stage_rows(x, in, M, K, k0, k1, layout, stage_smem);
+    const uint4* staged = reinterpret_cast<const uint4*>(stage_smem);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-      xp[mt] = staged_rows + (x_row[mt] ? mt * 8 + g : 0) * gemv_stage::row_vectors(k1 - k0) +
+      xp[mt] = staged + (x_row[mt] ? mt * 8 + g : 0) * gemv_stage::row_vectors(k1 - k0) +
                (size_t)(c_begin - split_begin) * 4 + t;
   }
   for (int b = b_begin; b < b_end; ++b) {
@@ -426,8 +431,15 @@ int block_warps(int blocks, int batches_per_block) {
   return fallback;
 }
 
-// Shared memory of a staged input: M rows of the longest K slice.
-size_t stage_bytes(int M, int K, int per_split) { return gemv_stage::smem_bytes(M, std::min(K, per_split * 32)); }
+// Shared memory of a staged input (the longest K slice), and what a block may have of it: the
+// staging's cap, or the device's opt-in limit less the static reduction buffer and margin.
+int stage_bytes(int M, int K, int per_split, int elem_bytes, bool norm, bool perm) {
+  return gemv_stage::Layout(M, K, std::min(K, per_split * 32), elem_bytes, norm, perm).bytes;
+}
+int stage_limit() {
+  return std::min(gemv_stage::kMaxBytes,
+                  device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024) - 17 * 1024);
+}
 
 template <typename T, int MT, int U, int S, bool P, bool ST>
 cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
@@ -435,7 +447,7 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
                       int N, int group_size, int per_split, int splits, int pair, cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
   const int warps = block_warps<T, MT, U, S, P, ST>(grid.x * grid.y, per_split / U);
-  const size_t smem = ST ? stage_bytes(M, K, per_split) : 0;
+  const size_t smem = ST ? stage_bytes(M, K, per_split, sizeof(T), in.norm_weight, in.perm) : 0;
   if constexpr (ST) {
     // The staged rows come on top of the static reduction buffer (up to 16 KB): past the 48 KB a
     // block gets without asking, opt in once per device.
@@ -445,7 +457,7 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
     if (dev < 0 || dev >= 64 || !allowed[dev]) {
       const cudaError_t err = cudaFuncSetAttribute(quant_gemv_tc_kernel<T, MT, U, S, P, ST>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   (int)gemv_stage::kMaxBytes);
+                                                   stage_limit());
       if (err != cudaSuccess) return err;
       if (dev >= 0 && dev < 64) allowed[dev] = true;
     }
@@ -486,10 +498,10 @@ cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, 
 
 }  // namespace
 
-bool quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm) {
+bool quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm, bool perm) {
   if (M < 1 || M > gemv_stage::kMaxRows || group_size % 128 != 0 || K % 128 != 0) return false;
   if (norm && K > rms::kThreads * 8 * rms::kMaxVecs) return false;
-  return stage_bytes(M, K, chunks_per_split(K / 32, splits)) <= gemv_stage::kMaxBytes;
+  return stage_bytes(M, K, chunks_per_split(K / 32, splits), 2, norm, perm) <= stage_limit();
 }
 
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size) {
@@ -514,7 +526,8 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
                                  const L2Prefetch& prefetch, const GemvInput& input, cudaStream_t stream) {
   splits = (partials && counters) ? quant_gemv_tc_effective_splits(K, splits) : 1;
-  if (input.staged() && !quant_gemv_tc_stage_supports(M, K, splits, group_size, input.norm_weight != nullptr))
+  if (input.staged() &&
+      !quant_gemv_tc_stage_supports(M, K, splits, group_size, input.norm_weight != nullptr, input.perm != nullptr))
     return cudaErrorInvalidValue;
   int pair = 16, out_cols = N;  // the column pairing and the output's row length
   switch (epilogue.kind) {

@@ -208,6 +208,7 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 TORCH_LIBRARY(exlsp, m) {
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
   m.def("set_decode_attention_smem_limit(int bytes) -> ()", &exlsp::set_attention_smem_limit);
+  m.def("set_decode_attention_early_trigger(bool early) -> ()", &exlsp::set_decode_attention_early_trigger);
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "

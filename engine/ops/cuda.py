@@ -229,21 +229,22 @@ def _prefetch_args(x: torch.Tensor, read_next: tuple[torch.Tensor, ...]) -> dict
 # has no RMSNorm kernel and no gather kernel. More rows, or a knob off (side-by-side benchmarks): the
 # rms_norm kernel and index_select run first.
 STAGE_MAX_ROWS = 4
-_staging = {"norm": True, "perm": True}
+_staging = {"norm": True, "perm": True, "stream": True}
 
 
-def set_gemv_staging(norm: bool = True, perm: bool = True) -> None:
-    """Whether the tensor-core GEMV applies the fused ops' RMSNorm and the act-order gather itself."""
-    _staging.update(norm=norm, perm=perm)
+def set_gemv_staging(norm: bool = True, perm: bool = True, stream: bool | None = None) -> None:
+    """Whether the tensor-core GEMV applies the fused ops' RMSNorm and the act-order gather itself,
+    and whether the layers run on the residual stream (fuses_norms; by default where norm is on)."""
+    _staging.update(norm=norm, perm=perm, stream=norm if stream is None else stream)
 
 
 @functools.cache
-def _stage_supported(rows: int, k: int, splits: int, group_size: int, norm: bool) -> bool:
-    return bool(torch.ops.exlsp.quant_gemv_tc_stage_supports(rows, k, splits, group_size, norm))
+def _stage_supported(rows: int, k: int, splits: int, group_size: int, norm: bool, perm: bool) -> bool:
+    return bool(torch.ops.exlsp.quant_gemv_tc_stage_supports(rows, k, splits, group_size, norm, perm))
 
 
 def fuses_norms(x: torch.Tensor) -> bool:
-    return _staging["norm"] and x.dtype in MODEL_DTYPES and x.shape[0] <= STAGE_MAX_ROWS
+    return _staging["stream"] and x.dtype in MODEL_DTYPES and x.shape[0] <= STAGE_MAX_ROWS
 
 
 @dataclass
@@ -259,23 +260,27 @@ def _tc_call(x: torch.Tensor, w: PackedWeight, norm=None) -> _TcCall:
     partials, counters, splits = _tc_split_args(x, w)
     rows, k = x.shape[0], w.in_features
     kwargs = {"partials": partials, "counters": counters, "splits": splits}
+    has_perm = w.perm is not None
+    perm32 = getattr(w, "perm32", None)
     stage = rows <= STAGE_MAX_ROWS and w.group_size % 128 == 0
-    if norm is not None:
-        if stage and _staging["norm"] and _stage_supported(rows, k, splits, w.group_size, True):
-            kwargs.update(norm_weight=norm[0], norm_eps=float(norm[1]))
-        else:
-            x = rms_norm(x, norm[0], norm[1])[0]
-    if w.perm is not None:
-        perm32 = getattr(w, "perm32", None)
-        if (
-            stage
-            and _staging["perm"]
-            and perm32 is not None
-            and _stage_supported(rows, k, splits, w.group_size, "norm_weight" in kwargs)
-        ):
-            kwargs["perm"] = perm32
-        else:
-            x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
+    perm_stageable = has_perm and stage and perm32 is not None and _staging["perm"]
+    # The kernel normalises the rows before it gathers them: a norm goes in only with the gather.
+    norm_ok = (
+        norm is not None
+        and stage
+        and _staging["norm"]
+        and (perm_stageable or not has_perm)
+        and _stage_supported(rows, k, splits, w.group_size, True, has_perm)
+    )
+    perm_ok = perm_stageable and _stage_supported(rows, k, splits, w.group_size, norm_ok, True)
+    if norm_ok:
+        kwargs.update(norm_weight=norm[0], norm_eps=float(norm[1]))
+    elif norm is not None:
+        x = rms_norm(x, norm[0], norm[1])[0]
+    if perm_ok:
+        kwargs["perm"] = perm32
+    elif has_perm:
+        x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
     return _TcCall(x.contiguous(), kwargs)
 
 

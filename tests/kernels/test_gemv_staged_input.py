@@ -46,8 +46,10 @@ def gemv_input_args(weight, perm32):
 @pytest.mark.parametrize("k,inter", [(4096, 14336), (1536, 8960), (8192, 1024)], ids=str)
 def test_gate_up_with_its_norm_equals_rms_norm_then_the_fused_op(k, inter, rows, splits, act_order, dtype):
     ops = exlsp_ops()
-    if not ops.quant_gemv_tc_stage_supports(rows, k, splits, 128, True):
-        pytest.skip("over 48 KB of staged rows: the op seam normalises first (test_staging_limits_by_name)")
+    if not ops.quant_gemv_tc_stage_supports(rows, k, splits, 128, True, act_order):
+        pytest.skip(
+            "more than a block's shared memory: the op seam normalises first (test_staging_limits_by_name)"
+        )
     seed = k + inter + rows + splits + act_order
     w = random_packed_weight(
         k, 2 * inter, bits=4, group_size=128, dtype=dtype, act_order=act_order, bias=rows == 1, seed=seed
@@ -79,8 +81,8 @@ def test_qkv_with_its_norm_equals_rms_norm_then_the_fused_op(shape, rows, splits
     """q and the cache bit for bit."""
     hidden, hq, hkv, d = shape
     ops = exlsp_ops()
-    if not ops.quant_gemv_tc_stage_supports(rows, hidden, splits, 128, True):
-        pytest.skip("over 48 KB of staged rows: the op seam normalises first")
+    if not ops.quant_gemv_tc_stage_supports(rows, hidden, splits, 128, True, act_order):
+        pytest.skip("more than a block's shared memory: the op seam normalises first")
     seed = hidden + rows + splits + act_order
     n = (hq + 2 * hkv) * d
     w = random_packed_weight(
@@ -118,8 +120,8 @@ def test_plain_gemv_gathers_by_perm_and_adds_the_residual_as_stored(k, n, rows, 
     """The o and down GEMVs of an act-order checkpoint: x gathered by perm in the kernel equals
     index_select first; the residual epilogue equals the GEMV's stored output plus the residual."""
     ops = exlsp_ops()
-    if not ops.quant_gemv_tc_stage_supports(rows, k, splits, 128, False):
-        pytest.skip("over 48 KB of staged rows: the op seam gathers first")
+    if not ops.quant_gemv_tc_stage_supports(rows, k, splits, 128, False, True):
+        pytest.skip("more than a block's shared memory: the op seam gathers first")
     seed = k + rows + splits
     w = random_packed_weight(k, n, bits=4, group_size=128, dtype=dtype, act_order=True, seed=seed)
     x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").to(dtype)
@@ -162,8 +164,10 @@ def test_staging_limits_by_name():
         ops.quant_gemv_tc_silu_mul(
             h[:1], w.qweight, w.scales, w.zeros, None, 128, out[:1], perm=torch.arange(8192, device="cuda")
         )
-    assert ops.quant_gemv_tc_stage_supports(2, 8192, 1, 128, True)
-    assert not ops.quant_gemv_tc_stage_supports(2, 8192, 1, 64, True)  # group sizes of 128 and multiples
+    assert ops.quant_gemv_tc_stage_supports(2, 8192, 1, 128, True, False)
+    assert not ops.quant_gemv_tc_stage_supports(
+        2, 8192, 1, 64, True, False
+    )  # group sizes of 128 and multiples
 
 
 @pytest.mark.parametrize("rows", [1, 3, 5, 16])
