@@ -108,49 +108,11 @@ L2Prefetch check_l2_prefetch(const char* op, const Tensor& x, at::TensorList ten
   return pf;
 }
 
-// How the GEMV reads x (kernels.h GemvInput): an RMSNorm first (norm_weight) and/or the act-order
-// permutation (perm, int32); neither: x as it is.
-GemvInput check_input(const char* op, const Tensor& x, const std::optional<Tensor>& norm_weight, double norm_eps,
-                      const std::optional<Tensor>& perm, int64_t group_size, int64_t splits) {
-  GemvInput in;
-  const int64_t M = x.size(0), K = x.size(1);
-  if (norm_weight) {
-    check_same(*norm_weight, x, op, "norm_weight");
-    EXLSP_CHECK(norm_weight->dim() == 1 && norm_weight->size(0) == K && norm_weight->is_contiguous(),
-                "exlsp::%s: norm_weight must be a contiguous (K,) = (%s,), got %s", to_str(op).c_str(),
-                to_str(K).c_str(), to_str(norm_weight->sizes()).c_str());
-    EXLSP_CHECK(norm_eps > 0, "exlsp::%s: norm_eps must be > 0, got %s", to_str(op).c_str(),
-                std::to_string(norm_eps).c_str());
-    in.norm_weight = norm_weight->data_ptr();
-    in.norm_eps = (float)norm_eps;
-  }
-  if (perm) {
-    check_cuda(*perm, op, "perm");
-    EXLSP_CHECK(perm->scalar_type() == at::kInt && perm->dim() == 1 && perm->size(0) == K && perm->is_contiguous() &&
-                    perm->device() == x.device(),
-                "exlsp::%s: perm must be a contiguous int32 (K,) = (%s,) on x's device", to_str(op).c_str(),
-                to_str(K).c_str());
-    in.perm = perm->data_ptr<int32_t>();
-  }
-  if (in.staged()) {
-    const int effective_splits = splits > 1 ? quant_gemv_tc_effective_splits((int)K, (int)splits) : 1;
-    EXLSP_CHECK(quant_gemv_tc_stage_supports((int)M, (int)K, effective_splits, (int)group_size,
-                                             norm_weight.has_value(), perm.has_value()),
-                "exlsp::%s: a norm or perm takes 1 to 8 rows that fit the block's shared memory with the norm "
-                "weight and perm (quant_gemv_tc_stage_supports), a group size that is a multiple of 128, and "
-                "with a norm K <= 8192; got M=%s K=%s splits=%s group_size=%s (normalise or permute x first "
-                "instead)",
-                to_str(op).c_str(), to_str(M).c_str(), to_str(K).c_str(), to_str(splits).c_str(),
-                to_str(group_size).c_str());
-  }
-  return in;
-}
-
 // The tensor-core GEMV with one of its epilogues (kernels.h GemvEpilogue); shapes checked by the op.
 void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                  const std::optional<Tensor>& bias, const GemvEpilogue& epilogue, int64_t group_size, Tensor& out,
                  const std::optional<Tensor>& partials, const std::optional<Tensor>& counters, int64_t splits,
-                 at::TensorList l2_prefetch, int64_t l2_prefetch_bytes, const GemvInput& input) {
+                 at::TensorList l2_prefetch, int64_t l2_prefetch_bytes) {
   const Dtype dtype = model_dtype(x, op);
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
   EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
@@ -164,7 +126,7 @@ void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const T
   check_launch(launch_quant_gemv_tc(dtype, x.data_ptr(), qweight.data_ptr<int32_t>(), scales.data_ptr(),
                                     zeros.data_ptr(), opt_ptr(bias), epilogue, out.data_ptr(), partials_ptr,
                                     counters_ptr, (int)M, (int)K, (int)N, (int)group_size, (int)splits, prefetch,
-                                    input, c10::cuda::getCurrentCUDAStream()),
+                                    c10::cuda::getCurrentCUDAStream()),
                op);
 }
 
@@ -172,32 +134,26 @@ void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const T
 void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
                    Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                   int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes,
-                   const std::optional<Tensor>& perm) {
+                   int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc";
   check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
   GemvEpilogue epilogue;
   epilogue.residual = opt_ptr(residual);
-  const GemvInput input = check_input(op, x, std::nullopt, 0.0, perm, group_size, partials && counters ? splits : 1);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
-              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes, input);
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
 // x (M, K) @ [gate | up] (K, 2I) -> out (M, I) = silu(gate) * up, in one kernel.
 void quant_gemv_tc_silu_mul(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                             const std::optional<Tensor>& bias, int64_t group_size, Tensor& out,
                             const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                            int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes,
-                            const std::optional<Tensor>& norm_weight, double norm_eps,
-                            const std::optional<Tensor>& perm) {
+                            int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc_silu_mul";
   check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out, qweight.size(1) / 2, "N / 2");
   GemvEpilogue epilogue;
   epilogue.kind = GemvEpilogueKind::kSiluMul;
-  const GemvInput input =
-      check_input(op, x, norm_weight, norm_eps, perm, group_size, partials && counters ? splits : 1);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
-              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes, input);
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
 // x (M, K) @ [q | k | v] (K, (Hq + 2 Hkv) D) in one kernel: q rotated into q_out (M, Hq, D), k rotated
@@ -207,9 +163,7 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
                              const Tensor& cos_sin_cache, Tensor& kv_cache_layer, const Tensor& slot_mapping,
                              Tensor& q_out, const std::optional<Tensor>& partials,
                              const std::optional<Tensor>& counters, int64_t splits,
-                             std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes,
-                             const std::optional<Tensor>& norm_weight, double norm_eps,
-                             const std::optional<Tensor>& perm) {
+                             std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc_rotary_kv";
   check_cuda(q_out, op, "q_out");
   EXLSP_CHECK(q_out.dim() == 3, "exlsp::%s: q_out must be (M, Hq, D), got %s", to_str(op).c_str(),
@@ -231,16 +185,8 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
   r.apply_rotary = true;
   check_rotary_table(op, x, positions, cos_sin_cache, M, D, r);
   check_kv_cache(op, x, kv_cache_layer, slot_mapping, M, Hkv, D, r);
-  const GemvInput input =
-      check_input(op, x, norm_weight, norm_eps, perm, group_size, partials && counters ? splits : 1);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out2d, partials, counters, splits,
-              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes, input);
-}
-
-bool quant_gemv_tc_stage_supports_op(int64_t M, int64_t K, int64_t splits, int64_t group_size, bool norm,
-                                     bool perm) {
-  return quant_gemv_tc_stage_supports((int)M, (int)K, (int)quant_gemv_tc_effective_splits((int)K, (int)splits),
-                                      (int)group_size, norm, perm);
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
 int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
@@ -304,20 +250,17 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
   m.def(
       "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
       "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1, "
-      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0, Tensor? perm=None) -> ()");
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
   m.def(
       "quant_gemv_tc_silu_mul(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
       "Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1, "
-      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0, Tensor? norm_weight=None, float norm_eps=0.0, "
-      "Tensor? perm=None) -> ()");
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
   m.def(
       "quant_gemv_tc_rotary_kv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
       "Tensor positions, Tensor cos_sin_cache, Tensor(a!) kv_cache_layer, Tensor slot_mapping, Tensor(b!) q_out, "
       "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1, Tensor[]? l2_prefetch=None, "
-      "int l2_prefetch_bytes=0, Tensor? norm_weight=None, float norm_eps=0.0, Tensor? perm=None) -> ()");
+      "int l2_prefetch_bytes=0) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
-  m.def("quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm, bool perm) -> bool",
-        &exlsp::quant_gemv_tc_stage_supports_op);
   m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
 }

@@ -11,7 +11,18 @@
 namespace exlsp {
 namespace {
 
-constexpr int kNormThreads = rms::kThreads;
+constexpr int kNormThreads = 256;
+
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < (int)(blockDim.x / 32); ++w) total += scratch[w];
+  return total;
+}
 
 // One block per token. The row is kept in registers between the sum of squares and the scaling
 // (hidden <= kNormThreads * 8 * kMaxVecs), so x and residual are each read once.
@@ -19,8 +30,8 @@ template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const T* x, const T* residual, const T* __restrict__ weight, T* out, T* residual_out, int hidden,
                     float eps) {
-  constexpr int kMaxVecs = rms::kMaxVecs;
-  __shared__ float warp_sums[rms::kWarps];
+  constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
+  __shared__ float scratch[kNormThreads / 32];
   float w[kMaxVecs][8];  // the weight is no kernel's output: read before waiting for the predecessor
 #pragma unroll
   for (int i = 0; i < kMaxVecs; ++i) {
@@ -48,10 +59,8 @@ __global__ void __launch_bounds__(kNormThreads)
       for (int j = 0; j < 8; ++j) sumsq += v[i][j] * v[i][j];
     }
   }
-  sumsq = rms::warp_sum(sumsq);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sumsq;
   __syncthreads();  // all reads of x/residual are done before anything aliasing them is written
-  const float inv_rms = rms::inv_rms(warp_sums, hidden, eps);
+  const float inv_rms = rsqrtf(block_sum(sumsq, scratch) / hidden + eps);
 #pragma unroll
   for (int i = 0; i < kMaxVecs; ++i) {
     const int col = (threadIdx.x + i * kNormThreads) * 8;

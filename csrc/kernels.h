@@ -113,7 +113,7 @@ cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_
 enum class GemvEpilogueKind : int { kStore = 0, kSiluMul = 1, kRotaryKv = 2 };
 struct GemvEpilogue {
   GemvEpilogueKind kind = GemvEpilogueKind::kStore;
-  const void* residual = nullptr;  // kStore only: y rounded to the model dtype, plus residual, rounded
+  const void* residual = nullptr;  // kStore only
   RotaryArgs rotary{};             // kRotaryKv only
 };
 // Weights the step reads after this GEMV's, which its warps ask L2 to fetch once their own loads are
@@ -124,26 +124,12 @@ struct L2Prefetch {
   int64_t bytes[kMaxRanges] = {};
 };
 
-// How the tensor-core GEMV reads x, beyond x itself (gemv_stage.cuh): an RMSNorm applied first (x is
-// then the residual stream; the GEMV reads rmsnorm(x) * weight rounded to the model dtype, exactly
-// what launch_rms_norm would have written) and the act-order permutation (the GEMV reads x[:, perm]).
-// Neither: x is read as it is.
-struct GemvInput {
-  const void* norm_weight = nullptr;  // (K,)
-  float norm_eps = 0.f;
-  const int32_t* perm = nullptr;  // (K,), 16-byte aligned
-  bool staged() const { return norm_weight != nullptr || perm != nullptr; }
-};
-// Whether a staged input covers M rows of K in `splits` K slices (the rows, the block's staged slice,
-// the norm weight and the slice of perm live in its shared memory); with a norm also K <= 8192.
-bool quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm, bool perm);
-
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size);
 int quant_gemv_tc_effective_splits(int K, int splits);  // the number of K slices actually launched
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
-                                 const L2Prefetch& prefetch, const GemvInput& input, cudaStream_t stream);
+                                 const L2Prefetch& prefetch, cudaStream_t stream);
 
 // out (M, I) = silu(x[:, :I]) * x[:, I:], x (M, 2I).
 cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream);

@@ -30,14 +30,11 @@
 // shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
 // 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
 // waiting for the kernel that wrote x. After its last batch each warp asks L2 for its share of the
-// weight the model reads next, when the caller names one (l2_prefetch.cuh). kStage: each block first
-// writes its rows of x, normalised and/or permuted (kernels.h GemvInput), to shared memory, from which
-// the K loop reads them (gemv_stage.cuh).
+// weight the model reads next, when the caller names one (l2_prefetch.cuh).
 #include <cstdint>
 
 #include "dtype_utils.cuh"
 #include "elementwise_math.cuh"
-#include "gemv_stage.cuh"
 #include "kernels.h"
 #include "l2_prefetch.cuh"
 #include "launch.cuh"
@@ -129,11 +126,11 @@ __device__ void store_rotary_kv(const RotaryArgs& r, int m, int n, float a, floa
 // kPaired: a fused epilogue's column pairing (pair_arg) and its kind (ep.kind); else the plain
 // store, whose columns are a compile-time run of 32 (a runtime division in the prologue, before the
 // first loads, cost 2% at batch 1: bench/NOTES.md).
-template <typename T, int MT, int U, int S, bool kPaired, bool kStage>
+template <typename T, int MT, int U, int S, bool kPaired>
 __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>())
     quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
                          const T* __restrict__ zeros, const T* __restrict__ bias, const GemvEpilogue ep,
-                         const L2Prefetch pf, const GemvInput in, T* __restrict__ out, float* __restrict__ partials,
+                         const L2Prefetch pf, T* __restrict__ out, float* __restrict__ partials,
                          int* __restrict__ counters, int M, int K, int N, int group_size, int chunks_per_split,
                          int pair_arg) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -238,23 +235,9 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     prefetch_l2_share(pf, (blockIdx.y * gridDim.x + blockIdx.x) * warps + warp, gridDim.x * gridDim.y * warps, lane);
   };
 
-  // kStage: the block's K slice of the staged rows (gemv_stage.cuh)
-  extern __shared__ __align__(16) unsigned char stage_smem[];
-  const int k0 = split_begin * 32, k1 = min(K, (split_begin + chunks_per_split) * 32);
-  const gemv_stage::Layout layout(M, K, k1 - k0, sizeof(T), in.norm_weight != nullptr, in.perm != nullptr);
-
   if (b_begin < b_end) load();
-  if constexpr (kStage) gemv_stage::copy_weights<T>(in, K, k0, k1, layout, stage_smem);
   pdl_wait();
   pdl_trigger();
-  if constexpr (kStage) {  // the K loop reads the staged rows instead
-    gemv_stage::stage_rows(x, in, M, K, k0, k1, layout, stage_smem);
-    const uint4* staged = reinterpret_cast<const uint4*>(stage_smem);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-      xp[mt] = staged + (x_row[mt] ? mt * 8 + g : 0) * gemv_stage::row_vectors(k1 - k0) +
-               (size_t)(c_begin - split_begin) * 4 + t;
-  }
   for (int b = b_begin; b < b_end; ++b) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -269,13 +252,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
       // The chunk's activations (L1 hits) just before their use: 4 registers per row tile, not 4 * U.
       uint4 xv[MT];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        if constexpr (kStage) {
-          xv[mt] = x_row[mt] ? xp[mt][4 * u] : make_uint4(0, 0, 0, 0);
-        } else {
-          xv[mt] = x_row[mt] ? __ldg(xp[mt] + 4 * u) : make_uint4(0, 0, 0, 0);
-        }
-      }
+      for (int mt = 0; mt < MT; ++mt) xv[mt] = x_row[mt] ? __ldg(xp[mt] + 4 * u) : make_uint4(0, 0, 0, 0);
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
       uint32_t a[4][4];  // [column][pair p]: (q - z) of nibbles (p, p + 4)
 #pragma unroll
@@ -361,8 +338,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
       const int m = idx / 32, cl = idx % 32;
       const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
       float y = column(m, cl);
-      // rounded as the GEMV's own output, then the residual added: what adding to the stored output gives
-      if (residual) y = to_float(from_float<T>(y)) + to_float(residual[(size_t)m * N + n]);
+      if (residual) y += to_float(residual[(size_t)m * N + n]);
       out[(size_t)m * N + n] = from_float<T>(y);
     }
   } else {
@@ -399,7 +375,7 @@ int chunks_per_split(int num_chunks, int splits) {
 // per-block prologue and reduction weigh less. H100, batch 1: 4096 x 14336 (448 blocks) 1622 ->
 // 1961 GB/s, 4096 x 28672 2152 -> 2253; 16 rows 1685 -> 1934 and 1766 -> 2052 (bench/NOTES.md 26-29).
 // The occupancy per SM is asked once per kernel (the first device's; the cards of a machine alike).
-template <typename T, int MT, int U, int S, bool P, bool NM>
+template <typename T, int MT, int U, int S, bool P>
 int block_warps(int blocks, int batches_per_block) {
   if (gemv_tuning().block_warps > 0) return gemv_tuning().block_warps;
   static int per_sm[kMaxWarps + 1] = {};  // resident blocks per SM by warps per block; 0: not asked
@@ -408,8 +384,7 @@ int block_warps(int blocks, int batches_per_block) {
   if (!asked) {
     asked = true;
     for (int w = 2; w <= kMaxWarps; ++w)
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U, S, P, NM>, w * 32,
-                                                        0) !=
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm[w], quant_gemv_tc_kernel<T, MT, U, S, P>, w * 32, 0) !=
           cudaSuccess) {
         cudaGetLastError();
         per_sm[w] = 0;
@@ -431,78 +406,42 @@ int block_warps(int blocks, int batches_per_block) {
   return fallback;
 }
 
-// Shared memory of a staged input (the longest K slice), and what a block may have of it: the
-// staging's cap, or the device's opt-in limit less the static reduction buffer and margin.
-int stage_bytes(int M, int K, int per_split, int elem_bytes, bool norm, bool perm) {
-  return gemv_stage::Layout(M, K, std::min(K, per_split * 32), elem_bytes, norm, perm).bytes;
-}
-int stage_limit() {
-  return std::min(gemv_stage::kMaxBytes,
-                  device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024) - 17 * 1024);
-}
-
-template <typename T, int MT, int U, int S, bool P, bool ST>
+template <typename T, int MT, int U, int S, bool P>
 cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
-                      const L2Prefetch& pf, const GemvInput& in, T* o, float* partials, int* counters, int M, int K,
-                      int N, int group_size, int per_split, int splits, int pair, cudaStream_t stream) {
+                      const L2Prefetch& pf, T* o, float* partials, int* counters, int M, int K, int N, int group_size,
+                      int per_split, int splits, int pair, cudaStream_t stream) {
   const dim3 grid(N / 32, splits);
-  const int warps = block_warps<T, MT, U, S, P, ST>(grid.x * grid.y, per_split / U);
-  const size_t smem = ST ? stage_bytes(M, K, per_split, sizeof(T), in.norm_weight, in.perm) : 0;
-  if constexpr (ST) {
-    // The staged rows come on top of the static reduction buffer (up to 16 KB): past the 48 KB a
-    // block gets without asking, opt in once per device.
-    static bool allowed[64] = {};
-    int dev = 0;
-    cudaGetDevice(&dev);
-    if (dev < 0 || dev >= 64 || !allowed[dev]) {
-      const cudaError_t err = cudaFuncSetAttribute(quant_gemv_tc_kernel<T, MT, U, S, P, ST>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   stage_limit());
-      if (err != cudaSuccess) return err;
-      if (dev >= 0 && dev < 64) allowed[dev] = true;
-    }
-  }
-  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P, ST>, grid, dim3(warps * 32), smem, stream, x, qw, s, z, b, ep,
-                    pf, in, o, partials, counters, M, K, N, group_size, per_split, pair);
+  const int warps = block_warps<T, MT, U, S, P>(grid.x * grid.y, per_split / U);
+  return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, pf, o,
+                    partials, counters, M, K, N, group_size, per_split, pair);
 }
 
 // Batches of 4 chunks, in sub-batches of the largest common divisor of 4 and the chunks per group
 // (4 for group 128 and its multiples: every checkpoint exlsp writes). Batches of 8 where the grid
 // is at most 2 blocks per SM (one row tile, group a multiple of 128, slices of whole batches, at
 // least one batch per warp: 4096 x 1024 in 4 slices of 32 chunks lost 10% to idle warps).
-// A staged input (ST) takes batches of 4 or 8 chunks only (quant_gemv_tc_stage_supports).
-template <typename T, int MT, bool P, bool ST>
+template <typename T, int MT, bool P>
 cudaError_t launch_rows(const T* x, const uint32_t* qw, const T* s, const T* z, const T* b, const GemvEpilogue& ep,
-                        const L2Prefetch& pf, const GemvInput& in, T* o, float* partials, int* counters, int M, int K,
-                        int N, int group_size, int splits, int pair, cudaStream_t stream) {
+                        const L2Prefetch& pf, T* o, float* partials, int* counters, int M, int K, int N,
+                        int group_size, int splits, int pair, cudaStream_t stream) {
   const int num_chunks = K / 32, chunks_per_group = group_size / 32;
   const int per_split = chunks_per_split(num_chunks, splits);
   splits = (num_chunks + per_split - 1) / per_split;  // no empty slice
 #define EXLSP_GEMV_LAUNCH(UU, SS) \
-  launch_mt<T, MT, UU, SS, P, ST>(x, qw, s, z, b, ep, pf, in, o, partials, counters, M, K, N, group_size, per_split, \
-                                  splits, pair, stream)
+  launch_mt<T, MT, UU, SS, P>(x, qw, s, z, b, ep, pf, o, partials, counters, M, K, N, group_size, per_split, splits, \
+                              pair, stream)
   if constexpr (MT == 1) {
     if (gemv_tuning().wide_batches && chunks_per_group % 4 == 0 && per_split % 8 == 0 && per_split >= 8 * kMaxWarps &&
         num_chunks % 8 == 0 && (N / 32) * splits <= 2 * sm_count())
       return chunks_per_group % 8 == 0 ? EXLSP_GEMV_LAUNCH(8, 8) : EXLSP_GEMV_LAUNCH(8, 4);
   }
   if (chunks_per_group % 4 == 0) return EXLSP_GEMV_LAUNCH(4, 4);
-  if constexpr (ST) {
-    return cudaErrorInvalidValue;
-  } else {
-    if (chunks_per_group % 2 == 0) return EXLSP_GEMV_LAUNCH(4, 2);
-    return EXLSP_GEMV_LAUNCH(4, 1);
-  }
+  if (chunks_per_group % 2 == 0) return EXLSP_GEMV_LAUNCH(4, 2);
+  return EXLSP_GEMV_LAUNCH(4, 1);
 #undef EXLSP_GEMV_LAUNCH
 }
 
 }  // namespace
-
-bool quant_gemv_tc_stage_supports(int M, int K, int splits, int group_size, bool norm, bool perm) {
-  if (M < 1 || M > gemv_stage::kMaxRows || group_size % 128 != 0 || K % 128 != 0) return false;
-  if (norm && K > rms::kThreads * 8 * rms::kMaxVecs) return false;
-  return stage_bytes(M, K, chunks_per_split(K / 32, splits), 2, norm, perm) <= stage_limit();
-}
 
 bool quant_gemv_tc_supports(int bits, int K, int N, int group_size) {
   return bits == 4 && K % 128 == 0 && N % 32 == 0 && group_size % 32 == 0 && K % group_size == 0;
@@ -518,17 +457,14 @@ int quant_gemv_tc_effective_splits(int K, int splits) {
 
 void set_gemv_tuning(int block_warps, bool wide_batches) { gemv_tuning() = GemvTuning{block_warps, wide_batches}; }
 
-#define EXLSP_GEMV_ROWS(MT, P, ST) \
-  launch_rows<T, MT, P, ST>(xr, qw, sc, ze, bi, ep, pf, input, orow, partials, counters, rows, K, N, group_size, splits, \
-                            pair, stream)
+#define EXLSP_GEMV_ROWS(MT, P) \
+  launch_rows<T, MT, P>(xr, qw, sc, ze, bi, ep, pf, orow, partials, counters, rows, K, N, group_size, splits, pair, \
+                        stream)
 cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qweight, const void* scales,
                                  const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
-                                 const L2Prefetch& prefetch, const GemvInput& input, cudaStream_t stream) {
+                                 const L2Prefetch& prefetch, cudaStream_t stream) {
   splits = (partials && counters) ? quant_gemv_tc_effective_splits(K, splits) : 1;
-  if (input.staged() &&
-      !quant_gemv_tc_stage_supports(M, K, splits, group_size, input.norm_weight != nullptr, input.perm != nullptr))
-    return cudaErrorInvalidValue;
   int pair = 16, out_cols = N;  // the column pairing and the output's row length
   switch (epilogue.kind) {
     case GemvEpilogueKind::kStore:
@@ -569,12 +505,10 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       // the last chunk of rows prefetches: the earlier ones read the weight again
       const L2Prefetch pf = m0 + 16 >= M ? prefetch : L2Prefetch{};
       const bool paired = ep.kind != GemvEpilogueKind::kStore;
-      if (input.staged()) {  // M <= 8
-        err = paired ? EXLSP_GEMV_ROWS(1, true, true) : EXLSP_GEMV_ROWS(1, false, true);
-      } else if (rows <= 8) {
-        err = paired ? EXLSP_GEMV_ROWS(1, true, false) : EXLSP_GEMV_ROWS(1, false, false);
+      if (rows <= 8) {
+        err = paired ? EXLSP_GEMV_ROWS(1, true) : EXLSP_GEMV_ROWS(1, false);
       } else {
-        err = paired ? EXLSP_GEMV_ROWS(2, true, false) : EXLSP_GEMV_ROWS(2, false, false);
+        err = paired ? EXLSP_GEMV_ROWS(2, true) : EXLSP_GEMV_ROWS(2, false);
       }
     }
   });

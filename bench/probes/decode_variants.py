@@ -5,14 +5,8 @@ same weights and cache, the variants alternated:
                         rotary + K/V write after q|k|v);
     --compare prefetch  the GEMV's L2 prefetch of the next weight (csrc/l2_prefetch.cuh): off, 4 MB
                         (the default) and 8 MB per GEMV.
-    --compare staging   the tensor-core GEMV staging its input (csrc/gemv_stage.cuh): the RMSNorm and
-                        the act-order gather in the GEMV (the default), the norm only, neither
-                        (the rms_norm kernel and index_select first). With --act-order every
-                        linear has a permutation, as exlsp's own GPTQ checkpoints do.
-    --compare flow      the layers on the residual stream (norms in the GEMVs, adds in their epilogues)
-                        against the layers with their add + RMSNorm kernels, each with PDL off, with
-                        the decode attention letting the o GEMV launch late (after its first
-                        partition) instead of right after its wait, and without the L2 prefetch.
+    --compare trigger   the decode attention letting the next kernel (the o GEMV) launch right after
+                        its wait (the default) or only once its first partition is computed.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -54,35 +48,8 @@ def prefetch(limit: int) -> Callable[[], None]:
     return setup
 
 
-def staging(*, norm: bool, perm: bool) -> Callable[[], None]:
-    def setup() -> None:
-        from engine.ops import cuda
-
-        cuda.set_gemv_staging(norm=norm, perm=perm)
-
-    return setup
-
-
-def setting(
-    *,
-    norm: bool = True,
-    perm: bool = True,
-    stream: bool | None = None,
-    pdl: int = -1,
-    early_trigger: bool = True,
-    prefetch_bytes: int | None = None,
-) -> Callable[[], None]:
-    """Every knob the flow comparison turns, the others at their defaults."""
-
-    def setup() -> None:
-        from engine.ops import cuda
-
-        cuda.set_gemv_staging(norm=norm, perm=perm, stream=stream)
-        torch.ops.exlsp.set_launch_pdl(pdl)
-        torch.ops.exlsp.set_decode_attention_early_trigger(early_trigger)
-        cuda.set_l2_prefetch_bytes(DEFAULT_PREFETCH if prefetch_bytes is None else prefetch_bytes)
-
-    return setup
+def trigger(early: bool) -> Callable[[], None]:
+    return lambda: torch.ops.exlsp.set_decode_attention_early_trigger(early)
 
 
 def fused(enabled: bool) -> Callable[[], None]:
@@ -109,7 +76,6 @@ def ablate(*, norms: bool = False, attention: bool = False) -> Callable[[], None
 
 
 MB = 1 << 20
-DEFAULT_PREFETCH = 4 * MB  # engine/ops/cuda.py L2_PREFETCH_BYTES, read again in main
 COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     "fused": {"default": fused(True), "unfused": fused(False)},
     "prefetch": {
@@ -117,21 +83,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
         "4 MB": prefetch(4 * MB),
         "8 MB": prefetch(8 * MB),
     },
-    "staging": {
-        "norm + perm": staging(norm=True, perm=True),
-        "norm only": staging(norm=True, perm=False),
-        "neither": staging(norm=False, perm=False),
-    },
-    "flow": {
-        "stream": setting(),
-        "layered": setting(stream=False),
-        "stream, norm kernel": setting(norm=False, stream=True),
-        "stream, PDL off": setting(pdl=0),
-        "layered, PDL off": setting(stream=False, pdl=0),
-        "stream, late trigger": setting(early_trigger=False),
-        "layered, late trigger": setting(stream=False, early_trigger=False),
-        "stream, no prefetch": setting(prefetch_bytes=0),
-    },
+    "trigger": {"early": trigger(True), "late": trigger(False)},
     "ablate": {
         "whole step": ablate(),
         "no RMSNorm": ablate(norms=True),
@@ -146,8 +98,6 @@ def restore_defaults(prefetch_bytes: int) -> None:
 
     ops.set_fused_ops(True)
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
-    cuda.set_gemv_staging()
-    torch.ops.exlsp.set_launch_pdl(-1)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     ablate()()
 
@@ -179,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from engine.ops import cuda
 
-    global DEFAULT_PREFETCH
-    DEFAULT_PREFETCH = default_prefetch = cuda.L2_PREFETCH_BYTES
+    default_prefetch = cuda.L2_PREFETCH_BYTES
     model, kv_cache = served_model(args.model, act_order=args.act_order)
     rows = []
     try:

@@ -3,8 +3,7 @@
 One implementation for every family and every call: the new tokens' K/V are written into their
 slots first, then the new queries attend to each sequence's cached blocks (themselves included).
 For a quantized q|k|v on a GPU, the rotation and the K/V write run in the GEMV's epilogue
-(ops.quant_qkv_rotary_kv) where it can, and the RMSNorm before it in the GEMV's prologue where the
-layer hands it over.
+(ops.quant_qkv_rotary_kv) where it can.
 Layouts: hidden (T, H) with all sequences' new tokens packed along T; q (T, Hq, D); k, v (T, Hkv, D);
 kv_cache_layer (2, num_blocks, block_size, Hkv, D).
 """
@@ -17,7 +16,6 @@ from torch import nn
 from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.layers.linear import QuantLinear
-from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 
 
@@ -46,10 +44,7 @@ class Attention(nn.Module):
         hidden: torch.Tensor,
         attn: AttentionMetadata,
         kv_cache_layer: torch.Tensor,
-        norm: RMSNorm | None = None,
-        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(T, H) -> (T, H): attention over norm(hidden) (or hidden), + residual where given."""
         num_tokens = hidden.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q = None
@@ -57,11 +52,8 @@ class Attention(nn.Module):
             q = ops.quant_qkv_rotary_kv(
                 hidden, self.qkv_proj.packed(), positions, self.rotary.cos_sin_cache,
                 kv_cache_layer, attn.slot_mapping, self.num_heads, self.head_dim, self.qkv_proj.read_next_hint(hidden),
-                None if norm is None else norm.args(),
             )  # fmt: skip
         if q is None:
-            if norm is not None:
-                hidden = norm(hidden)[0]
             q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)  # (T, q|kv|kv)
             q = q.reshape(num_tokens, self.num_heads, self.head_dim)  # (T, Hq, D)
             k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
@@ -69,4 +61,4 @@ class Attention(nn.Module):
             q, k = self.rotary(q, k, positions)
             ops.write_kv(k, v, kv_cache_layer, attn.slot_mapping)
         out = ops.paged_attention(q, kv_cache_layer, attn, self.scale, self.sliding_window)  # (T, Hq, D)
-        return self.o_proj(out.reshape(num_tokens, q_size), residual=residual)  # (T, H)
+        return self.o_proj(out.reshape(num_tokens, q_size))  # (T, H)

@@ -1,9 +1,7 @@
 """Linear layers: float, GPTQ-quantized (through ops.quant_linear), and a concatenation of several.
 
 Weights arrive built by the loader (engine/loader.py), already fused where possible: q/k/v and gate/up
-are one matrix whose output features are the parts side by side. x: (..., K) -> (..., N), plus
-`residual` (..., N) where given (the o and down projections add the residual stream; a GPU GEMV
-adds it in its epilogue).
+are one matrix whose output features are the parts side by side. x: (..., K) -> (..., N).
 
 A QuantLinear may be told which linear the model reads after it (link_read_order): its GEMV then
 hands that weight's tensors to the op as read_next, a hint a kernel uses to start fetching them
@@ -36,9 +34,8 @@ class Linear(nn.Module):
     def out_features(self) -> int:
         return self.weight.shape[0]
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        return y if residual is None else y + residual
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class QuantLinear(nn.Module):
@@ -86,12 +83,8 @@ class QuantLinear(nn.Module):
             self._prepared = ops.prepare_quant_weight(w)
         return self._prepared
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if residual is not None:
-            residual = residual.reshape(-1, self.out_features)
-        y = ops.quant_linear(
-            x.reshape(-1, self.in_features), self.packed(), self.read_next_hint(x), residual
-        )  # (M, N)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.quant_linear(x.reshape(-1, self.in_features), self.packed(), self.read_next_hint(x))  # (M, N)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -104,9 +97,8 @@ class ConcatLinear(nn.Module):
         self.parts = nn.ModuleList(parts)
         self.out_features = sum(p.out_features for p in parts)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        y = torch.cat([p(x) for p in self.parts], dim=-1)
-        return y if residual is None else y + residual
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
 def weight_tensors(module: nn.Module | None) -> tuple[torch.Tensor, ...]:

@@ -1,6 +1,5 @@
 """SwiGLU feed-forward: down(silu(gate(x)) * up(x)) with gate|up fused into one matrix; for a quantized
-gate|up on a GPU the activation runs in the GEMV's epilogue (ops.quant_linear_silu_mul) where it can,
-and the RMSNorm before it in the GEMV's prologue where the layer hands it over."""
+gate|up on a GPU the activation runs in the GEMV's epilogue (ops.quant_linear_silu_mul) where it can."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from torch import nn
 
 from engine import ops
 from engine.layers.linear import QuantLinear
-from engine.layers.norm import RMSNorm
 
 
 class GatedMLP(nn.Module):
@@ -18,18 +16,11 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = gate_up_proj  # H -> 2I, gate | up side by side
         self.down_proj = down_proj  # I -> H
 
-    def forward(
-        self, x: torch.Tensor, norm: RMSNorm | None = None, residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """x (T, H) -> (T, H): mlp(norm(x)) (or mlp(x)), + residual where given."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T, H) -> (T, H)."""
         if isinstance(self.gate_up_proj, QuantLinear):
             gate_up = self.gate_up_proj
-            act = ops.quant_linear_silu_mul(
-                x, gate_up.packed(), gate_up.read_next_hint(x), None if norm is None else norm.args()
-            )  # (T, I) or None
+            act = ops.quant_linear_silu_mul(x, gate_up.packed(), gate_up.read_next_hint(x))  # (T, I) or None
             if act is not None:
-                return self.down_proj(act, residual=residual)
-        if norm is not None:
-            x = norm(x)[0]
-        act = ops.silu_and_mul(self.gate_up_proj(x))  # (T, 2I) -> (T, I)
-        return self.down_proj(act, residual=residual)
+                return self.down_proj(act)
+        return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))  # (T, 2I) -> (T, I) -> (T, H)

@@ -19,7 +19,3 @@ class RMSNorm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(normed, new_residual): new_residual = x + residual (or x), normed = rmsnorm(new_residual)."""
         return ops.rms_norm(x, self.weight, self.eps, residual)
-
-    def args(self) -> tuple[torch.Tensor, float]:
-        """(weight, eps): the norm as a fused op takes it."""
-        return self.weight, self.eps

@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.config import ModelConfig
 from engine.layers.attention import Attention
 from engine.layers.embedding import Embedding
-from engine.layers.linear import QuantLinear, link_read_order
+from engine.layers.linear import link_read_order
 from engine.layers.mlp import GatedMLP
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
@@ -86,15 +85,6 @@ class DecoderLayer(nn.Module):
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
-    def forward_stream(
-        self, positions: torch.Tensor, h: torch.Tensor, attn: AttentionMetadata, kv_cache_layer: torch.Tensor
-    ) -> torch.Tensor:
-        """The same layer on the residual stream h (T, H) itself: h + attn(norm(h)), then + mlp(norm(.)),
-        with the same bits as forward. The norms go to the q|k|v and gate|up ops and the adds to the o
-        and down ones, whose GPU kernels do them in their GEMVs (a decode step: no RMSNorm kernel)."""
-        h = self.self_attn(positions, h, attn, kv_cache_layer, norm=self.input_layernorm, residual=h)
-        return self.mlp(h, norm=self.post_attention_layernorm, residual=h)
-
 
 def dense_attention_metadata(
     batch_size: int, seq_len: int, block_size: int, device: torch.device
@@ -139,15 +129,6 @@ class CausalLM(nn.Module):
             order += [(layer.mlp, "gate_up_proj"), (layer.mlp, "down_proj")]
         return order + [(self, "lm_head")]
 
-    def _norms_fuse(self) -> bool:
-        """Whether every layer's linears are 4-bit GPTQ, whose GPU GEMVs take the norms and the residual
-        adds in (forward_stream); elsewhere forward's fused add + norm kernels are fewer launches."""
-        return all(
-            isinstance(module, QuantLinear) and module.bits == 4
-            for owner, name in self.linears_in_read_order()[:-1]
-            for module in (getattr(owner, name),)
-        )
-
     @property
     def dtype(self) -> torch.dtype:
         return self.norm.weight.dtype  # the embedding may be int8 (engine/quant/vocab.py)
@@ -166,10 +147,6 @@ class CausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions (T,) -> final hidden states (T, H); writes the new tokens' K/V."""
         hidden = self.embed_tokens(input_ids)  # (T, H)
-        if ops.fuses_norms(hidden) and self._norms_fuse():  # on the residual stream, each norm in a GEMV
-            for layer, decoder_layer in enumerate(self.layers):
-                hidden = decoder_layer.forward_stream(positions, hidden, attn, kv_cache[layer])
-            return self.norm(hidden)[0]
         residual = None
         for layer, decoder_layer in enumerate(self.layers):
             hidden, residual = decoder_layer(positions, hidden, residual, attn, kv_cache[layer])

@@ -5,27 +5,19 @@ Public ops (signatures and layouts documented in engine/ops/reference.py):
     apply_rotary(q (T, Hq, D), k (T, Hkv, D), positions (T,), cos_sin_cache (max_pos, D)) -> (q, k)
     write_kv(k (T, Hkv, D), v (T, Hkv, D), kv_cache_layer (2, num_blocks, bs, Hkv, D), slot_mapping (T,))
     paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window) -> (T, Hq, D)
-    quant_linear(x (M, K), w: PackedWeight, read_next=(), residual=None) -> (M, N) (+ residual (M, N))
+    quant_linear(x (M, K), w: PackedWeight, read_next=()) -> (M, N)
     silu_and_mul(x (M, 2I)) -> (M, I)
-    quant_linear_silu_mul(x (M, K), w, read_next=(), norm=None) -> (M, I) or None
-                        (fused: gate|up GEMV + SiLU * up)
+    quant_linear_silu_mul(x (M, K), w, read_next=()) -> (M, I) or None   (fused: gate|up GEMV + SiLU * up)
     quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads,
-                        head_dim, read_next=(), norm=None) -> q (T, Hq, D) or None
-                        (fused: q|k|v GEMV + rotary + K/V write)
-    fuses_norms(x) -> bool   (whether the fused ops take their RMSNorm into the GEMV for input x)
+                        head_dim, read_next=()) -> q (T, Hq, D) or None  (fused: q|k|v GEMV + rotary + K/V write)
     prepare_quant_weight(w: PackedWeight) -> PackedWeight   (once at load, after moving to the device)
     backend_report() -> {op name: "cuda" | "reference"}
 
 read_next (the GEMV ops): the tensors the model reads after this weight, which a kernel may ask L2 to
 fetch once its own loads are issued; a hint only, no result depends on it (engine/layers/linear.py).
 
-residual (quant_linear): added to the product, as adding it to the stored product would (the o and
-down GEMVs add the residual stream in their epilogue). norm (the fused ops): (weight, eps) of an
-RMSNorm applied to x first, x being the residual stream; where fuses_norms(x) the GEMV applies it
-itself, with the bits of rms_norm (the decode step then has no RMSNorm kernel).
-
 Fused ops return None where no kernel serves the call (the reference always does); the caller then
-composes the unfused ops (the norm too), so the two paths compute the same thing. set_fused_ops(False) turns them
+composes the unfused ops, so the two paths compute the same thing. set_fused_ops(False) turns them
 off (side-by-side benchmarks).
 
 Contract with engine/ops/cuda.py (owned by the kernel work; may be absent):
@@ -54,7 +46,6 @@ OP_NAMES = (
     "silu_and_mul",
     "quant_linear_silu_mul",
     "quant_qkv_rotary_kv",
-    "fuses_norms",
     "prepare_quant_weight",
 )
 FUSED_OPS = ("quant_linear_silu_mul", "quant_qkv_rotary_kv")
@@ -111,8 +102,8 @@ def paged_attention(q, kv_cache_layer, attn, scale, sliding_window):
     return _impl("paged_attention", q)(q, kv_cache_layer, attn, scale, sliding_window)
 
 
-def quant_linear(x, w, read_next=(), residual=None):
-    return _impl("quant_linear", x)(x, w, read_next, residual)
+def quant_linear(x, w, read_next=()):
+    return _impl("quant_linear", x)(x, w, read_next)
 
 
 def silu_and_mul(x):
@@ -125,24 +116,20 @@ def set_fused_ops(enabled: bool) -> None:
     _fused_enabled = enabled
 
 
-def quant_linear_silu_mul(x, w, read_next=(), norm=None):
+def quant_linear_silu_mul(x, w, read_next=()):
     if not _fused_enabled:
         return None
-    return _impl("quant_linear_silu_mul", x)(x, w, read_next, norm)
+    return _impl("quant_linear_silu_mul", x)(x, w, read_next)
 
 
 def quant_qkv_rotary_kv(
-    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=(), norm=None
+    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
 ):
     if not _fused_enabled:
         return None
     return _impl("quant_qkv_rotary_kv", x)(
-        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next, norm
+        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next
     )
-
-
-def fuses_norms(x) -> bool:
-    return _fused_enabled and _impl("fuses_norms", x)(x)
 
 
 def prepare_quant_weight(w):

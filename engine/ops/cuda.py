@@ -70,7 +70,6 @@ def op_table() -> dict[str, Callable]:
         "silu_and_mul": silu_and_mul,
         "quant_linear_silu_mul": quant_linear_silu_mul,
         "quant_qkv_rotary_kv": quant_qkv_rotary_kv,
-        "fuses_norms": fuses_norms,
         "prepare_quant_weight": prepare_quant_weight,
     }
 
@@ -143,7 +142,6 @@ class PreparedWeight(PackedWeight):
     load (the check reads the zeros back: a device sync that must not happen per call)."""
 
     integer_zeros: bool = False  # the tensor-core GEMV needs (q - zero) exact in fp16/bf16
-    perm32: torch.Tensor | None = None  # perm as int32, which the tensor-core GEMV gathers x by
 
 
 def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
@@ -155,10 +153,9 @@ def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
 
     integer_zeros = bool(torch.equal(w.zeros, w.zeros.round())) and bool((w.zeros.abs() <= 256).all())
     split_counters(w.qweight.device)
-    perm32 = None if w.perm is None else w.perm.to(torch.int32).contiguous()
     return PreparedWeight(
         w.bits, w.group_size, w.in_features, w.out_features,
-        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros, perm32,
+        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros,
     )  # fmt: skip
 
 
@@ -215,139 +212,75 @@ def set_l2_prefetch_bytes(limit: int) -> None:
     L2_PREFETCH_BYTES = limit
 
 
-def _prefetch_args(x: torch.Tensor, read_next: tuple[torch.Tensor, ...]) -> dict:
-    """l2_prefetch and l2_prefetch_bytes of a tensor-core GEMV call: the next weight's tensors the
+def _prefetch_args(x: torch.Tensor, read_next: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], int]:
+    """(l2_prefetch, l2_prefetch_bytes) of a tensor-core GEMV call: the next weight's tensors the
     kernel can address (contiguous, on x's device), up to the op's 4."""
     if not L2_PREFETCH_BYTES:
-        return {}
+        return [], 0
     tensors = [t for t in read_next if t.device == x.device and t.is_contiguous()][:4]
-    return {"l2_prefetch": tensors, "l2_prefetch_bytes": L2_PREFETCH_BYTES}
+    return tensors, L2_PREFETCH_BYTES
 
 
-# The tensor-core GEMV stages up to this many rows of x in shared memory, normalised (the fused ops'
-# RMSNorm) and/or gathered by the act-order permutation (csrc/gemv_stage.cuh): a decode step then
-# has no RMSNorm kernel and no gather kernel. More rows, or a knob off (side-by-side benchmarks): the
-# rms_norm kernel and index_select run first.
-STAGE_MAX_ROWS = 4
-_staging = {"norm": True, "perm": True, "stream": True}
-
-
-def set_gemv_staging(norm: bool = True, perm: bool = True, stream: bool | None = None) -> None:
-    """Whether the tensor-core GEMV applies the fused ops' RMSNorm and the act-order gather itself,
-    and whether the layers run on the residual stream (fuses_norms; by default where norm is on)."""
-    _staging.update(norm=norm, perm=perm, stream=norm if stream is None else stream)
-
-
-@functools.cache
-def _stage_supported(rows: int, k: int, splits: int, group_size: int, norm: bool, perm: bool) -> bool:
-    return bool(torch.ops.exlsp.quant_gemv_tc_stage_supports(rows, k, splits, group_size, norm, perm))
-
-
-def fuses_norms(x: torch.Tensor) -> bool:
-    return _staging["stream"] and x.dtype in MODEL_DTYPES and x.shape[0] <= STAGE_MAX_ROWS
-
-
-@dataclass
-class _TcCall:
-    """A tensor-core GEMV call's input and keyword arguments: x (contiguous; permuted and normalised
-    here where the kernel does not do it) and the op's norm_weight / norm_eps / perm / split args."""
-
-    x: torch.Tensor
-    kwargs: dict
-
-
-def _tc_call(x: torch.Tensor, w: PackedWeight, norm=None) -> _TcCall:
-    partials, counters, splits = _tc_split_args(x, w)
-    rows, k = x.shape[0], w.in_features
-    kwargs = {"partials": partials, "counters": counters, "splits": splits}
-    has_perm = w.perm is not None
-    perm32 = getattr(w, "perm32", None)
-    stage = rows <= STAGE_MAX_ROWS and w.group_size % 128 == 0
-    perm_stageable = has_perm and stage and perm32 is not None and _staging["perm"]
-    # The kernel normalises the rows before it gathers them: a norm goes in only with the gather.
-    norm_ok = (
-        norm is not None
-        and stage
-        and _staging["norm"]
-        and (perm_stageable or not has_perm)
-        and _stage_supported(rows, k, splits, w.group_size, True, has_perm)
-    )
-    perm_ok = perm_stageable and _stage_supported(rows, k, splits, w.group_size, norm_ok, True)
-    if norm_ok:
-        kwargs.update(norm_weight=norm[0], norm_eps=float(norm[1]))
-    elif norm is not None:
-        x = rms_norm(x, norm[0], norm[1])[0]
-    if perm_ok:
-        kwargs["perm"] = perm32
-    elif has_perm:
-        x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
-    return _TcCall(x.contiguous(), kwargs)
-
-
-def _fused_gemv_ok(x: torch.Tensor, w: PackedWeight) -> bool:
-    """Whether a tensor-core GEMV with a fused epilogue serves the call (few enough rows, a weight it
-    can read)."""
-    return _gemv_ok(x, w) and x.shape[0] <= TC_GEMV_MAX_ROWS and _tc_ok(w)
-
-
-def quant_linear_silu_mul(x, w: PackedWeight, read_next=(), norm=None):
-    if not _fused_gemv_ok(x, w):
+def _fused_gemv_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
+    """x ready for a tensor-core GEMV with a fused epilogue (act-order applied), or None where that
+    kernel does not serve the call (too many rows for a GEMV, a weight it cannot read)."""
+    if not (_gemv_ok(x, w) and x.shape[0] <= TC_GEMV_MAX_ROWS and _tc_ok(w)):
         return None
-    call = _tc_call(x, w, norm)
+    if w.perm is not None:
+        x = x.index_select(-1, w.perm)
+    return x.contiguous()
+
+
+def quant_linear_silu_mul(x, w: PackedWeight, read_next=()):
+    x = _fused_gemv_input(x, w)
+    if x is None:
+        return None
     out = torch.empty((x.shape[0], w.out_features // 2), dtype=x.dtype, device=x.device)
     torch.ops.exlsp.quant_gemv_tc_silu_mul(
-        call.x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, out, **call.kwargs,
-        **_prefetch_args(x, read_next),
+        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, out, *_tc_split_args(x, w),
+        *_prefetch_args(x, read_next),
     )  # fmt: skip
     return out
 
 
 def quant_qkv_rotary_kv(
-    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=(), norm=None
+    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
 ):
+    x = _fused_gemv_input(x, w)
     if (
-        not _fused_gemv_ok(x, w)
+        x is None
         or head_dim % 32
         or not is_model_dtype(x, kv_cache_layer)
         or cos_sin_cache.dtype not in (torch.float32, x.dtype)
     ):
         return None
-    call = _tc_call(x, w, norm)
     q = torch.empty((x.shape[0], num_heads, head_dim), dtype=x.dtype, device=x.device)
     torch.ops.exlsp.quant_gemv_tc_rotary_kv(
-        call.x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, positions.long(), cos_sin_cache,
-        kv_cache_layer, slot_mapping.long().contiguous(), q, **call.kwargs,
-        **_prefetch_args(x, read_next),
+        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, positions.long(), cos_sin_cache,
+        kv_cache_layer, slot_mapping.long().contiguous(), q, *_tc_split_args(x, w),
+        *_prefetch_args(x, read_next),
     )  # fmt: skip
     return q
 
 
-def quant_linear(x, w: PackedWeight, read_next=(), residual=None):
-    if not _gemv_ok(x, w) or (residual is not None and not is_model_dtype(x, residual)):
-        return reference.quant_linear(x, w, read_next, residual)
-    num_rows = x.shape[0]
-    if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
-        call = _tc_call(x, w)
-        out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
-        torch.ops.exlsp.quant_gemv_tc(
-            call.x, w.qweight, w.scales, w.zeros, w.bias, None if residual is None else residual.contiguous(),
-            w.group_size, out, **call.kwargs, **_prefetch_args(x, read_next),
-        )  # fmt: skip
-        return out
+def quant_linear(x, w: PackedWeight, read_next=()):
+    if not _gemv_ok(x, w):
+        return reference.quant_linear(x, w)
     if w.perm is not None:
         x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
     x = x.contiguous()
+    num_rows = x.shape[0]
+    if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
+        out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
+        torch.ops.exlsp.quant_gemv_tc(
+            x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, *_tc_split_args(x, w),
+            *_prefetch_args(x, read_next),
+        )  # fmt: skip
+        return out
     if num_rows <= GEMV_MAX_ROWS:
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
         torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, w.bias, None, w.bits, w.group_size, out)
-    else:
-        out = _dequant_matmul(x, w)
-    return out if residual is None else out + residual
-
-
-def _dequant_matmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
-    """The prefill GEMM: the weight dequantized (in column slices) and multiplied by cuBLAS, + bias."""
-    num_rows = x.shape[0]
+        return out
     cols = dequant_slice_columns(w.in_features, w.out_features)
     if cols == w.out_features:
         out = x @ dequantize(w)  # (K, N) scratch, freed after the product

@@ -212,24 +212,15 @@ class DequantizedWeight(PackedWeight):
     sorted_dense: torch.Tensor | None = None  # (K, N) = dequantize(self), rows in group order
 
 
-def quant_linear(
-    x: torch.Tensor,
-    w: PackedWeight,
-    read_next: tuple[torch.Tensor, ...] = (),
-    residual: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """x (M, K) @ dequantized W (K, N) + bias (+ residual (M, N), added to the product as stored) ->
-    (M, N). read_next: the tensors the model reads after this weight, a hint a kernel may use to
-    start fetching them (no effect on any result)."""
+def quant_linear(x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """x (M, K) @ dequantized W (K, N) + bias -> (M, N). read_next: the tensors the model reads after
+    this weight, a hint a kernel may use to start fetching them (no effect on any result)."""
     if not isinstance(w, DequantizedWeight):
-        y = quant_linear_reference(x, w)
-    else:
-        if w.perm is not None:
-            x = x.index_select(-1, w.perm)
-        y = x @ w.sorted_dense.to(x.dtype)
-        if w.bias is not None:
-            y = y + w.bias.to(y.dtype)
-    return y if residual is None else y + residual
+        return quant_linear_reference(x, w)
+    if w.perm is not None:
+        x = x.index_select(-1, w.perm)
+    y = x @ w.sorted_dense.to(x.dtype)
+    return y if w.bias is None else y + w.bias.to(y.dtype)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -238,15 +229,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-Norm = tuple[torch.Tensor, float]  # an RMSNorm's (weight (K,), eps)
-
-
 def quant_linear_silu_mul(
-    x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = (), norm: Norm | None = None
+    x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = ()
 ) -> torch.Tensor | None:
-    """Fused op: silu(gate) * up of rms_norm(x) (or x) @ W = [gate | up] in one kernel, or None where
-    no kernel serves the call (always here: the caller composes rms_norm, quant_linear and
-    silu_and_mul)."""
+    """Fused op: silu(gate) * up of x @ W = [gate | up] in one kernel, or None where no kernel serves
+    the call (always here: the caller composes quant_linear and silu_and_mul)."""
     return None
 
 
@@ -260,17 +247,11 @@ def quant_qkv_rotary_kv(
     num_heads: int,
     head_dim: int,
     read_next: tuple[torch.Tensor, ...] = (),
-    norm: Norm | None = None,
 ) -> torch.Tensor | None:
-    """Fused op: rms_norm(x) (or x) @ W = [q | k | v] heads, q and k rotated, k and v written to their
-    slots, q (T, Hq, D) returned, in one kernel; or None where no kernel serves the call (always
-    here: the caller composes rms_norm, quant_linear, apply_rotary and write_kv)."""
+    """Fused op: x @ W = [q | k | v] heads, q and k rotated, k and v written to their slots, q
+    (T, Hq, D) returned, in one kernel; or None where no kernel serves the call (always here: the
+    caller composes quant_linear, apply_rotary and write_kv)."""
     return None
-
-
-def fuses_norms(x: torch.Tensor) -> bool:
-    """Whether the fused ops apply their norm inside the GEMV for input x (never here)."""
-    return False
 
 
 def prepare_quant_weight(w: PackedWeight) -> PackedWeight:

@@ -14,7 +14,6 @@ from engine.attention_metadata import AttentionMetadata
 from engine.layers.attention import Attention
 from engine.layers.linear import QuantLinear
 from engine.layers.mlp import GatedMLP
-from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
 from engine.ops import reference
 from engine.quant.layout import PackedWeight, pack_int32
@@ -41,16 +40,12 @@ def quant_linear(in_features: int, out_features: int, seed: int, bias: bool = Fa
     return QuantLinear(w)
 
 
-def normed(x, norm):
-    return x if norm is None else reference.rms_norm(x, norm[0], norm[1])[0]
-
-
 def stand_in_qkv(
-    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=(), norm=None
+    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
 ):
     """quant_qkv_rotary_kv by its contract alone: the KV head count comes from the weight's width."""
     num_kv_heads = (w.out_features // head_dim - num_heads) // 2
-    y = reference.quant_linear(normed(x, norm), w)
+    y = reference.quant_linear(x, w)
     q, k, v = y.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     q, k = reference.apply_rotary(
         q.reshape(-1, num_heads, head_dim), k.reshape(-1, num_kv_heads, head_dim), positions, cos_sin_cache
@@ -59,8 +54,8 @@ def stand_in_qkv(
     return q
 
 
-def stand_in_silu_mul(x, w, read_next=(), norm=None):
-    return reference.silu_and_mul(reference.quant_linear(normed(x, norm), w))
+def stand_in_silu_mul(x, w, read_next=()):
+    return reference.silu_and_mul(reference.quant_linear(x, w))
 
 
 @pytest.fixture
@@ -146,55 +141,3 @@ def test_the_reference_serves_no_fused_op():
     qkv = quant_linear(HIDDEN, (HQ + 2 * HKV) * D, seed=9).packed()
     assert ops.quant_qkv_rotary_kv(hidden, qkv, positions, table, cache, attn.slot_mapping, HQ, D) is None
     assert not cache.any()
-    assert not ops.fuses_norms(hidden)
-
-
-def rms_norm_module(seed: int) -> RMSNorm:
-    gen = torch.Generator().manual_seed(seed)
-    return RMSNorm(1.0 + 0.1 * torch.randn(HIDDEN, generator=gen), 1e-5)
-
-
-def test_attention_block_on_the_stream_equals_norm_attention_add(fused_stand_ins):
-    """Attention given the norm and the residual (the decode step's stream form): the fused op
-    receives the norm, the o projection adds the residual; the same values as normalising first
-    and adding after, with the fused op and without."""
-    layer = Attention(
-        quant_linear(HIDDEN, (HQ + 2 * HKV) * D, seed=1, bias=True),
-        quant_linear(HQ * D, HIDDEN, seed=2),
-        RotaryEmbedding(D, 10000.0, None, 64),
-        num_heads=HQ,
-        num_kv_heads=HKV,
-        head_dim=D,
-        sliding_window=None,
-    )
-    norm = rms_norm_module(11)
-    h, positions, attn = attention_inputs()
-    cache = torch.randn(2, 4, BLOCK, HKV, D, generator=torch.Generator().manual_seed(4))
-    caches = [cache.clone() for _ in range(3)]
-    ops.set_fused_ops(False)
-    try:
-        expected = layer(positions, norm(h)[0], attn, caches[0]) + h
-        composed = layer(positions, h, attn, caches[1], norm=norm, residual=h)
-    finally:
-        ops.set_fused_ops(True)
-    fused = layer(positions, h, attn, caches[2], norm=norm, residual=h)
-    assert fused_stand_ins == ["stand_in_qkv"]
-    assert torch.equal(composed, expected)
-    torch.testing.assert_close(fused, expected)
-    torch.testing.assert_close(caches[2], caches[0])
-
-
-def test_mlp_block_on_the_stream_equals_norm_mlp_add(fused_stand_ins):
-    mlp = GatedMLP(quant_linear(HIDDEN, 2 * INTER, seed=5, bias=True), quant_linear(INTER, HIDDEN, seed=6))
-    norm = rms_norm_module(12)
-    h = torch.randn(3, HIDDEN, generator=torch.Generator().manual_seed(7))
-    ops.set_fused_ops(False)
-    try:
-        expected = mlp(norm(h)[0]) + h
-        composed = mlp(h, norm=norm, residual=h)
-    finally:
-        ops.set_fused_ops(True)
-    fused = mlp(h, norm=norm, residual=h)
-    assert fused_stand_ins == ["stand_in_silu_mul"]
-    assert torch.equal(composed, expected)
-    torch.testing.assert_close(fused, expected)
