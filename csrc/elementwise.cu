@@ -1,5 +1,6 @@
 // Small fused element-wise kernels of the decoder layer: RMSNorm with the residual add, neox rotary
-// embedding fused with the K/V write into cache slots, and SiLU(gate) * up.
+// embedding fused with the K/V write into cache slots, SiLU(gate) * up, and the act-order gather of a
+// GEMV's input.
 // Each is launched with PDL (launch.cuh) and waits for its predecessor before its first read.
 #include <cstdint>
 
@@ -26,10 +27,13 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 
 // One block per token. The row is kept in registers between the sum of squares and the scaling
 // (hidden <= kNormThreads * 8 * kMaxVecs), so x and residual are each read once.
+// out_perm (act-order, engine/models/act_order.py): out[:, j] = normed[:, out_perm[j]], the order in
+// which the next linear reads its input, through the row in shared memory (hidden elements of T).
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const T* x, const T* residual, const T* __restrict__ weight, T* out, T* residual_out, int hidden,
-                    float eps) {
+                    float eps, const int32_t* __restrict__ out_perm) {
+  extern __shared__ __align__(16) unsigned char normed_row[];  // out_perm: the row before the gather
   constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
   __shared__ float scratch[kNormThreads / 32];
   float w[kMaxVecs][8];  // the weight is no kernel's output: read before waiting for the predecessor
@@ -69,7 +73,18 @@ __global__ void __launch_bounds__(kNormThreads)
       float o[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) o[j] = v[i][j] * inv_rms * w[i][j];
-      store8_from_float(out + row + col, o);
+      store8_from_float(out_perm ? reinterpret_cast<T*>(normed_row) + col : out + row + col, o);
+    }
+  }
+  if (out_perm) {
+    __syncthreads();
+    const T* normed = reinterpret_cast<const T*>(normed_row);
+    for (int col = threadIdx.x * 8; col < hidden; col += kNormThreads * 8) {
+      uint4 raw;
+      T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) e[j] = normed[out_perm[col + j]];
+      *reinterpret_cast<uint4*>(out + row + col) = raw;
     }
   }
 }
@@ -140,17 +155,49 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ x, T* __restrict__ out
   store8_from_float(out + row * inter + col, o);
 }
 
+// out[m, j] = x[m, perm[j]]: one block per row, 8 columns per thread and step. In a decode step it
+// stands between two PDL kernels (torch's index_select would make the GEMV after it start cold).
+template <typename T>
+__global__ void gather_columns_kernel(const T* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ out,
+                                      int cols) {
+  pdl_wait();
+  pdl_trigger();
+  const size_t row = (size_t)blockIdx.x * cols;
+  for (int c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
+    const int4 lo = *reinterpret_cast<const int4*>(perm + c), hi = *reinterpret_cast<const int4*>(perm + c + 4);
+    const int src[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) e[j] = x[row + src[j]];
+    *reinterpret_cast<uint4*>(out + row + c) = raw;
+  }
+}
+
 }  // namespace
 
+cudaError_t launch_gather_columns(Dtype dtype, const void* x, const int32_t* perm, void* out, int rows, int cols,
+                                  cudaStream_t stream) {
+  if (cols % 8 != 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  cudaError_t err = cudaSuccess;
+  EXLSP_DISPATCH_DTYPE(dtype, T, {
+    err = launch_pdl(gather_columns_kernel<T>, dim3(rows), dim3(256), 0, stream, static_cast<const T*>(x), perm,
+                     static_cast<T*>(out), cols);
+  });
+  return err;
+}
 
 cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, const void* weight, void* out,
-                            void* residual_out, int num_tokens, int hidden, float eps, cudaStream_t stream) {
+                            void* residual_out, int num_tokens, int hidden, float eps, const int32_t* out_perm,
+                            cudaStream_t stream) {
   if (hidden % 8 != 0 || hidden > kNormThreads * 8 * 4) return cudaErrorInvalidValue;
   cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    err = launch_pdl(rms_norm_kernel<T>, dim3(num_tokens), dim3(kNormThreads), 0, stream, static_cast<const T*>(x),
+    const size_t smem = out_perm ? hidden * sizeof(T) : 0;  // at most 16 KB
+    err = launch_pdl(rms_norm_kernel<T>, dim3(num_tokens), dim3(kNormThreads), smem, stream, static_cast<const T*>(x),
                      static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
-                     static_cast<T*>(residual_out), hidden, eps);
+                     static_cast<T*>(residual_out), hidden, eps, out_perm);
   });
   return err;
 }

@@ -73,9 +73,11 @@ void set_decode_attention_early_trigger(bool early);
 bool decode_attention_supports(int head_dim, int group_size_q_per_kv);
 
 // out (T, H) = rmsnorm(x + residual) * weight; residual_out (T, H) = x + residual (or x) when
-// residual_out is not null. Any of out/residual_out may alias x or residual.
+// residual_out is not null. Any of out/residual_out may alias x or residual. out_perm (H,), when not
+// null: out is written in that order, out[:, j] = rmsnorm(...)[:, out_perm[j]].
 cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, const void* weight, void* out,
-                            void* residual_out, int num_tokens, int hidden, float eps, cudaStream_t stream);
+                            void* residual_out, int num_tokens, int hidden, float eps, const int32_t* out_perm,
+                            cudaStream_t stream);
 
 // Neox (half-split) rotary embedding of q (T, Hq, D) and k (T, Hkv, D) into q_out, k_out (contiguous;
 // may alias the inputs). When kv_cache is not null, (rotated) k and v (T, Hkv, D) are also written to
@@ -130,6 +132,11 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
                                  const void* zeros, const void* bias, const GemvEpilogue& epilogue, void* out,
                                  float* partials, int* counters, int M, int K, int N, int group_size, int splits,
                                  const L2Prefetch& prefetch, cudaStream_t stream);
+
+// out (rows, cols) = x[:, perm] (x contiguous (rows, cols), perm (cols,) int32 16-byte aligned,
+// cols % 8 == 0): the act-order gather of a GEMV's input.
+cudaError_t launch_gather_columns(Dtype dtype, const void* x, const int32_t* perm, void* out, int rows, int cols,
+                                  cudaStream_t stream);
 
 // out (M, I) = silu(x[:, :I]) * x[:, I:], x (M, 2I).
 cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, int I, cudaStream_t stream);

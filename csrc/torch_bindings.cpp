@@ -92,7 +92,7 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
 }
 
 void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tensor& weight, double eps, Tensor& out,
-              const std::optional<Tensor>& residual_out) {
+              const std::optional<Tensor>& residual_out, const std::optional<Tensor>& out_perm) {
   const char* op = "rms_norm";
   const Dtype dtype = model_dtype(x, op);
   check_cuda(x, op, "x");
@@ -111,11 +111,17 @@ void rms_norm(const Tensor& x, const std::optional<Tensor>& residual, const Tens
     check_same(*residual_out, x, op, "residual_out");
     EXLSP_CHECK(residual_out->numel() == x.numel(), "exlsp::rms_norm: residual_out must have x's shape");
   }
+  if (out_perm) {
+    check_cuda(*out_perm, op, "out_perm");
+    EXLSP_CHECK(out_perm->scalar_type() == at::kInt && out_perm->dim() == 1 && out_perm->size(0) == H &&
+                    out_perm->is_contiguous() && out_perm->device() == x.device(),
+                "exlsp::rms_norm: out_perm must be a contiguous int32 (H,) = (%s,) on x's device", to_str(H).c_str());
+  }
   if (T == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   check_launch(launch_rms_norm(dtype, x.data_ptr(), opt_ptr(residual), weight.data_ptr(), out.data_ptr(),
                                residual_out ? residual_out->data_ptr() : nullptr, (int)T, (int)H, (float)eps,
-                               c10::cuda::getCurrentCUDAStream()),
+                               out_perm ? out_perm->data_ptr<int32_t>() : nullptr, c10::cuda::getCurrentCUDAStream()),
                op);
 }
 
@@ -187,6 +193,29 @@ void rotary_write_kv(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                  &slot_mapping);
 }
 
+void gather_columns(const Tensor& x, const Tensor& perm, Tensor& out) {
+  const char* op = "gather_columns";
+  const Dtype dtype = model_dtype(x, op);
+  check_cuda(x, op, "x");
+  EXLSP_CHECK(x.dim() == 2 && x.is_contiguous() && x.size(1) % 8 == 0,
+              "exlsp::gather_columns: x must be a contiguous (rows, cols) with cols a multiple of 8, got %s",
+              to_str(x.sizes()).c_str());
+  const int64_t cols = x.size(1);
+  check_cuda(perm, op, "perm");
+  EXLSP_CHECK(perm.scalar_type() == at::kInt && perm.dim() == 1 && perm.size(0) == cols && perm.is_contiguous() &&
+                  perm.device() == x.device(),
+              "exlsp::gather_columns: perm must be a contiguous int32 (cols,) = (%s,) on x's device",
+              to_str(cols).c_str());
+  check_same(out, x, op, "out");
+  EXLSP_CHECK(out.is_contiguous() && out.sizes() == x.sizes(), "exlsp::gather_columns: out must be a contiguous %s",
+              to_str(x.sizes()).c_str());
+  EXLSP_CHECK(out.data_ptr() != x.data_ptr(), "exlsp::gather_columns: out must not alias x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_launch(launch_gather_columns(dtype, x.data_ptr(), perm.data_ptr<int32_t>(), out.data_ptr(), (int)x.size(0),
+                                     (int)cols, c10::cuda::getCurrentCUDAStream()),
+               op);
+}
+
 void silu_and_mul(const Tensor& x, Tensor& out) {
   const char* op = "silu_and_mul";
   const Dtype dtype = model_dtype(x, op);
@@ -214,7 +243,8 @@ TORCH_LIBRARY(exlsp, m) {
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "
       "Tensor(c!) tmp_max, Tensor(d!) tmp_sum, Tensor(e!)? counters=None) -> ()");
   m.def(
-      "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out) "
+      "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out, "
+      "Tensor? out_perm=None) "
       "-> ()");
   m.def(
       "rotary(Tensor q, Tensor k, Tensor positions, Tensor cos_sin_cache, Tensor(a!) q_out, Tensor(b!) k_out) -> ()");
@@ -223,6 +253,7 @@ TORCH_LIBRARY(exlsp, m) {
       "rotary_write_kv(Tensor q, Tensor k, Tensor v, Tensor positions, Tensor cos_sin_cache, "
       "Tensor(a!) kv_cache_layer, Tensor slot_mapping, Tensor(b!) q_out, Tensor(c!) k_out) -> ()");
   m.def("silu_and_mul(Tensor x, Tensor(a!) out) -> ()");
+  m.def("gather_columns(Tensor x, Tensor perm, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
@@ -232,4 +263,5 @@ TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
   m.impl("write_kv", &exlsp::write_kv);
   m.impl("rotary_write_kv", &exlsp::rotary_write_kv);
   m.impl("silu_and_mul", &exlsp::silu_and_mul);
+  m.impl("gather_columns", &exlsp::gather_columns);
 }

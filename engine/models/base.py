@@ -29,6 +29,7 @@ from engine.layers.linear import link_read_order
 from engine.layers.mlp import GatedMLP
 from engine.layers.norm import RMSNorm
 from engine.layers.rotary import RotaryEmbedding
+from engine.models.act_order import fold_act_order
 
 
 class WeightSource(Protocol):
@@ -119,6 +120,7 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(weights.tensor("model.norm.weight", (h,)), config.rms_norm_eps)
         # tied: compute_logits reads the embedding matrix itself, so moving or casting keeps them one
         self.lm_head = None if config.tie_word_embeddings else weights.linear(["lm_head"], h, [v], bias=False)
+        fold_act_order(self.layers)
         link_read_order(self.linears_in_read_order())
 
     def linears_in_read_order(self) -> list[tuple[nn.Module, str]]:

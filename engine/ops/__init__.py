@@ -1,7 +1,7 @@
 """The ops seam: every op the model calls, dispatched to a CUDA kernel or the pure-torch reference.
 
 Public ops (signatures and layouts documented in engine/ops/reference.py):
-    rms_norm(x, weight, eps, residual=None) -> (out, new_residual)
+    rms_norm(x, weight, eps, residual=None, out_perm=None) -> (out, new_residual)
     apply_rotary(q (T, Hq, D), k (T, Hkv, D), positions (T,), cos_sin_cache (max_pos, D)) -> (q, k)
     write_kv(k (T, Hkv, D), v (T, Hkv, D), kv_cache_layer (2, num_blocks, bs, Hkv, D), slot_mapping (T,))
     paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window) -> (T, Hq, D)
@@ -86,8 +86,8 @@ def backend_report() -> dict[str, str]:
     return {name: ("cuda" if name in table else "reference") for name in OP_NAMES}
 
 
-def rms_norm(x, weight, eps, residual=None):
-    return _impl("rms_norm", x)(x, weight, eps, residual)
+def rms_norm(x, weight, eps, residual=None, out_perm=None):
+    return _impl("rms_norm", x)(x, weight, eps, residual, out_perm)
 
 
 def apply_rotary(q, k, positions, cos_sin_cache):

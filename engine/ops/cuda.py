@@ -74,18 +74,18 @@ def op_table() -> dict[str, Callable]:
     }
 
 
-def rms_norm(x, weight, eps, residual=None):
+def rms_norm(x, weight, eps, residual=None, out_perm=None):
     hidden = x.shape[-1]
     others = (weight,) if residual is None else (weight, residual)
     if not is_model_dtype(x, *others) or hidden % 8 or hidden > 8192:
-        return reference.rms_norm(x, weight, eps, residual)
+        return reference.rms_norm(x, weight, eps, residual, out_perm)
     x = x.contiguous()
     out = torch.empty_like(x)
     if residual is None:
-        torch.ops.exlsp.rms_norm(x, None, weight, eps, out, None)
+        torch.ops.exlsp.rms_norm(x, None, weight, eps, out, None, out_perm)
         return out, x
     new_residual = torch.empty_like(x)
-    torch.ops.exlsp.rms_norm(x, residual.contiguous(), weight, eps, out, new_residual)
+    torch.ops.exlsp.rms_norm(x, residual.contiguous(), weight, eps, out, new_residual, out_perm)
     return out, new_residual
 
 
@@ -142,6 +142,7 @@ class PreparedWeight(PackedWeight):
     load (the check reads the zeros back: a device sync that must not happen per call)."""
 
     integer_zeros: bool = False  # the tensor-core GEMV needs (q - zero) exact in fp16/bf16
+    perm32: torch.Tensor | None = None  # perm as int32, for the gather kernel
 
 
 def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
@@ -153,9 +154,10 @@ def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
 
     integer_zeros = bool(torch.equal(w.zeros, w.zeros.round())) and bool((w.zeros.abs() <= 256).all())
     split_counters(w.qweight.device)
+    perm32 = None if w.perm is None else w.perm.to(torch.int32).contiguous()
     return PreparedWeight(
         w.bits, w.group_size, w.in_features, w.out_features,
-        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros,
+        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros, perm32,
     )  # fmt: skip
 
 
@@ -221,14 +223,30 @@ def _prefetch_args(x: torch.Tensor, read_next: tuple[torch.Tensor, ...]) -> tupl
     return tensors, L2_PREFETCH_BYTES
 
 
+GATHER_MAX_ROWS = TC_GEMV_MAX_ROWS  # the gather kernel up to here (a GEMV's rows), index_select above
+
+
+def permuted_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """x[:, perm] for an act-order weight (x itself otherwise), contiguous. For a GEMV's few rows by
+    the gather kernel, which keeps the step's chain of early-starting (PDL) kernels: torch's
+    index_select there cost ~8 us per linear in a decode step (bench/NOTES.md 46)."""
+    if w.perm is None:
+        return x.contiguous()
+    perm32 = getattr(w, "perm32", None)
+    if perm32 is None or x.shape[0] > GATHER_MAX_ROWS or x.shape[-1] % 8 or not is_model_dtype(x):
+        return x.index_select(-1, w.perm).contiguous()
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    torch.ops.exlsp.gather_columns(x, perm32, out)
+    return out
+
+
 def _fused_gemv_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
     """x ready for a tensor-core GEMV with a fused epilogue (act-order applied), or None where that
     kernel does not serve the call (too many rows for a GEMV, a weight it cannot read)."""
     if not (_gemv_ok(x, w) and x.shape[0] <= TC_GEMV_MAX_ROWS and _tc_ok(w)):
         return None
-    if w.perm is not None:
-        x = x.index_select(-1, w.perm)
-    return x.contiguous()
+    return permuted_input(x, w)
 
 
 def quant_linear_silu_mul(x, w: PackedWeight, read_next=()):
@@ -266,9 +284,7 @@ def quant_qkv_rotary_kv(
 def quant_linear(x, w: PackedWeight, read_next=()):
     if not _gemv_ok(x, w):
         return reference.quant_linear(x, w)
-    if w.perm is not None:
-        x = x.index_select(-1, w.perm)  # act-order: permute the activation, never the weight
-    x = x.contiguous()
+    x = permuted_input(x, w)  # act-order: permute the activation, never the weight
     num_rows = x.shape[0]
     if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)

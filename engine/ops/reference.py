@@ -26,18 +26,25 @@ QUERY_CHUNK_TOKENS = 256  # paged_attention: queries per score matrix
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, new_residual) with new_residual = x + residual (or x) and out = rmsnorm(new_residual) * weight.
 
     The residual add happens in the model dtype (as transformers does); the normalization in float32,
-    cast back before the weight multiply.
+    cast back before the weight multiply. out_perm (H,) int32: out is written in that order,
+    out[:, j] = rmsnorm(...)[:, out_perm[j]] (the act-order permutation of the linear it feeds,
+    engine/models/act_order.py); new_residual keeps the model's order.
     """
     if residual is not None:
         x = x + residual
     x32 = x.float()
     normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype), x
+    out = weight * normed.to(x.dtype)
+    return (out if out_perm is None else out.index_select(-1, out_perm)), x
 
 
 def apply_rotary(

@@ -45,6 +45,32 @@ def test_rms_norm_in_place_on_its_inputs():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens,hidden", [(1, 4096), (3, 8192), (300, 896)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rms_norm_writes_its_output_in_the_next_linears_order(dtype, tokens, hidden, in_place):
+    """out_perm (an act-order linear's permutation moved into the norm): the unpermuted output
+    gathered by out_perm, bit for bit, the residual in the model's order; also written over x."""
+    gen = generator(tokens + hidden)
+    x = torch.randn((tokens, hidden), generator=gen, device="cuda").to(dtype)
+    residual = torch.randn((tokens, hidden), generator=gen, device="cuda").to(dtype)
+    weight = (torch.rand((hidden,), generator=gen, device="cuda") + 0.5).to(dtype)
+    perm = torch.randperm(hidden, generator=gen, device="cuda").int()
+    ops = exlsp_ops()
+    want, want_res = poisoned(x.shape, dtype), poisoned(x.shape, dtype)
+    ops.rms_norm(x, residual, weight, 1e-5, want, want_res)
+    out, new_res = (
+        (x.clone(), residual.clone()) if in_place else (poisoned(x.shape, dtype), poisoned(x.shape, dtype))
+    )
+    ops.rms_norm(out if in_place else x, new_res if in_place else residual, weight, 1e-5, out, new_res, perm)
+    assert torch.equal(out, want.index_select(-1, perm))
+    assert torch.equal(new_res, want_res)
+    ref, _ = reference.rms_norm(x, weight, 1e-5, residual, perm)
+    assert rel_err(out, ref) <= REL_TOL
+    with pytest.raises(RuntimeError, match=r"out_perm must be a contiguous int32 \(H,\)"):
+        ops.rms_norm(x, None, weight, 1e-5, poisoned(x.shape, dtype), None, perm.long())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("tokens,hq,hkv,d", [(1, 32, 8, 128), (37, 28, 4, 128), (5, 4, 4, 64)])
 def test_rotary_matches_reference(dtype, tokens, hq, hkv, d):
     gen = generator(tokens + hq)
@@ -91,3 +117,23 @@ def test_backend_report_names_cuda_for_every_op():
 
     exlsp_ops()
     assert set(ops.backend_report().values()) == {"cuda"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows,cols", [(1, 4096), (5, 14336), (48, 896)])
+def test_gather_columns_equals_index_select(dtype, rows, cols):
+    gen = generator(rows + cols)
+    x = torch.randn((rows, cols), generator=gen, device="cuda").to(dtype)
+    perm = torch.randperm(cols, generator=gen, device="cuda")
+    out = poisoned(x.shape, dtype)
+    exlsp_ops().gather_columns(x, perm.int(), out)
+    assert torch.equal(out, x.index_select(-1, perm))
+
+
+def test_gather_columns_refuses_bad_arguments_by_name():
+    x = torch.randn((2, 64), device="cuda").half()
+    perm = torch.randperm(64, device="cuda")
+    with pytest.raises(RuntimeError, match=r"perm must be a contiguous int32 \(cols,\) = \(64,\)"):
+        exlsp_ops().gather_columns(x, perm, poisoned(x.shape, torch.float16))
+    with pytest.raises(RuntimeError, match="out must not alias x"):
+        exlsp_ops().gather_columns(x, perm.int(), x)
