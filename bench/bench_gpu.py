@@ -11,6 +11,7 @@ The decode step is the engine's own model code (engine/models) driven through en
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -178,6 +179,7 @@ def bench_model(
     compare_pdl: bool = False,
     act_order: bool = False,
 ) -> dict:
+    gc.collect()  # the previous model's graphs and buffers, so that base_bytes is this model's baseline
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base_bytes = torch.cuda.memory_allocated()

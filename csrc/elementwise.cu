@@ -36,11 +36,18 @@ __global__ void __launch_bounds__(kNormThreads)
   extern __shared__ __align__(16) unsigned char normed_row[];  // out_perm: the row before the gather
   constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
   __shared__ float scratch[kNormThreads / 32];
-  float w[kMaxVecs][8];  // the weight is no kernel's output: read before waiting for the predecessor
+  float w[kMaxVecs][8];  // the weight (and out_perm) is no kernel's output: read before the wait
+  int4 src[kMaxVecs][2];  // out_perm: the columns this thread's outputs come from
 #pragma unroll
   for (int i = 0; i < kMaxVecs; ++i) {
     const int col = (threadIdx.x + i * kNormThreads) * 8;
-    if (col < hidden) load8_as_float(weight + col, w[i]);
+    if (col < hidden) {
+      load8_as_float(weight + col, w[i]);
+      if (out_perm) {
+        src[i][0] = *reinterpret_cast<const int4*>(out_perm + col);
+        src[i][1] = *reinterpret_cast<const int4*>(out_perm + col + 4);
+      }
+    }
   }
   pdl_wait();
   pdl_trigger();
@@ -79,12 +86,18 @@ __global__ void __launch_bounds__(kNormThreads)
   if (out_perm) {
     __syncthreads();
     const T* normed = reinterpret_cast<const T*>(normed_row);
-    for (int col = threadIdx.x * 8; col < hidden; col += kNormThreads * 8) {
-      uint4 raw;
-      T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = normed[out_perm[col + j]];
-      *reinterpret_cast<uint4*>(out + row + col) = raw;
+    for (int i = 0; i < kMaxVecs; ++i) {
+      const int col = (threadIdx.x + i * kNormThreads) * 8;
+      if (col < hidden) {
+        const int s[8] = {src[i][0].x, src[i][0].y, src[i][0].z, src[i][0].w,
+                          src[i][1].x, src[i][1].y, src[i][1].z, src[i][1].w};
+        uint4 raw;
+        T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) e[j] = normed[s[j]];
+        *reinterpret_cast<uint4*>(out + row + col) = raw;
+      }
     }
   }
 }
@@ -155,23 +168,29 @@ __global__ void silu_and_mul_kernel(const T* __restrict__ x, T* __restrict__ out
   store8_from_float(out + row * inter + col, o);
 }
 
-// out[m, j] = x[m, perm[j]]: one block per row, 8 columns per thread and step. In a decode step it
-// stands between two PDL kernels (torch's index_select would make the GEMV after it start cold).
+// out[m, j] = x[m, perm[j]]: grid (rows, column slices), one 8-column vector per thread. In a decode
+// step it stands between two PDL kernels (torch's index_select would make the GEMV after it start
+// cold); perm is read before the wait, so after it only the gather's one L2 round trip remains.
+constexpr int kGatherThreads = 128;
 template <typename T>
-__global__ void gather_columns_kernel(const T* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ out,
-                                      int cols) {
+__global__ void __launch_bounds__(kGatherThreads)
+    gather_columns_kernel(const T* __restrict__ x, const int32_t* __restrict__ perm, T* __restrict__ out, int cols) {
+  const int c = (blockIdx.y * kGatherThreads + threadIdx.x) * 8;
+  int4 lo = make_int4(0, 0, 0, 0), hi = lo;
+  if (c < cols) {
+    lo = *reinterpret_cast<const int4*>(perm + c);
+    hi = *reinterpret_cast<const int4*>(perm + c + 4);
+  }
   pdl_wait();
   pdl_trigger();
+  if (c >= cols) return;
   const size_t row = (size_t)blockIdx.x * cols;
-  for (int c = threadIdx.x * 8; c < cols; c += blockDim.x * 8) {
-    const int4 lo = *reinterpret_cast<const int4*>(perm + c), hi = *reinterpret_cast<const int4*>(perm + c + 4);
-    const int src[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    uint4 raw;
-    T* e = reinterpret_cast<T*>(&raw);
+  const int src[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  uint4 raw;
+  T* e = reinterpret_cast<T*>(&raw);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) e[j] = x[row + src[j]];
-    *reinterpret_cast<uint4*>(out + row + c) = raw;
-  }
+  for (int j = 0; j < 8; ++j) e[j] = x[row + src[j]];
+  *reinterpret_cast<uint4*>(out + row + c) = raw;
 }
 
 }  // namespace
@@ -182,7 +201,8 @@ cudaError_t launch_gather_columns(Dtype dtype, const void* x, const int32_t* per
   if (rows == 0) return cudaSuccess;
   cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
-    err = launch_pdl(gather_columns_kernel<T>, dim3(rows), dim3(256), 0, stream, static_cast<const T*>(x), perm,
+    const dim3 grid(rows, (cols / 8 + kGatherThreads - 1) / kGatherThreads);
+    err = launch_pdl(gather_columns_kernel<T>, grid, dim3(kGatherThreads), 0, stream, static_cast<const T*>(x), perm,
                      static_cast<T*>(out), cols);
   });
   return err;
