@@ -14,6 +14,9 @@ from engine.loader import default_vocab_bits
 
 BLOCK_SIZE = 16
 CACHE_TOKENS = 16384
+HEAD_IN_GRAPH = (
+    True  # a decode step's head inside its graph, as the engine runs it (False: eager, for comparisons)
+)
 
 
 def served_model(name: str, generator: torch.Generator | None = None, act_order: bool = False):
@@ -67,9 +70,9 @@ def first_token_id(model, kv_cache, ids, pos, attn) -> torch.Tensor:
 
 
 class ServedStep:
-    """A step as engine/model_runner.py runs it on a GPU: the decode graph (engine/cuda_graph.py) computes
-    the hidden states, then the head runs eagerly on the rows that sample (all of a decode step's
-    rows; the last one of a prefill), and argmax stands in for the sampler."""
+    """A step as engine/model_runner.py runs it on a GPU: a decode step's graph (engine/cuda_graph.py)
+    computes the logits, the head inside it; a short prefill's graph the hidden states, then the head
+    runs eagerly on the rows that sample (its last one); argmax stands in for the sampler."""
 
     def __init__(self, model, kv_cache) -> None:
         self.model = model
@@ -78,8 +81,10 @@ class ServedStep:
             device=torch.device("cuda"),
             block_size=BLOCK_SIZE,
             max_seq_len=CACHE_TOKENS,
+            head=model.compute_logits if HEAD_IN_GRAPH else None,
         )
 
     def run(self, ids, pos, attn, rows: slice = slice(None)) -> torch.Tensor:
-        hidden = self.graphs.run(ids, pos, attn)[rows]
-        return self.model.compute_logits(hidden).argmax(dim=-1)
+        out = self.graphs.run(ids, pos, attn)[rows]
+        logits = out if self.graphs.returns_logits(attn) else self.model.compute_logits(out)
+        return logits.argmax(dim=-1)

@@ -6,6 +6,11 @@ its ids, positions, slots, sequence lengths and block tables into them and repla
 smallest bucket that fits; rows past the batch are padding (sequence length 0, slot -1: the
 kernels read and write nothing for them).
 
+With a `head` (the model's compute_logits), a decode graph ends with it: every row of a decode step
+samples, and the head's GEMV then starts early (PDL) and needs no eager launch of its own. The
+prompt-token graphs below return hidden states: only their last rows sample, and the caller runs
+the head on those alone (the head on all 16 rows of a keystroke would cost the 8-bit GEMV more).
+
 The attention metadata captured in a graph carries the longest context the graph will see
 (`max_seq_len`), so the decode attention kernel's partition grid covers it; partitions past a
 sequence's real length exit at once.
@@ -36,6 +41,7 @@ BUCKETS = (1, 2, 4, 8, 16)
 
 # step(input_ids (B,), positions (B,), attn) -> any tensor whose first axis is the batch
 StepFn = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
+HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def bucket_for(num_seqs: int, buckets: tuple[int, ...] = BUCKETS) -> int | None:
@@ -52,8 +58,10 @@ class DecodeGraphs:
         block_size: int,
         max_seq_len: int,
         buckets: tuple[int, ...] = BUCKETS,
+        head: HeadFn | None = None,
     ) -> None:
         self.step = step
+        self.head = head
         self.block_size = block_size
         self.max_seq_len = max_seq_len
         self.buckets = tuple(sorted(buckets))
@@ -78,9 +86,14 @@ class DecodeGraphs:
             and attn.block_tables.shape[1] <= self.max_blocks_per_seq
         )
 
+    def returns_logits(self, attn: AttentionMetadata) -> bool:
+        """Whether run() gives float32 logits (the head in the graph) rather than hidden states."""
+        return self.head is not None and not attn.prompt_tokens_as_sequences
+
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> torch.Tensor:
-        """One decode step through the bucket's graph; returns the step's output rows [:num_seqs]
-        (a view of a static buffer, valid until the next replay)."""
+        """One decode step through the bucket's graph; returns the step's output rows [:num_seqs],
+        logits where returns_logits(attn), else hidden states (a view of a static buffer, valid until
+        the next replay)."""
         n = attn.num_seqs
         bucket = bucket_for(n, self.buckets)
         assert bucket is not None and self.can_run(attn)
@@ -121,15 +134,21 @@ class DecodeGraphs:
     def _capture(self, bucket: int, prompt_tokens: bool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         attn = self._static_metadata(bucket, prompt_tokens)
         ids, pos = self.input_ids[:bucket], self.positions[:bucket]
+        head = self.head if self.returns_logits(attn) else None
+
+        def step() -> torch.Tensor:
+            out = self.step(ids, pos, attn)
+            return out if head is None else head(out)
+
         # warm up on a side stream (lazy inits, cuBLAS workspaces) before capturing
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.step(ids, pos, attn)
+            step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            out = self.step(ids, pos, attn)
+            out = step()
         self._graphs[(bucket, prompt_tokens)] = (graph, out)
         log.info("captured the decode step for batch bucket %d (prompt tokens: %s)", bucket, prompt_tokens)
         return graph, out

@@ -143,13 +143,16 @@ class ModelRunner:
             block_size=self.block_size,
         )
         if attn.is_decode:
-            hidden = self._run_decode(ids_t, pos_t, attn)
+            out, is_logits = self._run_decode(ids_t, pos_t, attn)
         else:
-            hidden = self._run_prefill(ids_t, pos_t, attn)  # (T, H)
+            out, is_logits = self._run_prefill(ids_t, pos_t, attn)  # (T, H) or (T, V)
 
         if not rows:
             return [None] * len(scheduled)
-        logits = self.model.compute_logits(hidden[last_t])  # (R, V) float32
+        if is_logits and len(rows) == out.shape[0]:  # a decode graph's head: every row samples
+            logits = out  # (R, V) float32, valid until the next replay
+        else:
+            logits = out[last_t] if is_logits else self.model.compute_logits(out[last_t])  # (R, V) float32
         seqs = [scheduled[i].seq for i in rows]
         params = [s.params for s in seqs]
         needs_history = any(p.repetition_penalty != 1.0 for p in params)
@@ -166,20 +169,21 @@ class ModelRunner:
 
     def _run_decode(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
-    ) -> torch.Tensor:
-        """Decode step: input_ids, positions (num_seqs,) -> hidden (num_seqs, H). CUDA graphs hook here."""
+    ) -> tuple[torch.Tensor, bool]:
+        """Decode step: input_ids, positions (num_seqs,) -> (out, is_logits): a decode graph's logits
+        (num_seqs, V) with the head inside it, else hidden (num_seqs, H). CUDA graphs hook here."""
         graphs = self._decode_graphs()
         if graphs is not None and graphs.can_run(attn):
             try:
-                return graphs.run(input_ids, positions, attn)
+                return graphs.run(input_ids, positions, attn), graphs.returns_logits(attn)
             except RuntimeError as exc:  # capture failed: eager decode from now on
                 graphs.disabled_reason = str(exc)
                 log.warning("CUDA graph decode disabled: %s", exc)
-        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache)
+        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache), False
 
     def _run_prefill(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, bool]:
         """A few new tokens (a keystroke after a cached prefix) go through the decode graphs as
         one-token sequences (engine/cuda_graph.py); longer prefills run eagerly."""
         graphs = self._decode_graphs()
@@ -190,7 +194,7 @@ class ModelRunner:
             token_attn = token_level_metadata(attn, num_tokens)
             if graphs.can_run(token_attn):
                 return self._run_decode(input_ids, positions, token_attn)
-        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache)
+        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache), False
 
     def _decode_graphs(self):
         """engine/cuda_graph.py's per-bucket decode graphs, made on the first CUDA decode (None on CPU)."""
@@ -208,6 +212,7 @@ class ModelRunner:
                     device=self.device,
                     block_size=self.block_size,
                     max_seq_len=max_seq_len,
+                    head=self.model.compute_logits,
                 )
         return self._graphs
 

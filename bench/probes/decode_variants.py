@@ -5,6 +5,8 @@ same weights and cache, the variants alternated:
                         rotary + K/V write after q|k|v);
     --compare prefetch  the GEMV's L2 prefetch of the next weight (csrc/l2_prefetch.cuh): off, 4 MB
                         (the default) and 8 MB per GEMV.
+    --compare head      a decode step's head inside its CUDA graph (the default) or launched eagerly
+                        after it (the engine before this change).
     --compare trigger   the decode attention letting the next kernel (the o GEMV) launch right after
                         its wait (the default) or only once its first partition is computed.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
@@ -32,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench import engine_step  # noqa: E402
 from bench.bench_gpu import time_decode  # noqa: E402
 from bench.engine_step import ServedStep, served_model, suffix_metadata  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
@@ -44,6 +47,13 @@ def prefetch(limit: int) -> Callable[[], None]:
         from engine.ops import cuda
 
         cuda.set_l2_prefetch_bytes(limit)
+
+    return setup
+
+
+def head_in_graph(inside: bool) -> Callable[[], None]:
+    def setup() -> None:
+        engine_step.HEAD_IN_GRAPH = inside
 
     return setup
 
@@ -84,6 +94,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
         "8 MB": prefetch(8 * MB),
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
+    "head": {"in the graph": head_in_graph(True), "eager": head_in_graph(False)},
     "ablate": {
         "whole step": ablate(),
         "no RMSNorm": ablate(norms=True),
@@ -99,6 +110,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     ops.set_fused_ops(True)
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
+    engine_step.HEAD_IN_GRAPH = True
     ablate()()
 
 

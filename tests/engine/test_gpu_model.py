@@ -134,3 +134,45 @@ def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case, promp
         assert best - second <= tolerance
         ties += 1
     assert ties <= 3, f"{ties} near-tie steps"
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, rows):
+    """engine/cuda_graph.py with the head inside a decode graph (what the engine and bench_gpu
+    replay): the same logits, bit for bit, as the eager forward and head; a short prefill's graph
+    still returns hidden states."""
+    import dataclasses
+
+    from engine.cuda_graph import DecodeGraphs, token_level_metadata
+    from engine.models.base import dense_attention_metadata
+
+    family, kwargs, overrides = CASES["llama-gptq4-act-order"]
+    model = engine.load_model(make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides), device="cuda")
+    gen = torch.Generator().manual_seed(rows)
+    prompt_len, block = 9, 4
+    cache = model.allocate_kv_cache(num_blocks=rows * 4, block_size=block)
+    prompt = torch.randint(0, model.config.vocab_size, (rows * prompt_len,), generator=gen).cuda()
+    positions = torch.arange(prompt_len, device="cuda").repeat(rows)
+    model.forward_paged(
+        prompt, positions, dense_attention_metadata(rows, prompt_len, block, cache.device), cache
+    )
+    dense = dense_attention_metadata(rows, prompt_len + 1, block, cache.device)
+    step = dataclasses.replace(
+        dense,
+        query_start_loc=torch.arange(rows + 1, dtype=torch.int32, device="cuda"),
+        slot_mapping=dense.slot_mapping.view(rows, -1)[:, -1].contiguous(),
+        max_query_len=1,
+    )
+    ids = torch.randint(0, model.config.vocab_size, (rows,), generator=gen).cuda()
+    pos = torch.full((rows,), prompt_len, device="cuda")
+    eager = model.compute_logits(model.forward_paged(ids, pos, step, cache.clone()))
+    graphs = DecodeGraphs(
+        lambda i, p, a: model.forward_paged(i, p, a, cache),
+        device=cache.device,
+        block_size=block,
+        max_seq_len=64,
+        head=model.compute_logits,
+    )
+    assert graphs.returns_logits(step)
+    assert torch.equal(graphs.run(ids, pos, step), eager)
+    assert not graphs.returns_logits(token_level_metadata(step, rows))
