@@ -2,6 +2,7 @@
 model, same run.
 
     python bench/probes/engine_decode.py [--model llama3-8b] [--steps 200]
+    python bench/probes/engine_decode.py --compare-head [--rounds 3]   (2k context only)
 
 The engine's step is what engine/engine.py _step runs, without its thread and request handles:
 Scheduler.schedule, ModelRunner.execute (the step's integers packed and copied to the device, the
@@ -63,12 +64,48 @@ def engine_decode_tok_s(runner: ModelRunner, ctx: int, steps: int, warmup: int =
     return generated / elapsed, generated
 
 
+def compare_head(args) -> int:
+    """The engine's step at 2k, its decode graph with the head inside (the default) and without (the
+    head launched eagerly after the replay), alternated: the host's share of each."""
+    from bench.engine_step import served_model
+    from engine.cuda_graph import DecodeGraphs
+
+    model, kv_cache = served_model(args.model)
+    del kv_cache
+    torch.cuda.empty_cache()
+    blocks = (2048 + 2 * args.steps) // BLOCK + 8
+    results: dict[str, list[float]] = {"head in the graph": [], "head eager": []}
+    for _ in range(args.rounds):
+        for label in results:
+            runner = ModelRunner(model, num_cache_blocks=blocks, block_size=BLOCK)
+            if label == "head eager":
+                runner._graphs = DecodeGraphs(
+                    lambda ids, pos, attn, r=runner: model.forward_paged(ids, pos, attn, r.kv_cache),
+                    device=runner.device,
+                    block_size=BLOCK,
+                    max_seq_len=blocks * BLOCK,
+                )
+            results[label].append(engine_decode_tok_s(runner, 2048, args.steps)[0])
+            del runner
+            torch.cuda.empty_cache()
+    print(f"{torch.cuda.get_device_name()}  {args.model}  the engine's step at 2k, tok/s per round")
+    for label, values in results.items():
+        print(f"{label:18}  " + "  ".join(f"{v:6.1f}" for v in values))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument(
+        "--compare-head",
+        action="store_true",
+        help="the engine's step at 2k with the head inside the decode graph and launched eagerly, alternated",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     from bench.bench_gpu import time_decode
     from bench.engine_step import ServedStep, served_model
@@ -77,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if not kernels_ready("engine_decode"):
         return 1
     torch.set_grad_enabled(False)
+    if args.compare_head:
+        return compare_head(args)
     model, kv_cache = served_model(args.model)
     served = ServedStep(model, kv_cache)
     served_tok_s = {ctx: [1e3 / ms for ms in time_decode(served, ctx)] for ctx in CONTEXTS}
