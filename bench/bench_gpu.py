@@ -330,28 +330,15 @@ def main(argv: list[str] | None = None) -> int:
                 compare_pdl=i == 0 and not args.no_pdl_compare,
             )  # fmt: skip
         )
-        if full:  # act-order weights (exlsp's own GPTQ default), the other head/embedding choices
-            report["models"].append(
-                bench_model(
-                    name,
-                    contexts=contexts,
-                    full=False,
-                    head_bits=head_bits,
-                    embed_bits=embed_bits,
-                    act_order=True,
-                )  # fmt: skip
-            )
-            for other_head, other_embed in ((4, 8), (8, 4), (16, 16)):
-                report["models"].append(
-                    bench_model(
-                        name,
-                        contexts=contexts,
-                        full=False,
-                        head_bits=other_head,
-                        embed_bits=other_embed,
-                        compare_pdl=False,
-                    )  # fmt: skip
-                )
+        if full:  # act-order weights (exlsp's own GPTQ default), then the other head/embedding choices
+            variants = [{"head_bits": head_bits, "embed_bits": embed_bits, "act_order": True}]
+            variants += [
+                {"head_bits": h, "embed_bits": e}
+                for h, e in ((4, 8), (8, 4), (16, 16))
+                if (h, e) != (head_bits, embed_bits)
+            ]
+            for variant in variants:
+                report["models"].append(bench_model(name, contexts=contexts, full=False, **variant))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     print(f"\ncard: {report['card']}  torch {report['torch']}  copy bandwidth {copy_bw:.0f} GB/s")
