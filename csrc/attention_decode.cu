@@ -268,12 +268,13 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     }
   }
   if (g < G && d0 < D && write_out) {
-    T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + (size_t)kv_head * G + g) * D + d0 + t4 * 2;
+    T* out = static_cast<T*>(a.out);
+    const int e = (kv_head * G + g) * D + d0 + t4 * 2;  // this lane's first output element
     const float inv = inv_sum[g];
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
-      out[nt * 8] = from_float<T>(o[nt][0] * inv);
-      out[nt * 8 + 1] = from_float<T>(o[nt][1] * inv);
+      out[merge::out_offset(a, seq, e + nt * 8)] = from_float<T>(o[nt][0] * inv);
+      out[merge::out_offset(a, seq, e + nt * 8 + 1)] = from_float<T>(o[nt][1] * inv);
     }
   } else if (g < G && d0 < D) {
     float* out = a.tmp_out + (part_index + (size_t)g * a.num_partitions) * D + d0 + t4 * 2;
@@ -282,9 +283,11 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
   }
 }
 
-// One block per (KV head, sequence, partition): the ordinary decode path.
+// One block per (KV head, sequence, partition): the ordinary decode path. Three blocks per SM, as
+// its shared memory allows (left alone, ptxas took 128 registers once the outputs could be reordered:
+// two blocks per SM).
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+__global__ void __launch_bounds__(kThreads, 3) decode_attention_kernel(DecodeAttentionArgs a) {
   static_assert(sizeof(float) * G * merge::kMaxPartitions <= sizeof(T) * 2 * kStage * stage_row<D>(),
                 "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages

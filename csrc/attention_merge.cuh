@@ -19,6 +19,11 @@ namespace merge {
 
 constexpr int kMaxPartitions = 1024;
 
+// Where element e = h * D + d of sequence seq's output goes (a.out_index: an act-order order).
+__device__ __forceinline__ size_t out_offset(const DecodeAttentionArgs& a, int seq, int e) {
+  return (size_t)seq * a.num_q_heads * a.head_dim + (a.out_index ? a.out_index[e] : e);
+}
+
 // The merge of one query head's partitions, shared by both merges (so they give the same bits).
 // merge_weights, one warp: w_p = exp(max_p - max) for the partitions that saw a token (0 for the
 // others) into weights[p], and 1 / sum_p w_p l_p. merge_dim: dim d's sum_p w_p out_p[d], skipping
@@ -85,10 +90,11 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
   __shared__ bool is_last;
   __shared__ float inv_den[G];
   const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
-  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * D;
+  T* out = static_cast<T*>(a.out);
+  const int e0 = kv_head * G * D;  // the group's first output element
   if (used == 0) {  // a padding row (length 0): zeros, as the separate merge writes
     if (blockIdx.z == 0)
-      for (int i = threadIdx.x; i < G * D; i += kThreads) out[i] = from_float<T>(0.f);
+      for (int i = threadIdx.x; i < G * D; i += kThreads) out[out_offset(a, seq, e0 + i)] = from_float<T>(0.f);
     return;
   }
   if ((int)blockIdx.z >= used) return;  // this block had no partition and is not counted
@@ -108,8 +114,8 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
   __syncthreads();
   for (int i = threadIdx.x; i < G * D; i += kThreads) {
     const int g = i / D, d = i % D;
-    out[i] = from_float<T>(merge_dim(a, base0 + (size_t)g * a.num_partitions, used, weights + g * used, d, D) *
-                           inv_den[g]);
+    out[out_offset(a, seq, e0 + i)] =
+        from_float<T>(merge_dim(a, base0 + (size_t)g * a.num_partitions, used, weights + g * used, d, D) * inv_den[g]);
   }
   if (threadIdx.x == 0) *counter = 0;  // ready for the next call
 }
@@ -134,8 +140,7 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   }
   __syncthreads();
   const float num = merge_dim(a, base, used, weight, d, D);
-  T* out = static_cast<T*>(a.out) + ((size_t)seq * a.num_q_heads + head) * D;
-  out[d] = from_float<T>(num * inv_den);
+  static_cast<T*>(a.out)[out_offset(a, seq, head * D + d)] = from_float<T>(num * inv_den);
 }
 
 }  // namespace merge

@@ -61,6 +61,9 @@ struct DecodeAttentionArgs {
   // Per-sequence kernel only: (S * Hkv) zeroed ints. The last block of a (sequence, KV head) merges
   // its partitions (and leaves the count zero again); null: a separate merge kernel does.
   int* counters;
+  // (Hq * D,) int32 or null: element e = h * D + d of a row of out goes to position out_index[e] of
+  // the row, the input order of the act-order linear after the attention (engine/models/act_order.py).
+  const int32_t* out_index;
   bool early_trigger;  // set by the launcher (set_decode_attention_early_trigger)
 };
 cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& a, cudaStream_t stream);

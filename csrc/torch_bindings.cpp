@@ -25,7 +25,7 @@ void set_attention_smem_limit(int64_t bytes) {
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
                             const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
                             int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum,
-                            const std::optional<Tensor>& counters) {
+                            const std::optional<Tensor>& counters, const std::optional<Tensor>& out_index) {
   const char* op = "paged_attention_decode";
   const Dtype dtype = model_dtype(q, op);
   EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
@@ -87,6 +87,14 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
   a.scale = (float)scale;
   a.q_stride_token = q.stride(0);
   a.counters = counters ? counters->data_ptr<int>() : nullptr;
+  if (out_index) {
+    check_cuda(*out_index, op, "out_index");
+    EXLSP_CHECK(out_index->scalar_type() == at::kInt && out_index->dim() == 1 && out_index->numel() == Hq * D &&
+                    out_index->is_contiguous() && out_index->device() == q.device(),
+                "exlsp::paged_attention_decode: out_index must be a contiguous int32 (Hq * D,) = (%s,) on q's device",
+                to_str(Hq * D).c_str());
+  }
+  a.out_index = out_index ? out_index->data_ptr<int32_t>() : nullptr;
   const c10::cuda::CUDAGuard guard(q.device());
   check_launch(launch_decode_attention(dtype, a, c10::cuda::getCurrentCUDAStream()), op);
 }
@@ -241,7 +249,7 @@ TORCH_LIBRARY(exlsp, m) {
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "
-      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum, Tensor(e!)? counters=None) -> ()");
+      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum, Tensor(e!)? counters=None, Tensor? out_index=None) -> ()");
   m.def(
       "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out, "
       "Tensor? out_perm=None) "

@@ -17,6 +17,7 @@ from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.layers.linear import QuantLinear
 from engine.layers.rotary import RotaryEmbedding
+from engine.ops.reference import OutputOrder
 
 
 class Attention(nn.Module):
@@ -37,6 +38,15 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.sliding_window = sliding_window
         self.scale = head_dim**-0.5
+        # o_proj's act-order permutation, moved here (engine/models/act_order.py): the attention
+        # writes its output in o's input order. (Hq * D,) int32 each, or None.
+        self.register_buffer("out_perm", None)
+        self.register_buffer("out_index", None)
+
+    def set_output_order(self, perm: torch.Tensor) -> None:
+        device = self.rotary.cos_sin_cache.device
+        self.out_perm = perm.to(device=device, dtype=torch.int32).contiguous()
+        self.out_index = torch.argsort(perm).to(device=device, dtype=torch.int32).contiguous()
 
     def forward(
         self,
@@ -60,5 +70,8 @@ class Attention(nn.Module):
             v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
             q, k = self.rotary(q, k, positions)
             ops.write_kv(k, v, kv_cache_layer, attn.slot_mapping)
-        out = ops.paged_attention(q, kv_cache_layer, attn, self.scale, self.sliding_window)  # (T, Hq, D)
+        order = None if self.out_perm is None else OutputOrder(self.out_perm, self.out_index)
+        out = ops.paged_attention(
+            q, kv_cache_layer, attn, self.scale, self.sliding_window, order
+        )  # (T, Hq, D)
         return self.o_proj(out.reshape(num_tokens, q_size))  # (T, H)

@@ -4,7 +4,7 @@ Public ops (signatures and layouts documented in engine/ops/reference.py):
     rms_norm(x, weight, eps, residual=None, out_perm=None) -> (out, new_residual)
     apply_rotary(q (T, Hq, D), k (T, Hkv, D), positions (T,), cos_sin_cache (max_pos, D)) -> (q, k)
     write_kv(k (T, Hkv, D), v (T, Hkv, D), kv_cache_layer (2, num_blocks, bs, Hkv, D), slot_mapping (T,))
-    paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window) -> (T, Hq, D)
+    paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window, out_order=None) -> (T, Hq, D)
     quant_linear(x (M, K), w: PackedWeight, read_next=()) -> (M, N)
     silu_and_mul(x (M, 2I)) -> (M, I)
     quant_linear_silu_mul(x (M, K), w, read_next=()) -> (M, I) or None   (fused: gate|up GEMV + SiLU * up)
@@ -98,8 +98,8 @@ def write_kv(k, v, kv_cache_layer, slot_mapping):
     return _impl("write_kv", k)(k, v, kv_cache_layer, slot_mapping)
 
 
-def paged_attention(q, kv_cache_layer, attn, scale, sliding_window):
-    return _impl("paged_attention", q)(q, kv_cache_layer, attn, scale, sliding_window)
+def paged_attention(q, kv_cache_layer, attn, scale, sliding_window, out_order=None):
+    return _impl("paged_attention", q)(q, kv_cache_layer, attn, scale, sliding_window, out_order)
 
 
 def quant_linear(x, w, read_next=()):

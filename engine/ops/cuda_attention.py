@@ -37,10 +37,11 @@ def partition_size_for(max_seq_len: int, min_partition: int = MIN_PARTITION) -> 
 
 def decode_attention(
     q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window,
-    queries_per_block: int = 1, partition_size: int | None = None,
+    queries_per_block: int = 1, partition_size: int | None = None, out_index=None,
 ):  # fmt: skip
     """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache.
-    queries_per_block > 1: the multi-query kernel (consecutive sequences sharing blocks together)."""
+    queries_per_block > 1: the multi-query kernel (consecutive sequences sharing blocks together).
+    out_index: where each of a row's Hq * D outputs goes (reference.OutputOrder.index)."""
     num_seqs, num_heads, head_dim = q.shape
     min_partition = MIN_PARTITION if queries_per_block == 1 else MULTI_QUERY_MIN_PARTITION
     part = partition_size or partition_size_for(max(1, max_seq_len), min_partition)
@@ -55,6 +56,7 @@ def decode_attention(
         q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
         queries_per_block, out, tmp_out, tmp_max, tmp_sum,
         _merge_counters(q.device, num_seqs * kv_cache_layer.shape[3]) if queries_per_block == 1 else None,
+        out_index,
     )  # fmt: skip
     return out
 
@@ -86,9 +88,9 @@ def _decode_supported(q: torch.Tensor, kv_cache_layer: torch.Tensor) -> bool:
     )
 
 
-def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window, out_order=None):
     if not is_model_dtype(q, kv_cache_layer):
-        return reference.paged_attention(q, kv_cache_layer, attn, scale, sliding_window)
+        return reference.paged_attention(q, kv_cache_layer, attn, scale, sliding_window, out_order)
     if attn.is_decode and q.shape[0] == attn.num_seqs and _decode_supported(q, kv_cache_layer):
         return decode_attention(
             q,
@@ -99,8 +101,9 @@ def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_w
             scale,
             sliding_window,
             queries_per_block=QUERIES_PER_BLOCK if attn.prompt_tokens_as_sequences else 1,
+            out_index=None if out_order is None else out_order.index,
         )
-    return prefill_attention(q, kv_cache_layer, attn, scale, sliding_window)
+    return reference.in_order(prefill_attention(q, kv_cache_layer, attn, scale, sliding_window), out_order)
 
 
 _last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -139,17 +140,45 @@ def attention_dense(
     return out[0].transpose(0, 1).to(q.dtype)  # (Tq, Hq, D)
 
 
+class OutputOrder(NamedTuple):
+    """The input order of the act-order linear after an op, applied to the op's output (engine/models/
+    act_order.py): element j of a row is element perm[j] of the op's own row; index is the inverse,
+    for a kernel that writes each element to its place. Both (N,) int32."""
+
+    perm: torch.Tensor
+    index: torch.Tensor
+
+
+def in_order(out: torch.Tensor, order: OutputOrder | None) -> torch.Tensor:
+    """out (T, ...) with each row's elements (flattened) in `order`."""
+    if order is None:
+        return out
+    return out.reshape(out.shape[0], -1).index_select(-1, order.perm).view(out.shape)
+
+
 def paged_attention(
     q: torch.Tensor,
     kv_cache_layer: torch.Tensor,
     attn: AttentionMetadata,
     scale: float,
     sliding_window: int | None,
+    out_order: OutputOrder | None = None,
 ) -> torch.Tensor:
     """Causal attention of the new tokens (T, Hq, D) over each sequence's cached blocks (whose K/V
-    for the new tokens were already written). Mixed prefill and decode sequences in one batch."""
+    for the new tokens were already written). Mixed prefill and decode sequences in one batch.
+    out_order: each token's Hq * D outputs in that order (the o projection's act-order)."""
     if attn.is_decode and q.shape[0] == attn.num_seqs:
-        return decode_attention(q, kv_cache_layer, attn, scale, sliding_window)
+        return in_order(decode_attention(q, kv_cache_layer, attn, scale, sliding_window), out_order)
+    return in_order(_prefill_attention(q, kv_cache_layer, attn, scale, sliding_window), out_order)
+
+
+def _prefill_attention(
+    q: torch.Tensor,
+    kv_cache_layer: torch.Tensor,
+    attn: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
     out = torch.empty_like(q)
     query_start_loc = attn.query_start_loc.tolist()
     seq_lens = attn.seq_lens.tolist()

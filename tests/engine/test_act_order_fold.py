@@ -1,6 +1,6 @@
 """engine/models/act_order.py on the CPU: an act-order GPTQ model loads with q|k|v's and gate|up's
-permutations in the norms before them and down's in gate|up's output columns, and computes what the
-same model with every permutation left on its linear computes."""
+permutations in the norms before them, o's in the attention and down's in gate|up's output columns,
+and computes what the same model with every permutation left on its linear computes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ def test_folded_model_equals_the_model_with_permuted_inputs(tmp_path, monkeypatc
         assert mlp.gate_up_proj.perm is None and mlp.down_proj.perm is None
         assert torch.equal(layer.input_layernorm.out_perm.long(), original.self_attn.qkv_proj.perm)
         assert torch.equal(layer.post_attention_layernorm.out_perm.long(), original.mlp.gate_up_proj.perm)
-        assert torch.equal(attn.o_proj.perm, original.self_attn.o_proj.perm)  # o's stays
+        assert attn.o_proj.perm is None
+        assert torch.equal(attn.out_perm.long(), original.self_attn.o_proj.perm)
+        assert torch.equal(attn.out_perm[attn.out_index.long()].long(), torch.arange(attn.out_perm.numel()))
         assert not torch.equal(mlp.gate_up_proj.qweight, original.mlp.gate_up_proj.qweight)
     ids = torch.randint(0, folded.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(folded(ids), unfolded(ids), rtol=1e-5, atol=1e-5)
@@ -35,3 +37,4 @@ def test_a_model_without_permutations_is_left_as_it_is(tmp_path):
     model = engine.load_model(folder, device="cpu")
     for layer in model.layers:
         assert layer.input_layernorm.out_perm is None and layer.post_attention_layernorm.out_perm is None
+        assert layer.self_attn.out_perm is None

@@ -88,7 +88,7 @@ def test_decode_kernel_matches_reference(case, dtype):
     assert torch.equal(multi, out)
 
 
-def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block, counters=None):
+def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block, counters=None, out_index=None):
     """The op on poisoned outputs and scratch, partitions for attn.max_seq_len."""
     num_seqs, hq, d = q.shape
     num_parts = -(-attn.max_seq_len // part)
@@ -97,7 +97,7 @@ def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block, co
     tmp_max, tmp_sum = poisoned(tmp_out.shape[:3], torch.float32), poisoned(tmp_out.shape[:3], torch.float32)
     exlsp_ops().paged_attention_decode(
         q, cache, attn.block_tables, attn.seq_lens, scale, window or 0, part, queries_per_block,
-        out, tmp_out, tmp_max, tmp_sum, counters,
+        out, tmp_out, tmp_max, tmp_sum, counters, out_index,
     )  # fmt: skip
     return out
 
@@ -127,6 +127,37 @@ def test_decode_merge_in_the_last_block_equals_the_merge_kernel(case, dtype):
         assert torch.equal(merged, separate)
         assert not counters.any()
     assert not merged[-1].any()
+
+
+@pytest.mark.parametrize("mode", ["merge-in-kernel", "merge-kernel", "multi-query"])
+@pytest.mark.parametrize("seq_lens", [[1, 100, 128, 129, 2049], [7]], ids=["mixed", "one-short"])
+def test_decode_writes_each_output_where_the_act_order_puts_it(seq_lens, mode):
+    """out_index (o's act-order moved into the attention): every path's output equals its unordered
+    output gathered by the permutation, bit for bit, padding rows' zeros included."""
+    exlsp_ops()
+    hq, hkv, d = 32, 8, 128
+    cache, attn = paged_batch(seq_lens, [1] * len(seq_lens), hkv, d, torch.float16, seed=len(seq_lens))
+    attn = dataclasses.replace(
+        attn,  # and a padding row
+        seq_lens=torch.cat([attn.seq_lens, attn.seq_lens.new_zeros(1)]),
+        block_tables=torch.cat([attn.block_tables, attn.block_tables[:1]]),
+    )
+    q = torch.randn((len(seq_lens) + 1, hq, d), generator=generator(3), device="cuda").half()
+    perm = torch.randperm(hq * d, generator=generator(4), device="cuda")
+    index = torch.argsort(perm).int()
+    from engine.ops import cuda_attention
+
+    part = cuda_attention.partition_size_for(attn.max_seq_len)
+    queries = 16 if mode == "multi-query" else 1
+
+    def counters():
+        if mode != "merge-in-kernel":
+            return None
+        return torch.zeros(len(seq_lens) * hkv + hkv, dtype=torch.int32, device="cuda")
+
+    plain = run_decode_kernel(q, cache, attn, d**-0.5, None, part, queries, counters())
+    ordered = run_decode_kernel(q, cache, attn, d**-0.5, None, part, queries, counters(), index)
+    assert torch.equal(ordered.view(q.shape[0], -1), plain.view(q.shape[0], -1)[:, perm])
 
 
 def test_decode_merge_counters_must_cover_every_row():
