@@ -30,11 +30,11 @@ namespace {
 
 using namespace one_sequence;  // attention_one_sequence.cuh: kThreads, kStage, stage_tokens, attend_one_sequence
 
-// One block per (KV head, sequence, partition): the ordinary decode path. Three blocks per SM, as
-// its shared memory allows (left alone, ptxas took 128 registers once the outputs could be reordered:
-// two blocks per SM).
+// One block per (KV head, sequence, partition): the ordinary decode path. ptxas gives it 128 registers
+// (two blocks per SM); held to three blocks per SM it spilled, and decode ran 3-6% slower (H100,
+// 436 / 395 / 320 against 448 / 410 / 340 tok/s at ctx 32 / 2k / 8k, bench/NOTES.md 51).
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads, 3) decode_attention_kernel(DecodeAttentionArgs a) {
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
   static_assert(sizeof(float) * G * merge::kMaxPartitions <= sizeof(T) * 2 * kStage * stage_row<D>(),
                 "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
