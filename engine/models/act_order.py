@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from engine.layers.attention import Attention
-from engine.layers.linear import Linear, QuantLinear
+from engine.layers.linear import QuantLinear
 from engine.layers.norm import RMSNorm
 
 
@@ -54,18 +54,14 @@ def _into_columns(gate_up: nn.Module, down: nn.Module) -> None:
     perm = down.perm.to(torch.int64)
     inter = down.in_features
     cols = torch.cat([perm, perm + inter])
-    if isinstance(gate_up, QuantLinear) and gate_up.out_features == 2 * inter:
-        for name in ("qweight", "scales", "zeros"):  # (rows, N): columns are output features
-            setattr(gate_up, name, getattr(gate_up, name)[:, cols.to(gate_up.qweight.device)].contiguous())
-        if gate_up.bias is not None:
-            gate_up.bias = gate_up.bias[cols.to(gate_up.bias.device)].contiguous()
-        gate_up._prepared = None
-    elif isinstance(gate_up, Linear) and gate_up.out_features == 2 * inter:
-        gate_up.weight.data = gate_up.weight.data[cols.to(gate_up.weight.device)].contiguous()  # (N, K)
-        if gate_up.bias is not None:
-            gate_up.bias.data = gate_up.bias.data[cols.to(gate_up.bias.device)].contiguous()
-    else:
-        return
+    if not (isinstance(gate_up, QuantLinear) and gate_up.out_features == 2 * inter):
+        return  # a float or split gate|up: down keeps its permutation
+    cols = cols.to(gate_up.qweight.device)
+    for name in ("qweight", "scales", "zeros"):  # (rows, N): columns are output features
+        setattr(gate_up, name, getattr(gate_up, name)[:, cols].contiguous())
+    if gate_up.bias is not None:
+        gate_up.bias = gate_up.bias[cols].contiguous()
+    gate_up._prepared = None
     _drop_perm(down)
 
 
