@@ -9,6 +9,11 @@ scheduler; any thread (or asyncio loop) submits prompts and reads handles.
 
 Only the engine thread touches the scheduler, block manager and model runner; submit() and cancel()
 post to an inbox the thread drains before each step, so a cancel takes effect at the next step.
+
+On a GPU the thread runs one decode step ahead (engine/step_pipeline.py): while step N runs on the
+device it queues step N+1, whose inputs are step N's samples, and only then reads step N's tokens,
+so the host's work per token overlaps the device's. Not while the inbox or the scheduler holds
+anything new: a new request waits for at most the one step already queued.
 Bad input (token ids outside the vocabulary, a prompt longer than the context) raises ValueError
 from submit(); a failure inside a step finishes that step's requests with finish_reason "error" and
 the engine keeps serving.
@@ -32,6 +37,7 @@ from engine.handle import RequestHandle
 from engine.request import GenerationResult, SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence as EngineSequence
+from engine.step_pipeline import StepPipeline
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ class Engine:
         enable_prefix_cache: bool = True,
         head_bits: int | None = None,
         embed_bits: int | None = None,
+        run_ahead: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from engine.loader import check_checkpoint_folder, choose_device, default_vocab_bits, load_model
@@ -103,6 +110,10 @@ class Engine:
             clock=clock,
         )
         self.model = model
+        # One step ahead pays where the device runs apart from the host; on a CPU it only adds the
+        # discarded steps (run_ahead=True there is for tests).
+        self.run_ahead = self.device.type == "cuda" if run_ahead is None else run_ahead
+        self._steps = StepPipeline(self.scheduler, self.runner, self.block_manager, run_ahead=self.run_ahead)
         self._clock = clock
         self._decode_fn = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -111,7 +122,13 @@ class Engine:
         self._inbox: deque[tuple[str, Any]] = deque()
         self._handles: dict[int, RequestHandle] = {}  # engine thread only
         self._closed = False
-        self._stats = {"prompt_tokens": 0, "generated_tokens": 0, "steps": 0, "step_errors": 0}
+        self._stats = {
+            "prompt_tokens": 0,
+            "generated_tokens": 0,
+            "steps": 0,
+            "steps_ahead": 0,
+            "step_errors": 0,
+        }
         self._thread = threading.Thread(target=self._loop, name="exlsp-engine", daemon=True)
         self._thread.start()
 
@@ -236,7 +253,12 @@ class Engine:
         self.runner.adopt_thread()
         while True:
             with self._cond:
-                while not self._inbox and not self.scheduler.has_work() and not self._closed:
+                while (
+                    not self._inbox
+                    and not self.scheduler.has_work()
+                    and not self._steps.has_work()
+                    and not self._closed
+                ):
                     self._cond.wait()
                 if self._closed:
                     break
@@ -253,24 +275,23 @@ class Engine:
         self._shutdown()
 
     def _step(self) -> None:
-        out = None
         try:
-            out = self.scheduler.schedule()
-            self._deliver(out.finished)
-            if not out.scheduled:
+            self._deliver(self._steps.start())
+            # A request in the inbox would wait behind a step queued ahead.
+            result = self._steps.finish(may_run_ahead=not self._inbox)
+            if result is None:
                 return
-            tokens = self.runner.execute(out.scheduled, self.block_manager)
-            finished = self.scheduler.update(out, tokens)
             self._stats["steps"] += 1
-            self._stats["generated_tokens"] += sum(t is not None for t in tokens)
-            for item in out.scheduled:
+            self._stats["steps_ahead"] = self._steps.steps_ahead
+            self._stats["generated_tokens"] += result.num_generated
+            for item in result.out.scheduled:
                 if not item.seq.is_finished:
                     self._stream(item.seq)
-            self._deliver(finished)
+            self._deliver(result.finished)
         except Exception as exc:  # a failing step must not take the engine down
             log.exception("engine step failed")
             self._stats["step_errors"] += 1
-            victims = [i.seq for i in out.scheduled] if out is not None else list(self.scheduler.running)
+            victims = self._steps.abandon() or list(self.scheduler.running)
             message = f"engine step failed: {type(exc).__name__}: {exc}"
             self.scheduler.fail(victims, message)
             # Every victim is finished now, some perhaps normally before the fault: answer them all.
@@ -291,6 +312,7 @@ class Engine:
                 handle._finish(seq.result())
 
     def _shutdown(self) -> None:
+        self._steps.drain()  # their requests are cancelled below
         with self._cond:
             inbox, self._inbox = self._inbox, deque()
         for kind, payload in inbox:

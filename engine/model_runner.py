@@ -8,6 +8,10 @@ forward_paged, computes logits only for the last token of each sequence that sam
 and samples. A step in which every sequence brings one token goes through `_run_decode`, any other
 through `_run_prefill`: on CUDA both replay the per-bucket decode graphs of engine/cuda_graph.py when
 they can (short prefills as one-token rows), else run the model eagerly.
+
+launch() queues a step and returns at once; its tokens() reads the samples (the step's one device ->
+host sync). A step scheduled ahead (ScheduledSequence.input_pending) takes its input tokens from the
+launched step before it on the device, so the host can queue it before reading that step's tokens.
 """
 
 from __future__ import annotations
@@ -98,20 +102,38 @@ class ModelRunner:
         thread count (measured: a fresh thread's MKL GEMMs ran on 2 cores under --threads 1)."""
         torch.set_num_threads(self.num_threads)
 
-    @torch.inference_mode()
     def execute(
         self, scheduled: Sequence[ScheduledSequence], block_manager: BlockManager
     ) -> list[int | None]:
         """Run one step; returns the sampled token of each entry that samples, None for the others."""
+        return self.launch(scheduled, block_manager).tokens()
+
+    @torch.inference_mode()
+    def launch(
+        self,
+        scheduled: Sequence[ScheduledSequence],
+        block_manager: BlockManager,
+        after: LaunchedStep | None = None,
+    ) -> LaunchedStep:
+        """Queue one step on the device. Entries with input_pending take their input token from
+        `after`, the step launched just before (which sampled for the same request)."""
         input_ids: list[int] = []
         positions: list[int] = []
         slot_mapping: list[int] = []
         query_start_loc = [0]
         seq_lens: list[int] = []
         block_tables: list[list[int]] = []
+        pending_dst: list[int] = []  # rows of input_ids that `after` fills ...
+        pending_src: list[int] = []  # ... from these rows of its samples
         for item in scheduled:
             seq, rid = item.seq, item.seq.request_id
-            input_ids += seq.token_ids[item.start : item.end]
+            if item.input_pending:
+                assert after is not None and item.num_tokens == 1, rid
+                pending_dst.append(len(input_ids))
+                pending_src.append(after.row_of(rid))
+                input_ids.append(0)
+            else:
+                input_ids += seq.token_ids[item.start : item.end]
             positions += range(item.start, item.end)
             slot_mapping += block_manager.slot_mapping(rid, item.start, item.end)
             query_start_loc.append(query_start_loc[-1] + item.num_tokens)
@@ -122,17 +144,21 @@ class ModelRunner:
         last_token_index = [query_start_loc[i + 1] - 1 for i in rows]
         # One host -> device copy for all of the step's integers (each copy is a sync), then views:
         # [input_ids T | positions T | slot_mapping T | query_start_loc S+1 | seq_lens S |
-        #  block_tables S*width (padded with 0) | last_token_index R]
+        #  block_tables S*width (padded with 0) | last_token_index R | pending dst P | pending src P]
         packed = input_ids + positions + slot_mapping + query_start_loc + seq_lens
         for t in block_tables:
             packed += t
             packed += [0] * (width - len(t))
-        packed += last_token_index
-        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t = torch.tensor(
+        packed += last_token_index + pending_dst + pending_src
+        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t, dst_t, src_t = torch.tensor(
             packed, dtype=torch.int64, device=self.device
         ).split(
-            [len(input_ids)] * 3 + [len(query_start_loc), len(seq_lens), len(block_tables) * width, len(rows)]
+            [len(input_ids)] * 3
+            + [len(query_start_loc), len(seq_lens), len(block_tables) * width, len(rows)]
+            + [len(pending_dst)] * 2
         )
+        if pending_dst:
+            ids_t.index_copy_(0, dst_t, after.sampled.index_select(0, src_t))
         attn = AttentionMetadata(
             query_start_loc=qsl_t.to(torch.int32),
             seq_lens=lens_t.to(torch.int32),
@@ -147,25 +173,22 @@ class ModelRunner:
         else:
             out, is_logits = self._run_prefill(ids_t, pos_t, attn)  # (T, H) or (T, V)
 
+        seqs = [scheduled[i].seq for i in rows]
         if not rows:
-            return [None] * len(scheduled)
+            return LaunchedStep(len(scheduled), rows, seqs, None)
         if is_logits and len(rows) == out.shape[0]:  # a decode graph's head: every row samples
             logits = out  # (R, V) float32, valid until the next replay
         else:
             logits = out[last_t] if is_logits else self.model.compute_logits(out[last_t])  # (R, V) float32
-        seqs = [scheduled[i].seq for i in rows]
         params = [s.params for s in seqs]
         needs_history = any(p.repetition_penalty != 1.0 for p in params)
-        tokens = sample(
+        sampled = sample(
             logits,
             params,
             [self._generator(s.request_id, s.params.seed) for s in seqs],
             [s.token_ids for s in seqs] if needs_history else None,
-        ).tolist()  # the step's one device -> host sync
-        out: list[int | None] = [None] * len(scheduled)
-        for i, token in zip(rows, tokens, strict=True):
-            out[i] = token
-        return out
+        )
+        return LaunchedStep(len(scheduled), rows, seqs, sampled)
 
     def _run_decode(
         self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
@@ -228,3 +251,44 @@ class ModelRunner:
             gen = torch.Generator(device=self.device).manual_seed(seed)
             self._generators[request_id] = gen
         return gen
+
+
+class LaunchedStep:
+    """A step queued on the device: its sampled tokens, on their way to the host."""
+
+    def __init__(
+        self,
+        num_scheduled: int,
+        rows: list[int],
+        seqs: list,
+        sampled: torch.Tensor | None,
+    ) -> None:
+        self._num_scheduled = num_scheduled
+        self._rows = rows  # the scheduled entries that sample, in the order of `sampled`
+        self._row_of = {seq.request_id: r for r, seq in enumerate(seqs)}
+        self.sampled = sampled  # (R,) int64 on the device
+        self._ready: torch.cuda.Event | None = None
+        self._host = sampled
+        if sampled is not None and sampled.is_cuda:
+            # Copied into pinned memory behind the step and read once it lands: a blocking copy would
+            # also wait for any step queued after this one.
+            self._host = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
+            self._host.copy_(sampled, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def row_of(self, request_id: int) -> int:
+        """Where this step's sample for the request sits in `sampled`."""
+        return self._row_of[request_id]
+
+    def tokens(self) -> list[int | None]:
+        """The sampled token of each scheduled entry that samples, None for the others; waits for the
+        step."""
+        out: list[int | None] = [None] * self._num_scheduled
+        if self._host is None:
+            return out
+        if self._ready is not None:
+            self._ready.synchronize()
+        for i, token in zip(self._rows, self._host.tolist(), strict=True):
+            out[i] = token
+        return out

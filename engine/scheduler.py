@@ -12,6 +12,13 @@ Each step:
 
 A request the whole pool could never hold finishes with an error instead of waiting forever; a
 sequence that alone fills the pool while decoding stops with "length".
+
+Running one step ahead (schedule_ahead): while a decode step runs on the GPU, the engine may already
+launch the next one, each sequence's input being the token the running step samples, which the
+host has not read yet (`input_pending`). That is only done when the next step is certain to be that
+decode step (every running sequence samples now, nothing waits, no repetition penalty needs the
+token on the host, the slots are free without preempting anyone); a sequence that then stops has
+its extra token discarded.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ class ScheduledSequence:
     seq: Sequence
     start: int  # first position computed this step (== seq.num_computed_tokens when scheduled)
     num_tokens: int  # tokens computed this step
+    # The step's one input token is the previous step's sample, still on the device (schedule_ahead).
+    input_pending: bool = False
     samples: bool = field(init=False)  # this step reaches the last token: its logits give the next one
 
     def __post_init__(self) -> None:
-        self.samples = self.start + self.num_tokens == self.seq.num_tokens
+        self.samples = self.input_pending or self.start + self.num_tokens == self.seq.num_tokens
 
     @property
     def end(self) -> int:
@@ -160,6 +169,37 @@ class Scheduler:
         out.finished, self._finished_early = self._finished_early, []
         return out
 
+    def schedule_ahead(self, out: SchedulerOutput) -> SchedulerOutput | None:
+        """The decode step that follows `out`, scheduled before `out`'s samples are known: one token
+        per sequence of `out` that could go on, its input the token `out` samples for it. None when
+        the next step may be anything else (the engine then waits for `out` and schedules it as
+        usual): a request waiting or finished in between, a sequence of `out` still prefilling, one
+        running sequence left out of `out`, a repetition penalty (it reads the sampled tokens on
+        the host), or a block the pool cannot give without preempting. A sequence whose pending
+        token must be its last (max_new_tokens, the context, its deadline) is left out."""
+        if self.waiting or self._finished_early or not out.scheduled:
+            return None
+        items = [item for item in out.scheduled if not item.seq.is_finished]
+        if len(items) != len(self.running) or not all(item.samples for item in items):
+            return None
+        now = self.clock()
+        ahead = []
+        for item in items:
+            seq = item.seq
+            if seq.params.repetition_penalty != 1.0:
+                return None
+            tokens_after = seq.num_tokens + 1  # with the pending token
+            if (
+                tokens_after - seq.num_prompt_tokens >= seq.params.max_new_tokens
+                or (seq.max_model_len_tokens is not None and tokens_after >= seq.max_model_len_tokens)
+                or (seq.deadline_s is not None and now >= seq.deadline_s)
+            ):
+                continue
+            if not self.block_manager.ensure_slots(seq.request_id, tokens_after):
+                return None  # the slots taken so far are the next step's anyway
+            ahead.append(ScheduledSequence(seq, seq.num_tokens, 1, input_pending=True))
+        return SchedulerOutput(scheduled=ahead) if ahead else None
+
     def update(self, out: SchedulerOutput, sampled_token_ids: Seq[int | None]) -> list[Sequence]:
         """Apply a step's results: `sampled_token_ids[i]` is the token sampled for `out.scheduled[i]`
         (None where that entry does not sample). Returns the sequences that finished."""
@@ -169,7 +209,7 @@ class Scheduler:
         for item, token_id in zip(out.scheduled, sampled_token_ids, strict=True):
             seq = item.seq
             if seq.is_finished:
-                continue  # cancelled while the step ran
+                continue  # cancelled while the step ran, or stopped at the pending token
             assert seq.num_computed_tokens == item.start, (
                 seq.request_id,
                 seq.num_computed_tokens,

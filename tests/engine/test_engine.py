@@ -22,9 +22,11 @@ def checkpoint(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("qwen2"), "qwen2", seed=1)
 
 
-@pytest.fixture
-def engine(checkpoint):
-    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=128) as e:
+@pytest.fixture(params=[False, True], ids=["sync", "ahead"])
+def engine(checkpoint, request):
+    """Every contract holds whether the engine waits for each step or runs one decode step ahead (the
+    GPU default, forced here on the CPU)."""
+    with Engine(checkpoint, device="cpu", block_size=BS, num_cache_blocks=128, run_ahead=request.param) as e:
         yield e
 
 
@@ -264,7 +266,7 @@ def test_a_cache_too_small_for_all_requests_queues_or_preempts_them(checkpoint):
 
 @pytest.mark.parametrize("where", ["runner", "scheduler"])
 def test_an_exception_in_a_step_fails_that_request_and_the_engine_keeps_serving(engine, monkeypatch, where):
-    owner, name = (engine.runner, "execute") if where == "runner" else (engine.scheduler, "update")
+    owner, name = (engine.runner, "launch") if where == "runner" else (engine.scheduler, "update")
     real = getattr(owner, name)
     calls = {"n": 0}
 
@@ -353,8 +355,39 @@ def test_greedy_on_the_gpu_equals_the_reference(checkpoint):
         result = e.generate(ids, max_new_tokens=16, ignore_eos=True)
         second = e.generate(ids, max_new_tokens=16, ignore_eos=True)
         assert second.num_cached_tokens == 32 and second.token_ids == result.token_ids
+        assert e.run_ahead and e.stats()["steps_ahead"] >= 14  # the GPU default
         cpu_model = engine_load_cpu(checkpoint)
         assert result.token_ids == reference_greedy(cpu_model, ids, 16)
+
+
+def concurrent_outputs(engine) -> list[tuple[list[int], str]]:
+    """Requests of several lengths, stop rules and a seeded sampler, decoding side by side."""
+    runs = [
+        (prompt_ids(engine, 20, seed=1), dict(max_new_tokens=12, ignore_eos=True)),
+        (prompt_ids(engine, 33, seed=2), dict(max_new_tokens=30, ignore_eos=True)),
+        (prompt_ids(engine, 9, seed=3), dict(max_new_tokens=25)),
+        (prompt_ids(engine, 17, seed=4), dict(max_new_tokens=1, ignore_eos=True)),
+        (prompt_ids(engine, 12, seed=5), dict(max_new_tokens=20, temperature=1.0, seed=11, ignore_eos=True)),
+    ]
+    handles = [engine.submit(ids, **kw) for ids, kw in runs]
+    return [(r.token_ids, r.finish_reason) for r in (h.result(timeout=120) for h in handles)]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_running_one_step_ahead_changes_no_output(checkpoint, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    outputs, stats = {}, {}
+    for ahead in (False, True):
+        with Engine(checkpoint, device=device, dtype=torch.float32, block_size=BS, num_cache_blocks=64,
+                    run_ahead=ahead) as e:  # fmt: skip
+            outputs[ahead] = concurrent_outputs(e)
+            stats[ahead] = e.stats()
+    assert outputs[True] == outputs[False]
+    assert [len(t) for t, _ in outputs[True]][:2] == [12, 30]
+    assert stats[False]["steps_ahead"] == 0 and stats[True]["steps_ahead"] >= 10
+    assert stats[True]["generated_tokens"] == stats[False]["generated_tokens"]  # discarded ones not counted
+    assert stats[True]["num_free_blocks"] == 64
 
 
 def engine_load_cpu(checkpoint):

@@ -324,3 +324,63 @@ def test_random_workloads_finish_every_request_once_and_return_every_block(
         assert q.finish_reason in ("eos", "stop", "length", "cancelled", "deadline", "error")
         if q.finish_reason == "length":
             assert len(q.output_token_ids) == q.params.max_new_tokens or q.error is None
+
+
+# ---- one step ahead (the pipeline that runs it: test_step_pipeline.py) ---------------------------
+
+
+def decoding(s: Scheduler, *seqs: Sequence) -> SchedulerOutput:
+    """Prefill the sequences and schedule their first decode step."""
+    for seq in seqs:
+        s.add(seq)
+    step(s)
+    out = s.schedule()
+    assert all(i.num_tokens == 1 for i in out.scheduled)
+    return out
+
+
+def test_schedule_ahead_gives_each_sequence_its_next_position_and_slot():
+    s = scheduler(block_size=4)
+    a, b = make(1, 4, s.clock, max_new_tokens=10), make(2, 6, s.clock, first=9, max_new_tokens=10)
+    out = decoding(s, a, b)
+    ahead = s.schedule_ahead(out)
+    assert [
+        (i.seq.request_id, i.start, i.num_tokens, i.input_pending, i.samples) for i in ahead.scheduled
+    ] == [
+        (1, 5, 1, True, True),
+        (2, 7, 1, True, True),
+    ]
+    # Position 5 of a needs its second block, taken now: the step ahead writes its K/V there.
+    assert len(s.block_manager.block_table(1)) == 2 and len(s.block_manager.slot_mapping(1, 5, 6)) == 1
+
+
+def test_schedule_ahead_waits_when_the_next_step_may_be_anything_else():
+    s = scheduler(block_size=4)
+    out = decoding(s, make(1, 4, s.clock, max_new_tokens=10))
+    s.add(make(2, 3, s.clock))  # a request waits: the next step prefills it
+    assert s.schedule_ahead(out) is None
+
+    s = scheduler(block_size=4)
+    out = decoding(s, make(1, 4, s.clock, max_new_tokens=10, repetition_penalty=1.2))
+    assert s.schedule_ahead(out) is None  # the penalty reads the sampled tokens on the host
+
+    s = scheduler(block_size=4, prefill_chunk_tokens=4)
+    s.add(make(1, 3, s.clock, max_new_tokens=10))
+    step(s)  # 1 is decoding now
+    s.add(make(2, 9, s.clock, first=30))
+    out = s.schedule()  # 1 decodes, 2 prefills its first chunk
+    assert s.schedule_ahead(out) is None
+
+    s = scheduler(num_blocks=2, block_size=4)
+    out = decoding(s, make(1, 7, s.clock, max_new_tokens=10))  # 8 slots taken after this step
+    assert s.schedule_ahead(out) is None  # position 8 needs a third block: the pool has none
+
+
+def test_a_sequence_whose_pending_token_is_its_last_is_left_out():
+    s = scheduler(block_size=4)
+    a, b = make(1, 4, s.clock, max_new_tokens=2), make(2, 4, s.clock, first=9, max_new_tokens=10)
+    out = decoding(s, a, b)  # a's pending token is its second and last
+    assert [i.seq.request_id for i in s.schedule_ahead(out).scheduled] == [2]
+    s = scheduler(block_size=4)
+    out = decoding(s, make(1, 4, s.clock, max_new_tokens=2))
+    assert s.schedule_ahead(out) is None
