@@ -24,6 +24,7 @@ import torch
 from engine.attention_metadata import AttentionMetadata
 from engine.block_manager import BlockManager
 from engine.config import ModelConfig
+from engine.host_to_device import tensor_on
 from engine.sampler import sample
 from engine.scheduler import ScheduledSequence
 
@@ -142,7 +143,8 @@ class ModelRunner:
         width = max(len(t) for t in block_tables)
         rows = [i for i, item in enumerate(scheduled) if item.samples]
         last_token_index = [query_start_loc[i + 1] - 1 for i in rows]
-        # One host -> device copy for all of the step's integers (each copy is a sync), then views:
+        # One host -> device copy for all of the step's integers, queued behind any step ahead of it
+        # (engine/host_to_device.py), then views:
         # [input_ids T | positions T | slot_mapping T | query_start_loc S+1 | seq_lens S |
         #  block_tables S*width (padded with 0) | last_token_index R | pending dst P | pending src P]
         packed = input_ids + positions + slot_mapping + query_start_loc + seq_lens
@@ -150,8 +152,8 @@ class ModelRunner:
             packed += t
             packed += [0] * (width - len(t))
         packed += last_token_index + pending_dst + pending_src
-        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t, dst_t, src_t = torch.tensor(
-            packed, dtype=torch.int64, device=self.device
+        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t, dst_t, src_t = tensor_on(
+            packed, torch.int64, self.device
         ).split(
             [len(input_ids)] * 3
             + [len(query_start_loc), len(seq_lens), len(block_tables) * width, len(rows)]

@@ -11,7 +11,8 @@ Per row, in this order (the order of Hugging Face's logits processors):
   a draw from the remaining distribution. The draw is argmax(p / e) with e ~ Exp(1) drawn from the
   row's own torch.Generator: equivalent to sampling from p, and a seeded request gives the same
   tokens whatever else shares its batch.
-Everything stays on the logits' device; the caller's .tolist() is the one sync per step.
+Everything stays on the logits' device, and the per-row parameters go there from pinned memory
+(engine/host_to_device.py): nothing here waits for the device.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from engine.host_to_device import tensor_on
 from engine.request import SamplingParams
 
 
@@ -41,9 +43,9 @@ def sample(
     random_rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not random_rows:
         return greedy
-    rows = torch.tensor(random_rows, device=device)
+    rows = tensor_on(random_rows, torch.int64, device)
     chosen = [params[i] for i in random_rows]
-    temperature = torch.tensor([p.temperature for p in chosen], device=device).unsqueeze(1)
+    temperature = tensor_on([p.temperature for p in chosen], torch.float32, device).unsqueeze(1)
     scaled = logits[rows] / temperature  # (R, V)
     probs = _filtered_probs(scaled, chosen)  # (R, V), zero outside the kept tokens
     noise = torch.empty_like(probs)
@@ -55,7 +57,7 @@ def sample(
         else:
             noise[r].exponential_(generator=gen)
     if unseeded:
-        idx = torch.tensor(unseeded, device=device)
+        idx = tensor_on(unseeded, torch.int64, device)
         noise[idx] = torch.empty((len(unseeded), vocab), device=device).exponential_()
     drawn = (probs / noise).argmax(dim=-1)  # (R,)
     return greedy.index_copy(0, rows, drawn)
@@ -78,9 +80,9 @@ def apply_repetition_penalty(
     if not row_idx:
         return logits
     device = logits.device
-    rows = torch.tensor(row_idx, device=device)
-    toks = torch.tensor(tok_idx, device=device)
-    pen = torch.tensor(penalty, device=device, dtype=logits.dtype)
+    rows = tensor_on(row_idx, torch.int64, device)
+    toks = tensor_on(tok_idx, torch.int64, device)
+    pen = tensor_on(penalty, logits.dtype, device)
     values = logits[rows, toks]  # (P,)
     logits = logits.clone()
     logits[rows, toks] = torch.where(values > 0, values / pen, values * pen)
@@ -95,13 +97,13 @@ def _filtered_probs(scaled: torch.Tensor, params: Sequence[SamplingParams]) -> t
     vocab = scaled.shape[1]
     sorted_logits, order = scaled.sort(dim=-1, descending=True)  # (R, V)
     rank = torch.arange(vocab, device=device).unsqueeze(0)  # (1, V)
-    top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device).unsqueeze(1)
+    top_k = tensor_on([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device).unsqueeze(1)
     sorted_logits = sorted_logits.masked_fill(rank >= top_k, float("-inf"))
     probs = torch.softmax(sorted_logits, dim=-1)  # (R, V), descending
-    top_p = torch.tensor([p.top_p for p in params], device=device, dtype=probs.dtype).unsqueeze(1)
+    top_p = tensor_on([p.top_p for p in params], probs.dtype, device).unsqueeze(1)
     mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly better tokens
     remove = mass_before >= top_p
-    min_p = torch.tensor([p.min_p for p in params], device=device, dtype=probs.dtype).unsqueeze(1)
+    min_p = tensor_on([p.min_p for p in params], probs.dtype, device).unsqueeze(1)
     remove |= probs < min_p * probs[:, :1]
     remove[:, 0] = False  # the most likely token always stays
     probs = probs.masked_fill(remove, 0.0)
