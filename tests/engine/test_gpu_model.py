@@ -176,3 +176,75 @@ def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, row
     assert graphs.returns_logits(step)
     assert torch.equal(graphs.run(ids, pos, step), eager)
     assert not graphs.returns_logits(token_level_metadata(step, rows))
+
+
+def pipeline_with_requests(tmp_path, run_ahead: bool):
+    """engine/step_pipeline.py over an fp16 act-order model through the decode graphs, with greedy,
+    sampled and seeded requests added before the first step (the same batches in every run)."""
+    import dataclasses
+
+    from engine.block_manager import BlockManager
+    from engine.model_runner import ModelRunner
+    from engine.request import SamplingParams
+    from engine.scheduler import Scheduler
+    from engine.sequence import Sequence
+    from engine.step_pipeline import StepPipeline
+
+    family, kwargs, overrides = CASES["llama-gptq4-act-order"]
+    folder = make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides)
+    model = engine.load_model(folder, device="cuda", dtype=torch.float16)
+    runner = ModelRunner(model, num_cache_blocks=64, block_size=16)
+    block_manager = BlockManager(64, 16)
+    scheduler = Scheduler(block_manager)
+    greedy = SamplingParams(max_new_tokens=30, ignore_eos=True)
+    sampled = SamplingParams(
+        max_new_tokens=40, ignore_eos=True, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05
+    )
+    seqs = [
+        Sequence(i, list(range(3, 23 + i)), params, arrival_time_s=0.0)
+        for i, params in enumerate((greedy, sampled, dataclasses.replace(sampled, seed=3)))
+    ]
+    for seq in seqs:
+        scheduler.add(seq)
+    return StepPipeline(scheduler, runner, block_manager, run_ahead=run_ahead), runner, seqs
+
+
+def test_queuing_a_step_never_waits_for_the_device(tmp_path, kernels):
+    """The engine's step ahead must not wait for the step running: a copy from pageable memory or a
+    read of a device value inside launch() would (torch's sync debug mode makes either an error)."""
+    pipeline, runner, _ = pipeline_with_requests(tmp_path, run_ahead=True)
+    for _ in range(4):  # the prefill, the decode graph's capture
+        pipeline.start()
+        pipeline.finish(may_run_ahead=True)
+    assert runner._decode_graphs() is not None and runner._decode_graphs().disabled_reason is None
+    real_launch = runner.launch
+
+    def launch(*args):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return real_launch(*args)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    runner.launch = launch
+    ahead_before = pipeline.steps_ahead
+    for _ in range(10):
+        pipeline.start()
+        pipeline.finish(may_run_ahead=True)
+    assert pipeline.steps_ahead - ahead_before == 10
+
+
+def test_the_step_ahead_gives_the_synchronous_tokens_bit_for_bit(tmp_path, kernels):
+    """The same batches through the decode graphs, waiting for each step or queuing the next one
+    ahead: the same tokens, the seeded row's included (greedy and seeded: the others draw from the
+    global generator, which the discarded steps also advance)."""
+    outputs = {}
+    for ahead in (False, True):
+        pipeline, _, seqs = pipeline_with_requests(tmp_path / str(ahead), run_ahead=ahead)
+        while pipeline.has_work():
+            pipeline.start()
+            pipeline.finish(may_run_ahead=True)
+        outputs[ahead] = [seqs[0].output_token_ids, seqs[2].output_token_ids]
+        assert [len(s.output_token_ids) for s in seqs] == [30, 40, 40]
+        assert (pipeline.steps_ahead >= 30) == ahead
+    assert outputs[True] == outputs[False]
