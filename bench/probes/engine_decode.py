@@ -11,6 +11,11 @@ Scheduler.update), synchronous and one decode step ahead (the engine's GPU defau
 step (bench/engine_step.py ServedStep) is the graph, the head and an argmax, timed with the steps
 queued and with the token read every step. The difference between the engine and the queued
 served step is the host's share of a token that a user waits for.
+
+It also times a keystroke through the engine's step: a request of 16 new tokens after an 8k prefix
+in the prefix cache, from Scheduler.add to its first token read (the prefix lookup, packing, the
+prompt-token graph, the head on the last row, the read), beside the served step's keystroke
+(decode_variants.keystroke_ms: the graph and head alone).
 """
 
 from __future__ import annotations
@@ -70,6 +75,35 @@ def engine_decode_tok_s(
     return generated / elapsed, generated
 
 
+def engine_keystroke_ms(
+    runner: ModelRunner, prefix: int = 8192, suffix: int = 16, repeats: int = 20
+) -> float:
+    """Median ms from Scheduler.add to the first token of a request of `suffix` new tokens after a
+    `prefix`-token prompt in the prefix cache, each request with a fresh suffix."""
+    block_manager = BlockManager(runner.num_cache_blocks, BLOCK)
+    scheduler = Scheduler(block_manager, max_batch_size=1, prefill_chunk_tokens=2048)
+    pipeline = StepPipeline(scheduler, runner, block_manager, run_ahead=True)
+    vocab = runner.config.vocab_size
+    base = torch.randint(0, vocab, (prefix,)).tolist()
+    one_token = SamplingParams(max_new_tokens=1, ignore_eos=True)  # finishes at its first token
+    times = []
+    for i in range(repeats + 4):  # the first fills the prefix cache, the next three warm up
+        seq = Sequence(
+            i, base + torch.randint(0, vocab, (suffix if i else 1,)).tolist(), one_token, arrival_time_s=0.0
+        )
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        scheduler.add(seq)
+        while not seq.is_finished:
+            pipeline.start()
+            pipeline.finish(may_run_ahead=True)
+        if i >= 4:
+            times.append((time.perf_counter() - start) * 1e3)
+            assert seq.num_cached_tokens == prefix, seq.num_cached_tokens
+    return sorted(times)[len(times) // 2]
+
+
 def compare_head(args) -> int:
     """The engine's step at 2k, its decode graph with the head inside (the default) and without (the
     head launched eagerly after the replay), alternated: the host's share of each."""
@@ -122,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     if args.compare_head:
         return compare_head(args)
+    from bench.probes.decode_variants import keystroke_ms
+
     model, kv_cache = served_model(args.model)
     served = ServedStep(model, kv_cache)
     served_tok_s = {ctx: [1e3 / ms for ms in time_decode(served, ctx)] for ctx in CONTEXTS}
+    served_keystroke = keystroke_ms(served, model.config.vocab_size)
     del served, kv_cache
     torch.cuda.empty_cache()
     runner = ModelRunner(
@@ -139,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert generated == args.steps, (generated, args.steps)
                 engine[ahead] = max(engine.get(ahead, 0.0), tok_s)
         rows.append((ctx, *served_tok_s[ctx], engine[False], engine[True]))
+    engine_keystroke = engine_keystroke_ms(runner)
     print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s, {args.steps} steps")
     print(
         f"{'ctx':>6}  {'served, queued':>15}  {'served, synced':>15}  {'engine, sync':>12}  {'engine, ahead':>13}"
@@ -150,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{ctx:>6}  {queued:15.1f}  {synced:15.1f}  {sync:12.1f}  {ahead:13.1f}"
             f"  {host[0]:17.0f} / {host[1]:6.0f}"
         )
+    print(
+        f"keystroke (16 tokens after a cached 8k prefix): served {served_keystroke:.3f} ms, "
+        f"engine {engine_keystroke:.3f} ms (host {1e3 * (engine_keystroke - served_keystroke):.0f} us)"
+    )
     return 0
 
 
