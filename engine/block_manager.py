@@ -114,12 +114,18 @@ class BlockManager:
         max_hit_blocks = max(0, len(token_ids) - 1) // bs
         data = token_bytes(token_ids[: max_hit_blocks * bs])
         step = self._prefix_keys.step
-        for i, key in enumerate(self._prefix_keys.keys(data, max_hit_blocks)):
-            block = self._cached.get(key)
-            if block is None or self._tokens[block] != data[i * step : (i + 1) * step]:
+        # _acquire inlined: a keystroke's 8k-token prefix is ~500 hits, each on the path to its first token.
+        cached, stored, ref_count, evictable = self._cached, self._tokens, self._ref_count, self._evictable
+        offset = 0
+        for key in self._prefix_keys.keys(data, max_hit_blocks):
+            block = cached.get(key)
+            if block is None or stored[block] != data[offset : offset + step]:
                 break
-            self._acquire(block)
+            if ref_count[block] == 0:
+                del evictable[block]
+            ref_count[block] += 1
             table.append(block)
+            offset += step
         self._num_registered[seq_id] = len(table)
         num_cached_tokens = len(table) * bs
         self.num_hit_queries_tokens += len(token_ids)
@@ -173,8 +179,16 @@ class BlockManager:
         together the tail is the least recently used and is evicted first."""
         table = self._tables.pop(seq_id)
         del self._num_registered[seq_id]
+        # _release inlined (a long prompt's table is ~500 blocks, freed when its answer is ready).
+        ref_count, keys, evictable, free = self._ref_count, self._key, self._evictable, self._free
         for block in reversed(table):
-            self._release(block)
+            assert ref_count[block] > 0, block
+            ref_count[block] -= 1
+            if ref_count[block] == 0:
+                if keys[block] is not None:
+                    evictable[block] = None  # most recently used end
+                else:
+                    free.append(block)
 
     # ---- internals -------------------------------------------------------------------------------
 
