@@ -1,10 +1,11 @@
 """The decode step captured as CUDA graphs, one per batch-size bucket (1, 2, 4, 8, 16).
 
 A decode step launches a few hundred small kernels; replaying a graph turns them into one launch,
-so the CPU no longer paces the GPU. Graphs read their inputs from static buffers: each step copies
-its ids, positions, slots, sequence lengths and block tables into them and replays the graph of the
-smallest bucket that fits; rows past the batch are padding (sequence length 0, slot -1: the
-kernels read and write nothing for them).
+so the CPU no longer paces the GPU. Graphs read their inputs from static buffers, views of one device
+buffer: the engine writes a step's ids, positions, slots, sequence lengths and block tables there from
+host lists in one copy (load_rows), then replays the graph of the smallest bucket that fits; rows past
+the batch are padding (sequence length 0, slot -1: the kernels read and write nothing for them).
+run() does the same from device tensors (the benchmarks' path).
 
 With a `head` (the model's compute_logits), a decode graph ends with it: every row of a decode step
 samples, and the head's GEMV then starts early (PDL) and needs no eager launch of its own. The
@@ -28,7 +29,9 @@ be captured. Capture happens lazily, the first time a bucket is needed.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+from array import array
 from collections.abc import Callable
 
 import torch
@@ -66,13 +69,23 @@ class DecodeGraphs:
         self.max_seq_len = max_seq_len
         self.buckets = tuple(sorted(buckets))
         self.max_blocks_per_seq = -(-max_seq_len // block_size)
-        rows = self.buckets[-1]
-        self.input_ids = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(rows, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((rows,), -1, dtype=torch.int64, device=device)
-        self.seq_lens = torch.zeros(rows, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros((rows, self.max_blocks_per_seq), dtype=torch.int32, device=device)
+        rows, width = self.buckets[-1], self.max_blocks_per_seq
+        # Every input of the graphs lives in one device buffer, so that a step's host values arrive in
+        # one copy (load_rows): int64 [input_ids | positions | slot_mapping | extra], then int32
+        # [seq_lens | block_tables (rows x width)]. `extra` holds a step's own small index lists.
+        self.extra_len = 3 * rows
+        int64_bytes = 8 * (3 * rows + self.extra_len)
+        self._storage = torch.zeros(int64_bytes + 4 * rows * (1 + width), dtype=torch.uint8, device=device)
+        int64s = self._storage[:int64_bytes].view(torch.int64)
+        int32s = self._storage[int64_bytes:].view(torch.int32)
+        self.input_ids, self.positions, self.slot_mapping, self._extra = int64s.split(
+            [rows] * 3 + [self.extra_len]
+        )
+        self.seq_lens, tables = int32s.split([rows, rows * width])
+        self.block_tables = tables.view(rows, width)
+        self.slot_mapping.fill_(-1)
         self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)
+        self._tables_offset = int64_bytes + 4 * rows  # where block_tables starts in the buffer
         self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle()
         self.disabled_reason: str | None = None
@@ -91,20 +104,71 @@ class DecodeGraphs:
         return self.head is not None and not attn.prompt_tokens_as_sequences
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> torch.Tensor:
-        """One decode step through the bucket's graph; returns the step's output rows [:num_seqs],
-        logits where returns_logits(attn), else hidden states (a view of a static buffer, valid until
-        the next replay)."""
-        n = attn.num_seqs
-        bucket = bucket_for(n, self.buckets)
-        assert bucket is not None and self.can_run(attn)
+        """One decode step through the bucket's graph, its inputs as device tensors; returns the step's
+        output rows [:num_seqs], logits where returns_logits(attn), else hidden states (a view of a
+        static buffer, valid until the next replay)."""
+        assert bucket_for(attn.num_seqs, self.buckets) is not None and self.can_run(attn)
         self._load_inputs(input_ids, positions, attn)
-        key = (bucket, attn.prompt_tokens_as_sequences)
-        entry = self._graphs.get(key)
+        return self.replay(attn.num_seqs, attn.prompt_tokens_as_sequences)
+
+    def can_run_rows(self, num_rows: int, max_seq_len: int, table_width: int) -> bool:
+        """Whether load_rows() and replay() can serve a step of these host-side dimensions."""
+        return (
+            self.disabled_reason is None
+            and 0 < num_rows <= self.buckets[-1]
+            and max_seq_len <= self.max_seq_len
+            and table_width <= self.max_blocks_per_seq
+        )
+
+    def load_rows(
+        self,
+        input_ids: list[int],
+        positions: list[int],
+        slot_mapping: list[int],
+        seq_lens: list[int],
+        block_tables: list[list[int]],
+        extra: list[int] = (),
+    ) -> torch.Tensor:
+        """A step's inputs from the host, one row per token (a sequence's row sees its context up to
+        seq_lens; its block table, padded with 0), in one copy from pinned memory queued on the
+        stream; rows past the step are padding. Returns `extra` (at most extra_len int64s) on the
+        device, valid until the next load."""
+        rows, width, n = self.buckets[-1], self.max_blocks_per_seq, len(input_ids)
+        pad = rows - n
+        assert 0 < n <= rows and len(extra) <= self.extra_len
+        zeros = array("q", bytes(8 * pad))
+        head = (
+            array("q", input_ids) + zeros
+            + array("q", positions) + zeros
+            + array("q", slot_mapping) + array("q", [-1]) * pad  # padding rows write no K/V
+            + array("q", extra) + array("q", bytes(8 * (self.extra_len - len(extra))))
+        )  # fmt: skip
+        lens = array("i", seq_lens) + array("i", bytes(4 * pad))  # padding rows read nothing
+        tables = array("i")
+        converted: dict[int, array] = {}  # a prompt's rows share one table
+        for table in block_tables:
+            row = converted.get(id(table))
+            if row is None:
+                row = converted[id(table)] = array("i", table) + array("i", bytes(4 * (width - len(table))))
+            tables.extend(row)
+        data = head.tobytes() + lens.tobytes() + tables.tobytes()
+        assert len(data) == self._tables_offset + 4 * n * width
+        host = torch.empty(len(data), dtype=torch.uint8, pin_memory=True)
+        ctypes.memmove(host.data_ptr(), data, len(data))
+        self._storage[: len(data)].copy_(host, non_blocking=True)
+        return self._extra[: len(extra)]
+
+    def replay(self, num_rows: int, prompt_tokens: bool) -> torch.Tensor:
+        """Replay the graph of the smallest bucket holding num_rows over the loaded inputs (captured
+        on first use); returns its output rows [:num_rows], as run() does."""
+        bucket = bucket_for(num_rows, self.buckets)
+        assert bucket is not None
+        entry = self._graphs.get((bucket, prompt_tokens))
         if entry is None:
-            entry = self._capture(*key)
+            entry = self._capture(bucket, prompt_tokens)
         graph, out = entry
         graph.replay()
-        return out[:n]
+        return out[:num_rows]
 
     def _load_inputs(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> None:
         n, width = attn.num_seqs, attn.block_tables.shape[1]

@@ -3,11 +3,11 @@
 KV cache: one tensor (num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim) in the model
 dtype on the model's device; [layer, 0] holds K and [layer, 1] holds V; slot = block * block_size + offset.
 
-A step packs the new tokens of every scheduled sequence along one axis (no padding), runs
-forward_paged, computes logits only for the last token of each sequence that samples this step,
-and samples. A step in which every sequence brings one token goes through `_run_decode`, any other
-through `_run_prefill`: on CUDA both replay the per-bucket decode graphs of engine/cuda_graph.py when
-they can (short prefills as one-token rows), else run the model eagerly.
+A step packs the new tokens of every scheduled sequence along one axis (no padding), runs the model,
+computes logits only for the last token of each sequence that samples this step, and samples. On
+CUDA a step of at most 16 new tokens (a decode step, or a keystroke's few tokens after a cached
+prefix, as one-token rows) replays the per-bucket graphs of engine/cuda_graph.py, its integers
+written straight into the graphs' buffers in one copy; any other step runs the model eagerly.
 
 launch() queues a step and returns at once; its tokens() reads the samples (the step's one device ->
 host sync). A step scheduled ahead (ScheduledSequence.input_pending) takes its input tokens from the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -118,63 +119,12 @@ class ModelRunner:
     ) -> LaunchedStep:
         """Queue one step on the device. Entries with input_pending take their input token from
         `after`, the step launched just before (which sampled for the same request)."""
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slot_mapping: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        block_tables: list[list[int]] = []
-        pending_dst: list[int] = []  # rows of input_ids that `after` fills ...
-        pending_src: list[int] = []  # ... from these rows of its samples
-        for item in scheduled:
-            seq, rid = item.seq, item.seq.request_id
-            if item.input_pending:
-                assert after is not None and item.num_tokens == 1, rid
-                pending_dst.append(len(input_ids))
-                pending_src.append(after.row_of(rid))
-                input_ids.append(0)
-            else:
-                input_ids += seq.token_ids[item.start : item.end]
-            positions += range(item.start, item.end)
-            slot_mapping += block_manager.slot_mapping(rid, item.start, item.end)
-            query_start_loc.append(query_start_loc[-1] + item.num_tokens)
-            seq_lens.append(item.end)
-            block_tables.append(block_manager.block_table(rid))
-        width = max(len(t) for t in block_tables)
-        rows = [i for i, item in enumerate(scheduled) if item.samples]
-        last_token_index = [query_start_loc[i + 1] - 1 for i in rows]
-        # One host -> device copy for all of the step's integers, queued behind any step ahead of it
-        # (engine/host_to_device.py), then views:
-        # [input_ids T | positions T | slot_mapping T | query_start_loc S+1 | seq_lens S |
-        #  block_tables S*width (padded with 0) | last_token_index R | pending dst P | pending src P]
-        packed = input_ids + positions + slot_mapping + query_start_loc + seq_lens
-        for t in block_tables:
-            packed += t
-            packed += [0] * (width - len(t))
-        packed += last_token_index + pending_dst + pending_src
-        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t, dst_t, src_t = tensor_on(
-            packed, torch.int64, self.device
-        ).split(
-            [len(input_ids)] * 3
-            + [len(query_start_loc), len(seq_lens), len(block_tables) * width, len(rows)]
-            + [len(pending_dst)] * 2
-        )
-        if pending_dst:
-            ids_t.index_copy_(0, dst_t, after.sampled.index_select(0, src_t))
-        attn = AttentionMetadata(
-            query_start_loc=qsl_t.to(torch.int32),
-            seq_lens=lens_t.to(torch.int32),
-            block_tables=tables_t.to(torch.int32).view(len(block_tables), width),
-            slot_mapping=slots_t,
-            max_query_len=max(item.num_tokens for item in scheduled),
-            max_seq_len=max(seq_lens),
-            block_size=self.block_size,
-        )
-        if attn.is_decode:
-            out, is_logits = self._run_decode(ids_t, pos_t, attn)
-        else:
-            out, is_logits = self._run_prefill(ids_t, pos_t, attn)  # (T, H) or (T, V)
+        step = StepInputs.gather(scheduled, block_manager, after)
+        graphs = self._decode_graphs()
+        ran = self._run_graphs(graphs, step, after) if graphs is not None else None
+        out, is_logits, last_t = ran if ran is not None else self._run_eager(step, after)
 
+        rows = step.sampling_entries
         seqs = [scheduled[i].seq for i in rows]
         if not rows:
             return LaunchedStep(len(scheduled), rows, seqs, None)
@@ -192,34 +142,69 @@ class ModelRunner:
         )
         return LaunchedStep(len(scheduled), rows, seqs, sampled)
 
-    def _run_decode(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
-    ) -> tuple[torch.Tensor, bool]:
-        """Decode step: input_ids, positions (num_seqs,) -> (out, is_logits): a decode graph's logits
-        (num_seqs, V) with the head inside it, else hidden (num_seqs, H). CUDA graphs hook here."""
-        graphs = self._decode_graphs()
-        if graphs is not None and graphs.can_run(attn):
-            try:
-                return graphs.run(input_ids, positions, attn), graphs.returns_logits(attn)
-            except RuntimeError as exc:  # capture failed: eager decode from now on
-                graphs.disabled_reason = str(exc)
-                log.warning("CUDA graph decode disabled: %s", exc)
-        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache), False
+    def _run_graphs(
+        self, graphs, step: StepInputs, after: LaunchedStep | None
+    ) -> tuple[torch.Tensor, bool, torch.Tensor] | None:
+        """The step through the decode graphs, one row per new token (a decode step's rows, or a short
+        prefill's tokens as one-token sequences: engine/cuda_graph.py), its inputs in one copy
+        straight into the graphs' buffers. None where the graphs cannot serve it.
+        Returns (out, is_logits, rows of out that sample)."""
+        num_rows = len(step.input_ids)
+        if not graphs.can_run_rows(num_rows, max(step.seq_lens), step.width):
+            return None
+        prompt_tokens = step.max_query_len > 1
+        row_lens = [p + 1 for p in step.positions]  # a token sees the context up to itself
+        row_tables = [t for t, k in zip(step.block_tables, step.num_tokens, strict=True) for _ in range(k)]
+        pending = len(step.pending_dst)
+        try:
+            extra = graphs.load_rows(
+                step.input_ids, step.positions, step.slot_mapping, row_lens, row_tables,
+                step.pending_dst + step.pending_src + step.last_token_index,
+            )  # fmt: skip
+            if pending:
+                graphs.input_ids.index_copy_(
+                    0, extra[:pending], after.sampled.index_select(0, extra[pending : 2 * pending])
+                )
+            out = graphs.replay(num_rows, prompt_tokens)
+        except RuntimeError as exc:  # capture failed: eager steps from now on
+            graphs.disabled_reason = str(exc)
+            log.warning("CUDA graph decode disabled: %s", exc)
+            return None
+        return out, graphs.head is not None and not prompt_tokens, extra[2 * pending :]
 
-    def _run_prefill(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata
-    ) -> tuple[torch.Tensor, bool]:
-        """A few new tokens (a keystroke after a cached prefix) go through the decode graphs as
-        one-token sequences (engine/cuda_graph.py); longer prefills run eagerly."""
-        graphs = self._decode_graphs()
-        num_tokens = input_ids.shape[0]
-        if graphs is not None and num_tokens <= graphs.buckets[-1]:
-            from engine.cuda_graph import token_level_metadata
-
-            token_attn = token_level_metadata(attn, num_tokens)
-            if graphs.can_run(token_attn):
-                return self._run_decode(input_ids, positions, token_attn)
-        return self.model.forward_paged(input_ids, positions, attn, self.kv_cache), False
+    def _run_eager(
+        self, step: StepInputs, after: LaunchedStep | None
+    ) -> tuple[torch.Tensor, bool, torch.Tensor]:
+        """The step through model.forward_paged; returns (hidden (T, H), False, rows that sample)."""
+        width, tables = step.width, step.block_tables
+        # One host -> device copy for all of the step's integers, queued behind any step ahead of it
+        # (engine/host_to_device.py), then views:
+        # [input_ids T | positions T | slot_mapping T | query_start_loc S+1 | seq_lens S |
+        #  block_tables S*width (padded with 0) | last_token_index R | pending dst P | pending src P]
+        packed = step.input_ids + step.positions + step.slot_mapping + step.query_start_loc + step.seq_lens
+        for t in tables:
+            packed += t
+            packed += [0] * (width - len(t))
+        packed += step.last_token_index + step.pending_dst + step.pending_src
+        ids_t, pos_t, slots_t, qsl_t, lens_t, tables_t, last_t, dst_t, src_t = tensor_on(
+            packed, torch.int64, self.device
+        ).split(
+            [len(step.input_ids)] * 3
+            + [len(step.query_start_loc), len(step.seq_lens), len(tables) * width, len(step.last_token_index)]
+            + [len(step.pending_dst)] * 2
+        )
+        if step.pending_dst:
+            ids_t.index_copy_(0, dst_t, after.sampled.index_select(0, src_t))
+        attn = AttentionMetadata(
+            query_start_loc=qsl_t.to(torch.int32),
+            seq_lens=lens_t.to(torch.int32),
+            block_tables=tables_t.to(torch.int32).view(len(tables), width),
+            slot_mapping=slots_t,
+            max_query_len=step.max_query_len,
+            max_seq_len=max(step.seq_lens),
+            block_size=self.block_size,
+        )
+        return self.model.forward_paged(ids_t, pos_t, attn, self.kv_cache), False, last_t
 
     def _decode_graphs(self):
         """engine/cuda_graph.py's per-bucket decode graphs, made on the first CUDA decode (None on CPU)."""
@@ -294,3 +279,53 @@ class LaunchedStep:
         for i, token in zip(self._rows, self._host.tolist(), strict=True):
             out[i] = token
         return out
+
+
+@dataclass
+class StepInputs:
+    """A step's integers on the host, entry by entry of the schedule."""
+
+    input_ids: list[int]  # every new token of every entry, in order (0 where pending)
+    positions: list[int]
+    slot_mapping: list[int]
+    num_tokens: list[int]  # per entry
+    query_start_loc: list[int]  # [0, cumulative num_tokens...]
+    seq_lens: list[int]  # per entry: its context after this step
+    block_tables: list[list[int]]  # per entry (the block manager's lists, not copies)
+    sampling_entries: list[int]  # entries that sample
+    last_token_index: list[int]  # their last token's index in input_ids
+    pending_dst: list[int]  # indices of input_ids that the step before fills ...
+    pending_src: list[int]  # ... from these rows of its samples
+
+    @property
+    def width(self) -> int:
+        return max(len(t) for t in self.block_tables)
+
+    @property
+    def max_query_len(self) -> int:
+        return max(self.num_tokens)
+
+    @classmethod
+    def gather(
+        cls, scheduled: Sequence[ScheduledSequence], block_manager: BlockManager, after: LaunchedStep | None
+    ) -> StepInputs:
+        s = cls([], [], [], [], [0], [], [], [], [], [], [])
+        for i, item in enumerate(scheduled):
+            seq, rid = item.seq, item.seq.request_id
+            if item.input_pending:
+                assert after is not None and item.num_tokens == 1, rid
+                s.pending_dst.append(len(s.input_ids))
+                s.pending_src.append(after.row_of(rid))
+                s.input_ids.append(0)
+            else:
+                s.input_ids += seq.token_ids[item.start : item.end]
+            s.positions += range(item.start, item.end)
+            s.slot_mapping += block_manager.slot_mapping(rid, item.start, item.end)
+            s.num_tokens.append(item.num_tokens)
+            s.query_start_loc.append(s.query_start_loc[-1] + item.num_tokens)
+            s.seq_lens.append(item.end)
+            s.block_tables.append(block_manager.block_table(rid))
+            if item.samples:
+                s.sampling_entries.append(i)
+                s.last_token_index.append(s.query_start_loc[-1] - 1)
+        return s

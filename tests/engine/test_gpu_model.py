@@ -140,7 +140,8 @@ def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case, promp
 def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, rows):
     """engine/cuda_graph.py with the head inside a decode graph (what the engine and bench_gpu
     replay): the same logits, bit for bit, as the eager forward and head; a short prefill's graph
-    still returns hidden states."""
+    still returns hidden states. The same rows loaded from host lists (load_rows, the engine's path)
+    give the same bits."""
     import dataclasses
 
     from engine.cuda_graph import DecodeGraphs, token_level_metadata
@@ -176,6 +177,15 @@ def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, row
     assert graphs.returns_logits(step)
     assert torch.equal(graphs.run(ids, pos, step), eager)
     assert not graphs.returns_logits(token_level_metadata(step, rows))
+    hidden = graphs.run(ids, pos, token_level_metadata(step, rows)).clone()
+    # The engine's path: the same rows from host lists in one copy (load_rows), then replay.
+    host_rows = (ids.tolist(), pos.tolist(), step.slot_mapping.tolist(), step.seq_lens.tolist())
+    tables = step.block_tables.tolist()
+    extra = graphs.load_rows(*host_rows, tables, extra=[7, -8, 9])
+    assert extra.tolist() == [7, -8, 9]
+    assert torch.equal(graphs.replay(rows, prompt_tokens=False), eager)
+    graphs.load_rows(*host_rows, tables)
+    assert torch.equal(graphs.replay(rows, prompt_tokens=True), hidden)
 
 
 def pipeline_with_requests(tmp_path, run_ahead: bool):
