@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 BUCKETS = (1, 2, 4, 8, 16)
 
-# step(input_ids (B,), positions (B,), attn) -> any tensor whose first axis is the batch
-StepFn = Callable[[torch.Tensor, torch.Tensor, AttentionMetadata], torch.Tensor]
+# step(input_ids (B,), positions (B,), attn[, mark=(layer, fn)]) -> any tensor whose first axis is the
+# batch; with mark_layer, the step takes `mark` and calls fn() once that layer is queued
+StepFn = Callable[..., torch.Tensor]
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -62,9 +63,14 @@ class DecodeGraphs:
         max_seq_len: int,
         buckets: tuple[int, ...] = BUCKETS,
         head: HeadFn | None = None,
+        mark_layer: int | None = None,
     ) -> None:
         self.step = step
         self.head = head
+        self.mark_layer = mark_layer
+        # Per graph, an event its replay records once layer mark_layer is done (see replay()).
+        self._marks: dict[tuple[int, bool], torch.cuda.Event] = {}
+        self.last_mark: torch.cuda.Event | None = None
         self.block_size = block_size
         self.max_seq_len = max_seq_len
         self.buckets = tuple(sorted(buckets))
@@ -160,14 +166,18 @@ class DecodeGraphs:
 
     def replay(self, num_rows: int, prompt_tokens: bool) -> torch.Tensor:
         """Replay the graph of the smallest bucket holding num_rows over the loaded inputs (captured
-        on first use); returns its output rows [:num_rows], as run() does."""
+        on first use); returns its output rows [:num_rows], as run() does. With mark_layer,
+        last_mark is then the event this replay records when that layer is done: the engine waits
+        for it, not for the whole step, before deciding whether to queue the next step ahead."""
         bucket = bucket_for(num_rows, self.buckets)
         assert bucket is not None
-        entry = self._graphs.get((bucket, prompt_tokens))
+        key = (bucket, prompt_tokens)
+        entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(bucket, prompt_tokens)
         graph, out = entry
         graph.replay()
+        self.last_mark = self._marks.get(key)
         return out[:num_rows]
 
     def _load_inputs(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata) -> None:
@@ -200,8 +210,14 @@ class DecodeGraphs:
         ids, pos = self.input_ids[:bucket], self.positions[:bucket]
         head = self.head if self.returns_logits(attn) else None
 
+        mark = None
+        if self.mark_layer is not None:
+            # external: recorded as a node of the graph, on every replay
+            event = self._marks[(bucket, prompt_tokens)] = torch.cuda.Event(external=True)
+            mark = (self.mark_layer, event.record)
+
         def step() -> torch.Tensor:
-            out = self.step(ids, pos, attn)
+            out = self.step(ids, pos, attn) if mark is None else self.step(ids, pos, attn, mark=mark)
             return out if head is None else head(out)
 
         # warm up on a side stream (lazy inits, cuBLAS workspaces) before capturing

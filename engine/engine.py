@@ -278,7 +278,7 @@ class Engine:
         try:
             self._deliver(self._steps.start())
             # A request in the inbox would wait behind a step queued ahead.
-            result = self._steps.finish(may_run_ahead=not self._inbox)
+            result = self._steps.finish(may_run_ahead=lambda: not self._inbox)
             if result is None:
                 return
             self._stats["steps"] += 1

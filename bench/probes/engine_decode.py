@@ -15,7 +15,11 @@ served step is the host's share of a token that a user waits for.
 It also times a keystroke through the engine's step: a request of 16 new tokens after an 8k prefix
 in the prefix cache, from Scheduler.add to its first token read (the prefix lookup, packing, the
 prompt-token graph, the head on the last row, the read), beside the served step's keystroke
-(decode_variants.keystroke_ms: the graph and head alone).
+(decode_variants.keystroke_ms: the graph and head alone). And a keystroke that interrupts a
+completion (as typing does: the running request cancelled, the new one submitted at a random moment
+of its decoding), from its arrival to its first token, with the engine's loop on a thread:
+synchronous, one step ahead deciding right after each launch, and one step ahead deciding once most
+of the step has run (the engine's default).
 """
 
 from __future__ import annotations
@@ -104,6 +108,94 @@ def engine_keystroke_ms(
     return sorted(times)[len(times) // 2]
 
 
+def interrupting_keystroke_ms(
+    runner: ModelRunner, mode: str, trials: int = 24, prefix: int = 8192, context: int = 2048
+) -> tuple[float, float]:
+    """(median, mean) ms from a keystroke's arrival to its first token while another request
+    decodes at a 2k context: the engine's loop (engine/engine.py _loop) on a thread, the arrival
+    (cancel the running request, add the new one: 16 tokens after an 8k prefix in the prefix cache)
+    at a random moment. mode: "sync", "ahead-early" (the next step decided right after the launch),
+    "ahead" (decided once most of the step has run: the default)."""
+    import random
+    import threading
+    from collections import deque
+
+    from engine import model_runner
+
+    block_manager = BlockManager(runner.num_cache_blocks, BLOCK)
+    scheduler = Scheduler(block_manager, max_batch_size=4, prefill_chunk_tokens=2048)
+    pipeline = StepPipeline(scheduler, runner, block_manager, run_ahead=mode != "sync")
+    wait_mark = model_runner.LaunchedStep.wait_mostly_done
+    if mode == "ahead-early":
+        model_runner.LaunchedStep.wait_mostly_done = lambda self: None
+    vocab = runner.config.vocab_size
+    base = torch.randint(0, vocab, (prefix,)).tolist()
+    inbox: deque = deque()
+    cond = threading.Condition()
+    done = threading.Event()
+    stop = False
+
+    def loop() -> None:
+        while True:
+            with cond:
+                while not inbox and not pipeline.has_work() and not stop:
+                    cond.wait()
+                if stop:
+                    return
+                actions = list(inbox)
+                inbox.clear()
+            for action in actions:
+                action()
+            pipeline.start()
+            pipeline.finish(lambda: not inbox)
+            if keystroke is not None and keystroke.is_finished:
+                done.set()
+
+    def post(*actions) -> None:
+        with cond:
+            inbox.extend(actions)
+            cond.notify()
+
+    rng = random.Random(0)
+    next_id = iter(range(1, 10**6))
+    keystroke = None
+    warm = Sequence(0, base + [1], SamplingParams(max_new_tokens=1, ignore_eos=True), arrival_time_s=0.0)
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    post(lambda: scheduler.add(warm))
+    times = []
+    try:
+        for trial in range(trials + 3):
+            completion = Sequence(
+                next(next_id),
+                base[:2048],
+                SamplingParams(max_new_tokens=10**4, ignore_eos=True),
+                arrival_time_s=0.0,
+            )
+            post(lambda c=completion: scheduler.add(c))
+            time.sleep(rng.uniform(0.010, 0.020))  # it decodes a few steps
+            keystroke = Sequence(
+                next(next_id),
+                base + torch.randint(0, vocab, (16,)).tolist(),
+                SamplingParams(max_new_tokens=1, ignore_eos=True),
+                arrival_time_s=0.0,
+            )
+            done.clear()
+            start = time.perf_counter()
+            post(lambda c=completion: scheduler.cancel(c.request_id), lambda k=keystroke: scheduler.add(k))
+            assert done.wait(5.0), "the keystroke did not finish"
+            if trial >= 3:
+                times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        with cond:
+            stop = True
+            cond.notify()
+        thread.join()
+        pipeline.drain()
+        model_runner.LaunchedStep.wait_mostly_done = wait_mark
+    return sorted(times)[len(times) // 2], sum(times) / len(times)
+
+
 def compare_head(args) -> int:
     """The engine's step at 2k, its decode graph with the head inside (the default) and without (the
     head launched eagerly after the replay), alternated: the host's share of each."""
@@ -177,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
                 engine[ahead] = max(engine.get(ahead, 0.0), tok_s)
         rows.append((ctx, *served_tok_s[ctx], engine[False], engine[True]))
     engine_keystroke = engine_keystroke_ms(runner)
+    interrupted = {
+        mode: interrupting_keystroke_ms(runner, mode) for mode in ("sync", "ahead-early", "ahead") * 2
+    }
     print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s, {args.steps} steps")
     print(
         f"{'ctx':>6}  {'served, queued':>15}  {'served, synced':>15}  {'engine, sync':>12}  {'engine, ahead':>13}"
@@ -191,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"keystroke (16 tokens after a cached 8k prefix): served {served_keystroke:.3f} ms, "
         f"engine {engine_keystroke:.3f} ms (host {1e3 * (engine_keystroke - served_keystroke):.0f} us)"
+    )
+    print(
+        "a keystroke interrupting a completion at 2k, arrival to first token, median / mean ms: "
+        + ", ".join(f"{mode} {median:.3f} / {mean:.3f}" for mode, median, mean in interrupted)
     )
     return 0
 

@@ -14,7 +14,7 @@ API (the contract the model runner relies on):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -146,12 +146,16 @@ class CausalLM(nn.Module):
         positions: torch.Tensor,
         attn: AttentionMetadata,
         kv_cache: torch.Tensor,
+        mark: tuple[int, Callable[[], None]] | None = None,
     ) -> torch.Tensor:
-        """input_ids, positions (T,) -> final hidden states (T, H); writes the new tokens' K/V."""
+        """input_ids, positions (T,) -> final hidden states (T, H); writes the new tokens' K/V.
+        mark (layer, fn): fn() is called once that layer is queued (a CUDA graph's progress event)."""
         hidden = self.embed_tokens(input_ids)  # (T, H)
         residual = None
         for layer, decoder_layer in enumerate(self.layers):
             hidden, residual = decoder_layer(positions, hidden, residual, attn, kv_cache[layer])
+            if mark is not None and layer == mark[0]:
+                mark[1]()
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

@@ -186,6 +186,21 @@ def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, row
     assert torch.equal(graphs.replay(rows, prompt_tokens=False), eager)
     graphs.load_rows(*host_rows, tables)
     assert torch.equal(graphs.replay(rows, prompt_tokens=True), hidden)
+    assert graphs.last_mark is None
+    # A graph that records its progress event after layer 0 (the engine's graphs do, for the step
+    # ahead) computes the same bits, and the event is recorded on replay.
+    marked = DecodeGraphs(
+        lambda i, p, a, mark=None: model.forward_paged(i, p, a, cache, mark),
+        device=cache.device,
+        block_size=block,
+        max_seq_len=64,
+        head=model.compute_logits,
+        mark_layer=0,
+    )
+    marked.load_rows(*host_rows, tables)
+    assert torch.equal(marked.replay(rows, prompt_tokens=False), eager)
+    marked.last_mark.synchronize()
+    assert marked.last_mark.query()
 
 
 def pipeline_with_requests(tmp_path, run_ahead: bool):
@@ -226,7 +241,8 @@ def test_queuing_a_step_never_waits_for_the_device(tmp_path, kernels):
     for _ in range(4):  # the prefill, the decode graph's capture
         pipeline.start()
         pipeline.finish(may_run_ahead=True)
-    assert runner._decode_graphs() is not None and runner._decode_graphs().disabled_reason is None
+    graphs = runner._decode_graphs()
+    assert graphs is not None and graphs.disabled_reason is None and graphs.last_mark is not None
     real_launch = runner.launch
 
     def launch(*args):

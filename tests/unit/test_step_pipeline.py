@@ -15,15 +15,20 @@ from tests.unit.test_scheduler import EOS, make, scheduler
 
 
 class FakeLaunched:
-    def __init__(self, tokens: list[int | None], rows: dict[int, int]) -> None:
+    def __init__(self, tokens: list[int | None], rows: dict[int, int], log: list[str] | None = None) -> None:
         self._tokens = tokens
         self._rows = rows
         self.sampled = tokens  # "on the device"
+        self.log = log if log is not None else []
+
+    def wait_mostly_done(self) -> None:
+        self.log.append("mostly done")
 
     def row_of(self, request_id: int) -> int:
         return self._rows[request_id]
 
     def tokens(self) -> list[int | None]:
+        self.log.append("read")
         return list(self._tokens)
 
 
@@ -34,6 +39,7 @@ class FakeRunner:
     def __init__(self, f) -> None:
         self.f = f
         self.launches: list[bool] = []  # per launch: was it queued ahead
+        self.log: list[str] = []  # what the pipeline did, in order
 
     def launch(self, scheduled, block_manager, after: FakeLaunched | None = None) -> FakeLaunched:
         tokens: list[int | None] = []
@@ -46,7 +52,8 @@ class FakeRunner:
             else:
                 tokens.append(self.f(item.seq.token_ids[-1]) if item.samples else None)
         self.launches.append(after is not None)
-        return FakeLaunched(tokens, {item.seq.request_id: i for i, item in enumerate(scheduled)})
+        self.log.append("launch ahead" if after is not None else "launch")
+        return FakeLaunched(tokens, {item.seq.request_id: i for i, item in enumerate(scheduled)}, self.log)
 
 
 def drive(s: Scheduler, f, *, ahead: bool, cancel: dict[int, int] | None = None, max_steps=500):
@@ -142,6 +149,24 @@ def test_a_fault_abandons_the_step_being_read_and_the_one_queued_behind_it():
     assert pipeline.finish(may_run_ahead=True) is None  # nothing queued any more
     s.fail(victims, "device fault")
     assert not pipeline.has_work() and s.block_manager.num_free_blocks == 64
+
+
+def test_the_next_step_is_decided_once_most_of_the_current_one_has_run():
+    """may_run_ahead is asked after the step's progress event and before its read: a request that
+    arrives while the step runs stops the step ahead from being queued for the others."""
+    s = scheduler()
+    seq = make(1, 5, s.clock, max_new_tokens=50)
+    s.add(seq)
+    runner = FakeRunner(plus_one)
+    pipeline = StepPipeline(s, runner, s.block_manager, run_ahead=True)
+    pipeline.start()
+    pipeline.finish(lambda: runner.log.append("asked") is None)  # the prefill: its first decode step ahead
+    assert runner.log == ["launch", "mostly done", "asked", "launch ahead", "read"]
+    inbox = ["a request"]
+    pipeline.start()  # the step ahead is queued: nothing is launched
+    assert pipeline.finish(lambda: not inbox) is not None
+    assert runner.log[5:] == ["mostly done", "read"]  # nothing queued behind it for the others
+    assert pipeline.steps_ahead == 1
 
 
 @settings(max_examples=60, deadline=None)
