@@ -269,9 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 engine[ahead] = max(engine.get(ahead, 0.0), tok_s)
         rows.append((ctx, *served_tok_s[ctx], engine[False], engine[True]))
     engine_keystroke = engine_keystroke_ms(runner)
-    interrupted = {
-        mode: interrupting_keystroke_ms(runner, mode) for mode in ("sync", "ahead-early", "ahead") * 2
-    }
+    modes = ("sync", "ahead-early", "ahead") * 2  # alternated, two rounds
+    interrupted = [(mode, *interrupting_keystroke_ms(runner, mode)) for mode in modes]
     print(f"{torch.cuda.get_device_name()}  {args.model}  decode tok/s, {args.steps} steps")
     print(
         f"{'ctx':>6}  {'served, queued':>15}  {'served, synced':>15}  {'engine, sync':>12}  {'engine, ahead':>13}"
