@@ -12,8 +12,9 @@ post to an inbox the thread drains before each step, so a cancel takes effect at
 
 On a GPU the thread runs one decode step ahead (engine/step_pipeline.py): while step N runs on the
 device it queues step N+1, whose inputs are step N's samples, and only then reads step N's tokens,
-so the host's work per token overlaps the device's. Not while the inbox or the scheduler holds
-anything new: a new request waits for at most the one step already queued.
+so the host's work per token overlaps the device's. It decides once most of step N has run, and
+not while the inbox or the scheduler holds anything new: a request that arrives while a step runs
+waits for that step only, unless it comes in the step's last eighth.
 Bad input (token ids outside the vocabulary, a prompt longer than the context) raises ValueError
 from submit(); a failure inside a step finishes that step's requests with finish_reason "error" and
 the engine keeps serving.
