@@ -211,9 +211,9 @@ class DecodeGraphs:
         head = self.head if self.returns_logits(attn) else None
 
         mark = None
-        if self.mark_layer is not None:
-            # external: recorded as a node of the graph, on every replay
-            event = self._marks[(bucket, prompt_tokens)] = torch.cuda.Event(external=True)
+        event = progress_event() if self.mark_layer is not None else None
+        if event is not None:
+            self._marks[(bucket, prompt_tokens)] = event
             mark = (self.mark_layer, event.record)
 
         def step() -> torch.Tensor:
@@ -232,6 +232,16 @@ class DecodeGraphs:
         self._graphs[(bucket, prompt_tokens)] = (graph, out)
         log.info("captured the decode step for batch bucket %d (prompt tokens: %s)", bucket, prompt_tokens)
         return graph, out
+
+
+def progress_event() -> torch.cuda.Event | None:
+    """An event that a graph records as one of its nodes on every replay (external), or None where
+    torch has no such events (before 2.8): the graphs then record none, and the engine decides about
+    the next step right after launching one."""
+    try:
+        return torch.cuda.Event(external=True)
+    except TypeError:
+        return None
 
 
 def token_level_metadata(attn: AttentionMetadata, num_tokens: int) -> AttentionMetadata:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -129,15 +129,15 @@ class ModelRunner:
         """Queue one step on the device. Entries with input_pending take their input token from
         `after`, the step launched just before (which sampled for the same request)."""
         step = StepInputs.gather(scheduled, block_manager, after)
-        self._mark = None  # a graph's progress event, where the step replays one
         graphs = self._decode_graphs()
         ran = self._run_graphs(graphs, step, after) if graphs is not None else None
-        out, is_logits, last_t = ran if ran is not None else self._run_eager(step, after)
+        # mark: the replayed graph's progress event (None for eager steps)
+        out, is_logits, last_t, mark = ran if ran is not None else (*self._run_eager(step, after), None)
 
         rows = step.sampling_entries
         seqs = [scheduled[i].seq for i in rows]
         if not rows:
-            return LaunchedStep(len(scheduled), rows, seqs, None, self._mark)
+            return LaunchedStep(len(scheduled), rows, seqs, None, mark)
         if is_logits and len(rows) == out.shape[0]:  # a decode graph's head: every row samples
             logits = out  # (R, V) float32, valid until the next replay
         else:
@@ -150,15 +150,15 @@ class ModelRunner:
             [self._generator(s.request_id, s.params.seed) for s in seqs],
             [s.token_ids for s in seqs] if needs_history else None,
         )
-        return LaunchedStep(len(scheduled), rows, seqs, sampled, self._mark)
+        return LaunchedStep(len(scheduled), rows, seqs, sampled, mark)
 
     def _run_graphs(
         self, graphs, step: StepInputs, after: LaunchedStep | None
-    ) -> tuple[torch.Tensor, bool, torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, bool, torch.Tensor, torch.cuda.Event | None] | None:
         """The step through the decode graphs, one row per new token (a decode step's rows, or a short
         prefill's tokens as one-token sequences: engine/cuda_graph.py), its inputs in one copy
         straight into the graphs' buffers. None where the graphs cannot serve it.
-        Returns (out, is_logits, rows of out that sample)."""
+        Returns (out, is_logits, rows of out that sample, the graph's progress event)."""
         num_rows = len(step.input_ids)
         if not graphs.can_run_rows(num_rows, max(step.seq_lens), step.width):
             return None
@@ -180,8 +180,7 @@ class ModelRunner:
             graphs.disabled_reason = str(exc)
             log.warning("CUDA graph decode disabled: %s", exc)
             return None
-        self._mark = graphs.last_mark
-        return out, graphs.head is not None and not prompt_tokens, extra[2 * pending :]
+        return out, graphs.head is not None and not prompt_tokens, extra[2 * pending :], graphs.last_mark
 
     def _run_eager(
         self, step: StepInputs, after: LaunchedStep | None
@@ -307,17 +306,17 @@ class LaunchedStep:
 class StepInputs:
     """A step's integers on the host, entry by entry of the schedule."""
 
-    input_ids: list[int]  # every new token of every entry, in order (0 where pending)
-    positions: list[int]
-    slot_mapping: list[int]
-    num_tokens: list[int]  # per entry
-    query_start_loc: list[int]  # [0, cumulative num_tokens...]
-    seq_lens: list[int]  # per entry: its context after this step
-    block_tables: list[list[int]]  # per entry (the block manager's lists, not copies)
-    sampling_entries: list[int]  # entries that sample
-    last_token_index: list[int]  # their last token's index in input_ids
-    pending_dst: list[int]  # indices of input_ids that the step before fills ...
-    pending_src: list[int]  # ... from these rows of its samples
+    input_ids: list[int] = field(default_factory=list)  # every new token of every entry (0 where pending)
+    positions: list[int] = field(default_factory=list)
+    slot_mapping: list[int] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)  # per entry
+    query_start_loc: list[int] = field(default_factory=lambda: [0])  # [0, cumulative num_tokens...]
+    seq_lens: list[int] = field(default_factory=list)  # per entry: its context after this step
+    block_tables: list[list[int]] = field(default_factory=list)  # per entry (the block manager's lists)
+    sampling_entries: list[int] = field(default_factory=list)  # entries that sample
+    last_token_index: list[int] = field(default_factory=list)  # their last token's index in input_ids
+    pending_dst: list[int] = field(default_factory=list)  # indices of input_ids the step before fills ...
+    pending_src: list[int] = field(default_factory=list)  # ... from these rows of its samples
 
     @property
     def width(self) -> int:
@@ -331,7 +330,7 @@ class StepInputs:
     def gather(
         cls, scheduled: Sequence[ScheduledSequence], block_manager: BlockManager, after: LaunchedStep | None
     ) -> StepInputs:
-        s = cls([], [], [], [], [0], [], [], [], [], [], [])
+        s = cls()
         for i, item in enumerate(scheduled):
             seq, rid = item.seq, item.seq.request_id
             if item.input_pending:

@@ -195,3 +195,25 @@ def test_random_workloads_ahead_equal_the_synchronous_ones(requests, num_blocks)
         outputs[ahead] = [(q.finish_reason, q.output_token_ids) for q in seqs]
     # A cancel lands before the same read in both runs, so every output is the same.
     assert outputs[True] == outputs[False]
+
+
+def test_graphs_record_no_progress_event_where_torch_has_no_external_events(monkeypatch):
+    """torch before 2.8 has no Event(external=...): the graphs are captured without the event (the
+    step ahead is then decided right after each launch) instead of failing every capture."""
+    import torch
+
+    from engine import cuda_graph
+
+    class OldEvent:
+        def __init__(self, enable_timing=False, blocking=False, interprocess=False) -> None:
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Event", OldEvent)
+    assert cuda_graph.progress_event() is None
+
+    class NewEvent(OldEvent):
+        def __init__(self, external=False, **kw) -> None:
+            self.external = external
+
+    monkeypatch.setattr(torch.cuda, "Event", NewEvent)
+    assert cuda_graph.progress_event().external
