@@ -4,6 +4,9 @@
         && git show REV:csrc/kernels.h > old/kernels.h
     python bench/probes/gemv_ab.py --old-source old     (on the device, carry "old")
 
+(A revision whose kernel sits in csrc/quant_gemv_tc_kernel.cuh, from the split on, needs that file
+in old/ too: old/ comes first on the include path.)
+
 The old kernel is built beside the current build (bench/probes/gemv_ab_shim.cu: revisions up to
 2b518fc). Each kernel runs as a CUDA graph of 40 launches over 4 weights in rotation (so L2 holds
 none of them), PDL off in both, the two alternated 7 times; prints the median microseconds and GB/s

@@ -1,0 +1,350 @@
+// Quantized GEMV/skinny GEMM for 1-16 rows on the tensor cores (mma.sync m16n8k16, fp32 accumulate),
+// reading the canonical 4-bit layout directly (no re-packed copy of the weight).
+//
+// The weight is operand A (16 output columns x 16 k), the activations operand B (16 k x 8 rows).
+// Inside one mma the order of k is free as long as A and B agree, and so is the order of A's rows:
+//   - lane (g = lane / 4, t = lane % 4) loads one 16-byte vector = packed word row (4 * chunk + t) of
+//     the 4 adjacent columns 4g..4g+3, exactly the coalesced pattern of the CUDA-core GEMV (8 lanes
+//     read a 128-byte run of a qweight row);
+//   - A row g of n-tile j is column 4g + 2j, row g + 8 is column 4g + 2j + 1;
+//   - the 8 nibbles of a word feed two mmas: nibble pairs (0,4), (1,5) the first, (2,6), (3,7) the
+//     second, so each pair comes out of a word with one mask (the fp16 1024.0 mantissa trick) and
+//     the activations of the same k are paired with two byte permutes.
+// (q - zero) is exact in fp16/bf16 for integer zeros; the scale is applied in fp32 once per group.
+// Requirements (else the CUDA-core kernel serves): 4-bit, integer zeros, K % 128 == 0 (whole batches
+// of 4 chunks; every real layer width is a multiple of 128), group_size % 32 == 0, N % 32 == 0.
+//
+// Epilogues (kernels.h GemvEpilogue): store y (+ bias, + residual), or finish the next element-wise
+// kernel's work: SiLU * up after gate|up, the rotary rotation and the K/V write after q|k|v. For
+// those a block owns 16 + 16 columns at a pair offset (N / 2, D / 2), so it holds both values of
+// every pair it combines; y is rounded as the unfused GEMV stores it, then the shared element-wise
+// code runs (elementwise_math.cuh): the fused and unfused paths give the same bits.
+// Loads: a batch of U 16-byte weight vectors per lane in registers, then its math. (A cp.async
+// shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
+// 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
+// waiting for the kernel that wrote x. After its last batch each warp asks L2 for its share of the
+// weight the model reads next, when the caller names one (l2_prefetch.cuh).
+//
+// The launch choices (grid, warps per block, K slices, batch widths) are in quant_gemv_tc.cu.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype_utils.cuh"
+#include "elementwise_math.cuh"
+#include "kernels.h"
+#include "l2_prefetch.cuh"
+#include "launch.cuh"
+#include "quant_gemv_tc_math.cuh"
+
+namespace exlsp {
+namespace {  // one translation unit includes this: quant_gemv_tc.cu
+
+using namespace gemv_tc;  // quant_gemv_tc_math.cuh: MmaTraits, pair arithmetic, mma16816, mask_or
+
+constexpr int kUnroll = 4;    // the most 16-byte weight vectors in flight per lane
+constexpr int kMaxWarps = 8;  // per block, batches of 4 chunks
+
+// Batches of 8 chunks (128 registers) serve small grids, where a block may have 16 warps.
+template <int U>
+__host__ __device__ constexpr int max_warps() {
+  return U == 8 ? 16 : kMaxWarps;
+}
+template <int MT, int U>
+__host__ __device__ constexpr int min_blocks_per_sm() {
+  return U == 8 ? 1 : (MT == 1 ? 3 : 2);
+}
+
+// cos and sin of rotary pair i at `position` from the (max_pos, D) table [cos(D/2) | sin(D/2)],
+// stored in float32 or in the model dtype T.
+template <typename T>
+__device__ __forceinline__ void rotary_cos_sin(const void* table, bool table_is_float, int64_t position, int head_dim,
+                                               int i, float& c, float& s) {
+  const int64_t row = position * head_dim;
+  if (table_is_float) {
+    const float* cs = static_cast<const float*>(table) + row;
+    c = cs[i];
+    s = cs[i + head_dim / 2];
+  } else {
+    const T* cs = static_cast<const T*>(table) + row;
+    c = to_float(cs[i]);
+    s = to_float(cs[i + head_dim / 2]);
+  }
+}
+
+// The kRotaryKv epilogue for one pair: column n (element i < D/2 of a head) and n + D/2, values
+// a and b as the unfused GEMV stores them. q heads are rotated into out (M, Hq D), k heads rotated
+// into the cache, v heads copied into it, exactly as rotary_write_kv_kernel (elementwise.cu) does.
+template <typename T>
+__device__ void store_rotary_kv(const RotaryArgs& r, int m, int n, float a, float b, T* out) {
+  const int D = r.head_dim, half = D / 2;
+  const int head = n / D, i = n - head * D;
+  const int64_t slot = r.slot_mapping[m];
+  T* cache = static_cast<T*>(r.kv_cache);
+  if (head < r.num_q_heads + r.num_kv_heads) {
+    float c, s, y1, y2;
+    rotary_cos_sin<T>(r.cos_sin, r.cos_sin_is_float, r.positions[m], D, i, c, s);
+    rotate_neox(a, b, c, s, y1, y2);
+    if (head < r.num_q_heads) {
+      T* dst = out + ((int64_t)m * r.num_q_heads + head) * D;
+      dst[i] = from_float<T>(y1);
+      dst[i + half] = from_float<T>(y2);
+    } else if (slot >= 0) {
+      T* dst = cache + (slot * r.num_kv_heads + (head - r.num_q_heads)) * D;
+      dst[i] = from_float<T>(y1);
+      dst[i + half] = from_float<T>(y2);
+    }
+  } else if (slot >= 0) {
+    T* dst = cache + r.cache_half_elems + (slot * r.num_kv_heads + (head - r.num_q_heads - r.num_kv_heads)) * D;
+    dst[i] = from_float<T>(a);
+    dst[i + half] = from_float<T>(b);
+  }
+}
+
+// MT: 8-row tiles of activations (1: M <= 8, 2: M <= 16). The block's warps split K.
+// U: chunks (16-byte vectors per lane) per batch, loaded together with the scales and zeros of
+// their groups: one memory round trip per batch. S: chunks per sub-batch, a common divisor of U and
+// the chunks per group, so each sub-batch lies in one group. The host rounds every K slice to whole
+// batches, so the loop has no bounds checks, and the pointers step by one batch: in an earlier
+// version index math, an integer division per batch and per-chunk guards took as many instructions
+// as the dequantization and the mma (125 per chunk).
+// U = 4 at 80 registers fits 3 eight-warp blocks per SM (24 warps), so the loads of more warps
+// overlap the math. U = 8 (128 registers, 16 warps per SM) serves grids too small to fill those
+// slots: with a short K slice per warp its whole slice is requested at once, before pdl_wait.
+// With 16 rows (MT 2) the block is register-bound at 2 per SM anyway (128 registers).
+// kPaired: a fused epilogue's column pairing (pair_arg) and its kind (ep.kind); else the plain
+// store, whose columns are a compile-time run of 32 (a runtime division in the prologue, before the
+// first loads, cost 2% at batch 1: bench/NOTES.md).
+template <typename T, int MT, int U, int S, bool kPaired>
+__global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>())
+    quant_gemv_tc_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight, const T* __restrict__ scales,
+                         const T* __restrict__ zeros, const T* __restrict__ bias, const GemvEpilogue ep,
+                         const L2Prefetch pf, T* __restrict__ out, float* __restrict__ partials,
+                         int* __restrict__ counters, int M, int K, int N, int group_size, int chunks_per_split,
+                         int pair_arg) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  // The block's 32 columns: 16 from tile_base on and 16 from tile_base + pair on (pair 16: 32 in a
+  // row). A fused epilogue pairs the columns it combines: gate i with up i (pair N / 2), rotary
+  // element i of a head with i + D / 2 (pair D / 2).
+  const int pair = kPaired ? pair_arg : 16;
+  const int tiles_per_run = pair / 16;
+  const int tile_base = blockIdx.x / tiles_per_run * 2 * pair + blockIdx.x % tiles_per_run * 16;
+  const int col0 = tile_base + (g < 4 ? 4 * g : pair + 4 * (g - 4));  // this lane's 4 columns
+  const int num_chunks = K / 32;            // a chunk: 4 packed word rows = 32 k
+  const int split_begin = blockIdx.y * chunks_per_split;
+  const int batches = (min(num_chunks, split_begin + chunks_per_split) - split_begin) / U;  // exact
+  const int b_begin = warp * batches / warps, b_end = (warp + 1) * batches / warps;
+  const int c_begin = split_begin + U * b_begin;
+  const int chunks_per_group = group_size / 32;
+
+  // Lane (g, t) reads word row 4c + t of columns col0..col0+3: 16 bytes; a chunk is N vectors on.
+  const uint4* wp = reinterpret_cast<const uint4*>(qweight + ((size_t)c_begin * 4 + t) * N + col0);
+  // ... and the 8 activations of the same k, rows g and g + 8 (rows past M read as zero).
+  const uint4* xp[MT];
+  bool x_row[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int row = mt * 8 + g;
+    x_row[mt] = row < M;
+    xp[mt] = reinterpret_cast<const uint4*>(x + (size_t)(x_row[mt] ? row : 0) * K) + (size_t)c_begin * 4 + t;
+  }
+  // Position in its group of the next sub-batch to compute; a load runs when the compute has
+  // reached the batch it loads, so it starts from the same position.
+  int in_group = c_begin % chunks_per_group;
+  const uint2* sp = reinterpret_cast<const uint2*>(scales + (size_t)(c_begin / chunks_per_group) * N + col0);
+  const uint2* zp = reinterpret_cast<const uint2*>(zeros + (size_t)(c_begin / chunks_per_group) * N + col0);
+
+  float acc[MT][2][4], cur[MT][2][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][j][i] = cur[mt][j][i] = 0.f;
+  float sc[4];
+  uint32_t zz[4];  // (bias + zero) in both halves, per column
+  uint32_t nz[4];  // fp16: -(64 + zero) in both halves, per column
+  const uint32_t magic = MmaTraits<T>::kMagic;
+
+  auto flush = [&]() {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          acc[mt][j][i] = fmaf(sc[2 * j + (i >> 1)], cur[mt][j][i], acc[mt][j][i]);
+          cur[mt][j][i] = 0.f;
+        }
+  };
+  // The group's scales (fp32) and zero terms from its raw scales and zeros, in half2 arithmetic on
+  // column pairs (exact for integer zeros): bias + zero, and for fp16 also -(64 + zero).
+  auto set_group = [&](const uint2& s_raw, const uint2& z_raw) {
+    const T* s4 = reinterpret_cast<const T*>(&s_raw);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) sc[j] = to_float(s4[j]);
+    const uint32_t zpair[2] = {z_raw.x, z_raw.y};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t biased = add2(zpair[i], MmaTraits<T>::kMagic, T());
+      zz[2 * i] = low2(biased, T());
+      zz[2 * i + 1] = high2(biased, T());
+      if constexpr (std::is_same_v<T, __half>) {
+        const uint32_t neg = fma2(zpair[i], MmaTraits<T>::kMinusOne, MmaTraits<T>::kMinus64, T());
+        nz[2 * i] = low2(neg, T());
+        nz[2 * i + 1] = high2(neg, T());
+      }
+    }
+  };
+  constexpr int SB = U / S;  // sub-batches per batch
+  uint4 wv[U];
+  uint2 s_raw[SB], z_raw[SB];
+  auto load = [&]() {
+    const uint4* p = wp;
+#pragma unroll
+    for (int u = 0; u < U; ++u, p += N) wv[u] = __ldcs(p);
+    int load_in_group = in_group;
+#pragma unroll
+    for (int sb = 0; sb < SB; ++sb) {
+      s_raw[sb] = __ldg(sp);
+      z_raw[sb] = __ldg(zp);
+      load_in_group += S;
+      if (load_in_group == chunks_per_group) {
+        load_in_group = 0;
+        sp += N / 4;
+        zp += N / 4;
+      }
+    }
+    wp += (size_t)U * N;
+  };
+
+  // Once this warp's own loads are done: its share of the next weight (l2_prefetch.cuh).
+  auto prefetch_next = [&]() {
+    prefetch_l2_share(pf, (blockIdx.y * gridDim.x + blockIdx.x) * warps + warp, gridDim.x * gridDim.y * warps, lane);
+  };
+
+  if (b_begin < b_end) load();
+  pdl_wait();
+  pdl_trigger();
+  for (int b = b_begin; b < b_end; ++b) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u % S == 0) {
+        if (in_group == 0 || (b == b_begin && u == 0)) {
+          if (b != b_begin || u != 0) flush();
+          set_group(s_raw[u / S], z_raw[u / S]);
+        }
+        in_group += S;
+        if (in_group == chunks_per_group) in_group = 0;
+      }
+      // The chunk's activations (L1 hits) just before their use: 4 registers per row tile, not 4 * U.
+      uint4 xv[MT];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) xv[mt] = x_row[mt] ? __ldg(xp[mt] + 4 * u) : make_uint4(0, 0, 0, 0);
+      const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+      uint32_t a[4][4];  // [column][pair p]: (q - z) of nibbles (p, p + 4)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (std::is_same_v<T, __half>) {
+          // Nibbles (0, 4) and (2, 6) masked into the low mantissa bits: 1024 + q, minus (1024 + z).
+          // Nibbles (1, 5) and (3, 7) masked in place: 1024 + 16 q, times 1/16, minus (64 + z).
+          // One shift per word instead of three; every step is exact for 4-bit codes and zeros.
+          // (bf16's 7-bit mantissa has no room for a nibble at bits 4-7.)
+          const uint32_t w = words[j], w8 = words[j] >> 8;
+          constexpr uint32_t kSixteenth = MmaTraits<T>::kSixteenth;
+          a[j][0] = sub2(mask_or<0x000F000Fu>(w, magic), zz[j], T());
+          a[j][1] = fma2(mask_or<0x00F000F0u>(w, magic), kSixteenth, nz[j], T());
+          a[j][2] = sub2(mask_or<0x000F000Fu>(w8, magic), zz[j], T());
+          a[j][3] = fma2(mask_or<0x00F000F0u>(w8, magic), kSixteenth, nz[j], T());
+        } else {
+#pragma unroll
+          for (int p = 0; p < 4; ++p) a[j][p] = sub2(mask_or<0x000F000Fu>(words[j] >> (4 * p), magic), zz[j], T());
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const uint32_t x0 = xv[mt].x, x1 = xv[mt].y, x2 = xv[mt].z, x3 = xv[mt].w;
+        const uint32_t b04 = __byte_perm(x0, x2, 0x5410), b15 = __byte_perm(x0, x2, 0x7632);
+        const uint32_t b26 = __byte_perm(x1, x3, 0x5410), b37 = __byte_perm(x1, x3, 0x7632);
+#pragma unroll
+        for (int jt = 0; jt < 2; ++jt) {
+          mma16816<T>(cur[mt][jt], a[2 * jt][0], a[2 * jt + 1][0], a[2 * jt][1], a[2 * jt + 1][1], b04, b15);
+          mma16816<T>(cur[mt][jt], a[2 * jt][2], a[2 * jt + 1][2], a[2 * jt][3], a[2 * jt + 1][3], b26, b37);
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) xp[mt] += 4 * U;
+    if (b + 1 < b_end) load();
+  }
+  prefetch_next();
+  if (b_begin < b_end) flush();
+
+  // C fragment: i = 0, 1 -> A row g (column 4g + 2j), rows m = 2t, 2t + 1; i = 2, 3 -> A row g + 8
+  // (column 4g + 2j + 1). Sum the warps' K slices through shared memory.
+  __shared__ float partial[max_warps<U>()][MT * 8][32];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) partial[warp][mt * 8 + 2 * t + (i & 1)][4 * g + 2 * j + (i >> 1)] = acc[mt][j][i];
+  __syncthreads();
+  const int splits = gridDim.y;
+  if (splits > 1) {
+    // Publish this block's sums; the last block of the tile finishes it.
+    for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
+      const int m = idx / 32, cl = idx % 32;
+      float y = 0.f;
+      for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
+      partials[((size_t)blockIdx.y * M + m) * N + blockIdx.x * 32 + cl] = y;
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ bool is_last;
+    if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+  }
+  // y of row m, local column cl (< 16: tile_base + cl, else tile_base + pair + cl - 16), bias added.
+  auto column = [&](int m, int cl) {
+    float y = 0.f;
+    if (splits > 1) {
+      const size_t slot = (size_t)m * N + blockIdx.x * 32 + cl;  // partials are indexed by block
+      for (int s = 0; s < splits; ++s) y += __ldcg(&partials[s * (size_t)M * N + slot]);  // L2: other blocks' writes
+    } else {
+      for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
+    }
+    const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
+    if (bias) y += to_float(bias[n]);
+    return y;
+  };
+  if constexpr (!kPaired) {
+    const T* residual = static_cast<const T*>(ep.residual);
+    for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
+      const int m = idx / 32, cl = idx % 32;
+      const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
+      float y = column(m, cl);
+      if (residual) y += to_float(residual[(size_t)m * N + n]);
+      out[(size_t)m * N + n] = from_float<T>(y);
+    }
+  } else {
+    // Pairs: what the unfused GEMV would have stored (rounded to T), then the element-wise kernel's math.
+    for (int idx = threadIdx.x; idx < M * 16; idx += blockDim.x) {
+      const int m = idx / 16, i = idx % 16;
+      const int n = tile_base + i;  // its partner is n + pair
+      const float a = to_float(from_float<T>(column(m, i))), b = to_float(from_float<T>(column(m, i + 16)));
+      if (ep.kind == GemvEpilogueKind::kSiluMul) {
+        out[(size_t)m * pair + n] = from_float<T>(silu_mul(a, b));
+      } else {
+        store_rotary_kv(ep.rotary, m, n, a, b, out);
+      }
+    }
+  }
+  if (splits > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next call
+}
+
+}  // namespace
+}  // namespace exlsp
