@@ -15,6 +15,7 @@ device it queues step N+1, whose inputs are step N's samples, and only then read
 so the host's work per token overlaps the device's. It decides once most of step N has run, and
 not while the inbox or the scheduler holds anything new: a request that arrives while a step runs
 waits for that step only, unless it comes in the step's last eighth.
+
 Bad input (token ids outside the vocabulary, a prompt longer than the context) raises ValueError
 from submit(); a failure inside a step finishes that step's requests with finish_reason "error" and
 the engine keeps serving.

@@ -2,8 +2,8 @@
 
 A step is scheduled, launched on the device (ModelRunner.launch), read (its tokens, the one device
 -> host sync) and applied (Scheduler.update). Run synchronously the device idles while the host
-reads, applies, schedules and packs the next step: ~230-310 us a token for an 8B model on an H100
-(bench/NOTES.md 48), 10-15% of a decode step. With `run_ahead` the pipeline queues the next decode
+reads, applies, schedules and packs the next step: 120-360 us a token for an 8B model on an H100
+(bench/NOTES.md 48, 52, 54), 5-15% of a decode step. With `run_ahead` the pipeline queues the next decode
 step (Scheduler.schedule_ahead: its inputs are the current step's samples, still on the device)
 before reading the current one, so that host work overlaps the device's.
 
@@ -11,9 +11,9 @@ before reading the current one, so that host work overlaps the device's.
     result = pipeline.finish(lambda: not inbox)  # queue the next decode step if it may, read and
                                                  # apply this one
 
-The next step is queued once most of the current one has run (a CUDA graph records an event after
-its last eighth of layers: engine/model_runner.py mark_layer), leaving the host ~0.5 ms to prepare it
-before the device runs out of work. A caller with something new to schedule (a request in its
+The next step is queued once most of the current one has run (a CUDA graph records an event when all
+but its last eighth of layers are done: engine/model_runner.py mark_layer), leaving the host ~0.5 ms
+to prepare it before the device runs out of work. A caller with something new to schedule (a request in its
 inbox) answers may_run_ahead() with False then: a request that arrives while a step runs waits for
 that step only, unless it arrives in its last eighth.
 """
