@@ -264,20 +264,23 @@ def test_a_cache_too_small_for_all_requests_queues_or_preempts_them(checkpoint):
         assert e.stats()["num_free_blocks"] == 5
 
 
-@pytest.mark.parametrize("where", ["runner", "scheduler"])
+@pytest.mark.parametrize("where", ["runner", "runner-later", "scheduler"])
 def test_an_exception_in_a_step_fails_that_request_and_the_engine_keeps_serving(engine, monkeypatch, where):
-    owner, name = (engine.runner, "launch") if where == "runner" else (engine.scheduler, "update")
+    """A fault in a step's launch (the first, or a later one: with the step ahead, a launch made while
+    another step is queued), or in applying its tokens: the request fails, nothing leaks."""
+    owner, name = (engine.scheduler, "update") if where == "scheduler" else (engine.runner, "launch")
+    fault_at = 3 if where == "runner-later" else 1
     real = getattr(owner, name)
     calls = {"n": 0}
 
     def flaky(*args):
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] == fault_at:
             raise RuntimeError("simulated fault")
         return real(*args)
 
     monkeypatch.setattr(owner, name, flaky)
-    bad = engine.generate(prompt_ids(engine, 10), max_new_tokens=3)
+    bad = engine.generate(prompt_ids(engine, 10), max_new_tokens=6)
     assert bad.finish_reason == "error"
     assert bad.error == "engine step failed: RuntimeError: simulated fault"
     good = engine.generate(prompt_ids(engine, 10), max_new_tokens=3, ignore_eos=True)
