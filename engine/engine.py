@@ -128,7 +128,6 @@ class Engine:
             "prompt_tokens": 0,
             "generated_tokens": 0,
             "steps": 0,
-            "steps_ahead": 0,
             "step_errors": 0,
         }
         self._thread = threading.Thread(target=self._loop, name="exlsp-engine", daemon=True)
@@ -183,6 +182,7 @@ class Engine:
             "num_running": len(sched.running),
             "num_waiting": len(sched.waiting),
             "num_preemptions": sched.num_preemptions,
+            "steps_ahead": self._steps.steps_ahead,
             **self._stats,
         }
 
@@ -284,7 +284,6 @@ class Engine:
             if result is None:
                 return
             self._stats["steps"] += 1
-            self._stats["steps_ahead"] = self._steps.steps_ahead
             self._stats["generated_tokens"] += result.num_generated
             for item in result.out.scheduled:
                 if not item.seq.is_finished:

@@ -109,15 +109,9 @@ class ModelRunner:
         return cache
 
     def adopt_thread(self) -> None:
-        """Call first on the thread that will run execute(): gives it the builder thread's torch
+        """Call first on the thread that will run launch(): gives it the builder thread's torch
         thread count (measured: a fresh thread's MKL GEMMs ran on 2 cores under --threads 1)."""
         torch.set_num_threads(self.num_threads)
-
-    def execute(
-        self, scheduled: Sequence[ScheduledSequence], block_manager: BlockManager
-    ) -> list[int | None]:
-        """Run one step; returns the sampled token of each entry that samples, None for the others."""
-        return self.launch(scheduled, block_manager).tokens()
 
     @torch.inference_mode()
     def launch(

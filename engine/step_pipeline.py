@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 @dataclass
 class StepResult:
     out: SchedulerOutput  # the step read and applied
-    tokens: list[int | None]  # its samples, per scheduled entry (None: no sample)
     num_generated: int  # tokens appended: a sequence that stopped before (a step ahead) gets none
     finished: list[Sequence]  # sequences its update finished
 
@@ -92,7 +91,7 @@ class StepPipeline:
         finished = self.scheduler.update(out, tokens)
         self._reading = None
         generated = sum(alive and t is not None for alive, t in zip(live, tokens, strict=True))
-        return StepResult(out, tokens, generated, finished)
+        return StepResult(out, generated, finished)
 
     def abandon(self) -> list[Sequence]:
         """After a fault: forget every queued step and return the sequences of those steps and of the
