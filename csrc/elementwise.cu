@@ -32,10 +32,11 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 template <typename T>
 __global__ void __launch_bounds__(kNormThreads)
     rms_norm_kernel(const T* x, const T* residual, const T* __restrict__ weight, T* out, T* residual_out, int hidden,
-                    float eps, const int32_t* __restrict__ out_perm) {
+                    float eps, const int32_t* __restrict__ out_perm, bool trigger_at_entry) {
   extern __shared__ __align__(16) unsigned char normed_row[];  // out_perm: the row before the gather
   constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
   __shared__ float scratch[kNormThreads / 32];
+  if (trigger_at_entry) pdl_trigger();
   float w[kMaxVecs][8];  // the weight (and out_perm) is no kernel's output: read before the wait
   int4 src[kMaxVecs][2];  // out_perm: the columns this thread's outputs come from
 #pragma unroll
@@ -50,7 +51,7 @@ __global__ void __launch_bounds__(kNormThreads)
     }
   }
   pdl_wait();
-  pdl_trigger();
+  if (!trigger_at_entry) pdl_trigger();
   const size_t row = (size_t)blockIdx.x * hidden;
   float v[kMaxVecs][8];
   float sumsq = 0.f;
@@ -208,6 +209,8 @@ cudaError_t launch_gather_columns(Dtype dtype, const void* x, const int32_t* per
   return err;
 }
 
+void set_norm_trigger_at_entry(bool entry) { norm_trigger_at_entry() = entry; }
+
 cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, const void* weight, void* out,
                             void* residual_out, int num_tokens, int hidden, float eps, const int32_t* out_perm,
                             cudaStream_t stream) {
@@ -217,7 +220,7 @@ cudaError_t launch_rms_norm(Dtype dtype, const void* x, const void* residual, co
     const size_t smem = out_perm ? hidden * sizeof(T) : 0;  // at most 16 KB
     err = launch_pdl(rms_norm_kernel<T>, dim3(num_tokens), dim3(kNormThreads), smem, stream, static_cast<const T*>(x),
                      static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(out),
-                     static_cast<T*>(residual_out), hidden, eps, out_perm);
+                     static_cast<T*>(residual_out), hidden, eps, out_perm, norm_trigger_at_entry());
   });
   return err;
 }

@@ -29,6 +29,9 @@ void set_gemv_tuning(int block_warps, bool wide_batches);
 
 // Programmatic dependent launch for the kernels that support it (launch.cuh): -1 auto, 0 off, 1 on.
 void set_pdl_mode(int mode);
+// Benchmark knob: the RMSNorm lets the next kernel launch at its entry (true, the default) or only
+// after its own wait (launch.cuh).
+void set_norm_trigger_at_entry(bool entry);
 
 // W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch. qweight, scales
 // and zeros may be N columns of wider matrices: `ld` is their row stride in elements (>= N).

@@ -8,8 +8,13 @@
 //
 // The rule every kernel launched through launch_pdl() follows, which keeps this race-free:
 //   - before pdl_wait(): read only data no kernel of the step writes (weights, scales), write nothing;
-//   - pdl_trigger() only after pdl_wait(), so at most two grids overlap and the earlier one's own
-//     predecessors are complete.
+//   - pdl_wait() waits for the predecessor's completion (not its trigger), so where a kernel
+//     triggers decides only how early its dependents may start their own pre-wait part. Most
+//     trigger right after their wait. The RMSNorm triggers at entry: it writes nothing before its
+//     wait either, and a norm block is tiny, so the GEMV after it is launched while the GEMV before
+//     it still runs and requests its first weights in that GEMV's tail (norm_trigger_at_entry).
+//     Then three grids overlap; correctness holds the same way, since every wait is for completion,
+//     and a grid completes only after its own wait, i.e. after its predecessor.
 // Kernels launched the ordinary way (torch's, cuBLAS) are unaffected: they start after the previous
 // kernel completes, as always. Before sm_90 pdl_wait/pdl_trigger compile to nothing and launches are
 // ordinary.
@@ -35,6 +40,14 @@ __device__ __forceinline__ void pdl_trigger() {
 inline int& pdl_mode() {
   static int mode = -1;
   return mode;
+}
+
+// Whether the RMSNorm triggers its dependents at entry (the default) or after its wait. H100,
+// Llama-3-8B decode, graph steps queued: 453-454 / 413-414 / 345-346 tok/s at ctx 32 / 2k / 8k
+// against 447-449 / 410-411 / 339 after the wait (bench/NOTES.md 56).
+inline bool& norm_trigger_at_entry() {
+  static bool entry = true;
+  return entry;
 }
 
 inline bool pdl_enabled() {

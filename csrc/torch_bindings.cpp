@@ -244,6 +244,7 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
 
 TORCH_LIBRARY(exlsp, m) {
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
+  m.def("set_norm_trigger_at_entry(bool entry) -> ()", &exlsp::set_norm_trigger_at_entry);
   m.def("set_decode_attention_smem_limit(int bytes) -> ()", &exlsp::set_attention_smem_limit);
   m.def("set_decode_attention_early_trigger(bool early) -> ()", &exlsp::set_decode_attention_early_trigger);
   m.def(

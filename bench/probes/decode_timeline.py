@@ -5,8 +5,10 @@
 Replays the served decode step (bench/engine_step.py ServedStep) under torch.profiler with PDL off,
 then on. With PDL off each kernel's duration is its own; the step's wall minus the union of kernel
 intervals is launch gaps. With PDL on a kernel's interval includes the time its blocks wait for the
-previous kernel, so only the wall is compared. Prints per kernel family: calls per step, mean us,
-total us per step. With --keystroke N the step is a keystroke's instead: N new tokens after a cached
+previous kernel, so durations overlap; what a kernel adds to the step is then its end minus the end
+of the kernel before it (every exlsp kernel waits for its predecessor to complete before it
+finishes, so kernels end in stream order). Prints per kernel family: calls per step, mean us, total
+us per step (PDL off: durations; PDL on: those critical-path increments). With --keystroke N the step is a keystroke's instead: N new tokens after a cached
 prefix of --ctx tokens, as one-token sequences through the same graph, the head on the last row
 (what bench_gpu.py times as TTFT on the graph path).
 """
@@ -34,9 +36,11 @@ from bench.gpu_shapes import kernels_ready  # noqa: E402
 
 
 def family(name: str) -> str:
-    m = re.search(r"exlsp::(?:\(anonymous namespace\)::)?(\w+)", name)
+    m = re.search(r"exlsp::(?:\(anonymous namespace\)::)?(\w+)(<[^>]*>)?", name)
     if m:
-        return m.group(1)
+        # the GEMV's instances tell its layers apart (q|k|v, o, gate|up, down differ in batch width
+        # and epilogue)
+        return m.group(1) + (m.group(2) or "") if m.group(1) == "quant_gemv_tc_kernel" else m.group(1)
     return re.sub(r"<.*", "", name)[:48]
 
 
@@ -69,6 +73,18 @@ def union_us(kernels) -> float:
     return busy
 
 
+def print_families(kernels, steps: int, increments: bool) -> None:
+    """Per family: durations, or (increments) each kernel's end minus the previous kernel's end
+    (the first kernel of each step follows the previous step's last)."""
+    fam = collections.defaultdict(list)
+    for i, (name, start, end) in enumerate(kernels):
+        fam[family(name)].append(end - (kernels[i - 1][2] if increments and i else start))
+    table = sorted(fam.items(), key=lambda kv: -sum(kv[1]))
+    print(f"{'kernel':48s} {'calls/step':>10s} {'mean us':>8s} {'us/step':>8s}")
+    for name, ds in table:
+        print(f"{name:48s} {len(ds) / steps:10.1f} {sum(ds) / len(ds):8.2f} {sum(ds) / steps:8.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="llama3-8b")
@@ -82,6 +98,9 @@ def main() -> int:
     )
     parser.add_argument("--keystroke", type=int, help="time a keystroke of this many new tokens instead")
     parser.add_argument("--unfused", action="store_true", help="without the GEMV's fused epilogues")
+    parser.add_argument(
+        "--norm-after-wait", action="store_true", help="the RMSNorm triggers after its wait, not at entry"
+    )
     args = parser.parse_args()
     if not kernels_ready("decode_timeline"):
         return 1
@@ -92,6 +111,7 @@ def main() -> int:
         cuda_attention.MIN_PARTITION = args.min_partition
     if args.separate_merge:
         cuda_attention._merge_counters = lambda device, count: None
+    torch.ops.exlsp.set_norm_trigger_at_entry(not args.norm_after_wait)
     model, kv_cache = served_model(args.model)
     if args.unfused:
         from engine import ops
@@ -115,17 +135,7 @@ def main() -> int:
             f"\nPDL {'on' if pdl else 'off'}: step wall {wall:.0f} us, kernels busy {busy:.0f} us, gaps {wall - busy:.0f} us"
         )
         del step
-        if pdl:
-            continue
-        fam = collections.defaultdict(list)
-        for name, s, e in kernels:
-            fam[family(name)].append(e - s)
-        table = sorted(fam.items(), key=lambda kv: -sum(kv[1]))
-        print(f"{'kernel':48s} {'calls/step':>10s} {'mean us':>8s} {'us/step':>8s}")
-        for name, ds in table:
-            print(
-                f"{name:48s} {len(ds) / args.steps:10.1f} {sum(ds) / len(ds):8.2f} {sum(ds) / args.steps:8.1f}"
-            )
+        print_families(kernels, args.steps, increments=bool(pdl))
     torch.ops.exlsp.set_launch_pdl(-1)
     return 0
 

@@ -9,6 +9,8 @@ same weights and cache, the variants alternated:
                         after it (the engine before this change).
     --compare trigger   the decode attention letting the next kernel (the o GEMV) launch right after
                         its wait (the default) or only once its first partition is computed.
+    --compare entry     the RMSNorm letting the next kernel (a GEMV) launch at its entry (the default)
+                        or only after its own wait (launch.cuh).
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -62,6 +64,10 @@ def trigger(early: bool) -> Callable[[], None]:
     return lambda: torch.ops.exlsp.set_decode_attention_early_trigger(early)
 
 
+def norm_entry(at_entry: bool) -> Callable[[], None]:
+    return lambda: torch.ops.exlsp.set_norm_trigger_at_entry(at_entry)
+
+
 def fused(enabled: bool) -> Callable[[], None]:
     return lambda: ops.set_fused_ops(enabled)
 
@@ -94,6 +100,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
         "8 MB": prefetch(8 * MB),
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
+    "entry": {"at entry": norm_entry(True), "after wait": norm_entry(False)},
     "head": {"in the graph": head_in_graph(True), "eager": head_in_graph(False)},
     "ablate": {
         "whole step": ablate(),
@@ -110,6 +117,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     ops.set_fused_ops(True)
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
+    torch.ops.exlsp.set_norm_trigger_at_entry(True)
     engine_step.HEAD_IN_GRAPH = True
     ablate()()
 

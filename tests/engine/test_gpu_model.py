@@ -136,21 +136,17 @@ def test_engine_greedy_tokens_match_the_reference(tmp_path, kernels, case, promp
     assert ties <= 3, f"{ties} near-tie steps"
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, rows):
-    """engine/cuda_graph.py with the head inside a decode graph (what the engine and bench_gpu
-    replay): the same logits, bit for bit, as the eager forward and head; a short prefill's graph
-    still returns hidden states. The same rows loaded from host lists (load_rows, the engine's path)
-    give the same bits."""
+def decode_step_inputs(tmp_path, rows: int, block: int = 4):
+    """(model, cache, ids, positions, metadata): the fp16 act-order tiny model on the GPU, `rows`
+    sequences of a 9-token prompt in its cache, and a decode step of one new token each."""
     import dataclasses
 
-    from engine.cuda_graph import DecodeGraphs, token_level_metadata
     from engine.models.base import dense_attention_metadata
 
     family, kwargs, overrides = CASES["llama-gptq4-act-order"]
     model = engine.load_model(make_tiny_checkpoint(tmp_path, family, **kwargs, **overrides), device="cuda")
     gen = torch.Generator().manual_seed(rows)
-    prompt_len, block = 9, 4
+    prompt_len = 9
     cache = model.allocate_kv_cache(num_blocks=rows * 4, block_size=block)
     prompt = torch.randint(0, model.config.vocab_size, (rows * prompt_len,), generator=gen).cuda()
     positions = torch.arange(prompt_len, device="cuda").repeat(rows)
@@ -166,6 +162,19 @@ def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, row
     )
     ids = torch.randint(0, model.config.vocab_size, (rows,), generator=gen).cuda()
     pos = torch.full((rows,), prompt_len, device="cuda")
+    return model, cache, ids, pos, step
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, rows):
+    """engine/cuda_graph.py with the head inside a decode graph (what the engine and bench_gpu
+    replay): the same logits, bit for bit, as the eager forward and head; a short prefill's graph
+    still returns hidden states. The same rows loaded from host lists (load_rows, the engine's path)
+    give the same bits."""
+    from engine.cuda_graph import DecodeGraphs, token_level_metadata
+
+    model, cache, ids, pos, step = decode_step_inputs(tmp_path, rows)
+    block = step.block_size
     eager = model.compute_logits(model.forward_paged(ids, pos, step, cache.clone()))
     graphs = DecodeGraphs(
         lambda i, p, a: model.forward_paged(i, p, a, cache),
@@ -201,6 +210,36 @@ def test_decode_graph_with_the_head_equals_the_eager_step(tmp_path, kernels, row
     assert torch.equal(marked.replay(rows, prompt_tokens=False), eager)
     marked.last_mark.synchronize()
     assert marked.last_mark.query()
+
+
+def test_the_norm_triggering_at_entry_computes_the_same_bits(tmp_path, kernels):
+    """The RMSNorm lets the next GEMV launch at its entry (launch.cuh), so three grids overlap in a
+    decode graph: the logits equal, bit for bit, those of a graph whose norms trigger after their
+    wait and those of the eager step with programmatic dependent launch off (kernels one after the
+    other)."""
+    from engine import ops
+    from engine.cuda_graph import DecodeGraphs
+
+    model, cache, ids, pos, step = decode_step_inputs(tmp_path, rows=2)
+    torch.ops.exlsp.set_launch_pdl(0)
+    try:
+        serial = model.compute_logits(model.forward_paged(ids, pos, step, cache.clone()))
+    finally:
+        torch.ops.exlsp.set_launch_pdl(-1)
+    for at_entry in (True, False):
+        torch.ops.exlsp.set_norm_trigger_at_entry(at_entry)
+        try:
+            graphs = DecodeGraphs(
+                lambda i, p, a: model.forward_paged(i, p, a, cache),
+                device=cache.device,
+                block_size=step.block_size,
+                max_seq_len=64,
+                head=model.compute_logits,
+            )
+            assert torch.equal(graphs.run(ids, pos, step), serial), at_entry
+        finally:
+            torch.ops.exlsp.set_norm_trigger_at_entry(True)
+    assert ops.backend_report()["rms_norm"] == "cuda"
 
 
 def pipeline_with_requests(tmp_path, run_ahead: bool):
