@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 
-from engine.prefix_hash import ROOT_HASH, BlockHash, PrefixKeys, chained_key, token_bytes
+from engine.prefix_hash import ROOT_HASH, BlockHash, PrefixKeys, chained_key, common_blocks, token_bytes
 
 MAX_BLOCK_SIZE_TOKENS = 32  # reuse granularity (DESIGN.md): a larger block shares too little of a prefix
 
@@ -53,6 +53,12 @@ class BlockManager:
         self._num_children = [0] * num_blocks  # registered blocks whose parent this is
         self._cached: dict[BlockHash, int] = {}  # key -> registered block
         self._prefix_keys = PrefixKeys(block_size)  # lookups hash only what the last prompt did not
+        # The previous lookup's hits and the token bytes they hold, valid while no block has been
+        # unregistered since (_evictions unchanged): see allocate_prefix.
+        self._evictions = 0
+        self._last_hits: list[int] = []
+        self._last_hits_data = b""
+        self._last_hits_evictions = 0
 
         self._free: deque[int] = deque(range(num_blocks))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # cached free blocks, oldest first
@@ -114,10 +120,23 @@ class BlockManager:
         max_hit_blocks = max(0, len(token_ids) - 1) // bs
         data = token_bytes(token_ids[: max_hit_blocks * bs])
         step = self._prefix_keys.step
+        keys = self._prefix_keys.keys(data, max_hit_blocks)
         # _acquire inlined: a keystroke's 8k-token prefix is ~500 hits, each on the path to its first token.
         cached, stored, ref_count, evictable = self._cached, self._tokens, self._ref_count, self._evictable
-        offset = 0
-        for key in self._prefix_keys.keys(data, max_hit_blocks):
+        # The blocks that the previous lookup found for the bytes this prompt shares with it are
+        # hits again without a lookup and a compare each, as long as no block was unregistered since:
+        # a registered block keeps its key and tokens until it is evicted. (The next keystroke's
+        # prompt repeats the last one's prefix; ~0.3 ms of an 8k prefix's lookup on the build machine.)
+        known = 0
+        if self._last_hits_evictions == self._evictions:
+            known = common_blocks(data, self._last_hits_data, step, min(max_hit_blocks, len(self._last_hits)))
+        for block in self._last_hits[:known]:
+            if ref_count[block] == 0:
+                del evictable[block]
+            ref_count[block] += 1
+        table.extend(self._last_hits[:known])
+        offset = known * step
+        for key in keys[known:]:
             block = cached.get(key)
             if block is None or stored[block] != data[offset : offset + step]:
                 break
@@ -127,6 +146,8 @@ class BlockManager:
             table.append(block)
             offset += step
         self._num_registered[seq_id] = len(table)
+        self._last_hits, self._last_hits_data = list(table), data[:offset]
+        self._last_hits_evictions = self._evictions
         num_cached_tokens = len(table) * bs
         self.num_hit_queries_tokens += len(token_ids)
         self.num_hit_tokens += num_cached_tokens
@@ -216,6 +237,7 @@ class BlockManager:
             self._num_children[parent] += 1
 
     def _unregister(self, block: int) -> None:
+        self._evictions += 1  # allocate_prefix's memo of the last hits is stale now
         key = self._key[block]
         assert key is not None and self._num_children[block] == 0, block
         del self._cached[key]

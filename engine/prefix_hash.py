@@ -51,6 +51,21 @@ def chain_hashes(token_ids: Sequence[int], block_size: int, num_blocks: int | No
     return PrefixKeys(block_size).keys(token_bytes(token_ids[: num_blocks * block_size]), num_blocks)
 
 
+def common_blocks(data: bytes, other: bytes, step: int, limit: int) -> int:
+    """Leading blocks of `step` bytes (at most `limit`) that `data` and `other` share: the longest
+    equal prefix by bisection over whole-block slices (a few memcmps, not one per block)."""
+    if data[: limit * step] == other[: limit * step]:
+        return limit
+    lo, hi = 0, limit - 1  # blocks [0, lo) are equal; the first hi + 1 are not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if data[: mid * step] == other[: mid * step]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 class PrefixKeys:
     """Chained keys of a prompt's leading blocks, remembering the previous prompt's: the next
     keystroke's prompt starts like the last one, and hashing only its new blocks takes an 8k-token
@@ -64,7 +79,7 @@ class PrefixKeys:
     def keys(self, data: bytes, num_blocks: int) -> list[BlockHash]:
         """Keys of the first `num_blocks` blocks of `data` (token_bytes of at least that many)."""
         step = self.step
-        same = self._common_blocks(data, min(num_blocks, len(self._keys)))
+        same = common_blocks(data, self._data, step, min(num_blocks, len(self._keys)))
         keys = self._keys[:same]
         parent = keys[-1] if keys else ROOT_HASH
         for i in range(same, num_blocks):
@@ -72,18 +87,3 @@ class PrefixKeys:
             keys.append(parent)
         self._data, self._keys = data[: num_blocks * step], keys
         return keys
-
-    def _common_blocks(self, data: bytes, limit: int) -> int:
-        """Leading blocks (at most `limit`) that `data` shares with the remembered prompt: the
-        longest equal prefix by bisection over whole-block slices (a few memcmps, not one per block)."""
-        step, memo = self.step, self._data
-        if data[: limit * step] == memo[: limit * step]:
-            return limit
-        lo, hi = 0, limit - 1  # blocks [0, lo) are equal; the first hi + 1 are not
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if data[: mid * step] == memo[: mid * step]:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo

@@ -111,6 +111,28 @@ def test_prefix_hit_reuses_full_blocks_but_never_the_last_prompt_token():
     bm.check_invariants()
 
 
+def test_a_lookup_after_an_eviction_does_not_reuse_the_last_lookups_blocks():
+    """allocate_prefix remembers the blocks its last lookup found, for the next prompt that repeats
+    that prefix; once a block has been evicted (and refilled by another sequence) since, those
+    blocks are looked up again, not reused."""
+    bm = BlockManager(6, BS)
+    prompt = list(range(100, 113))  # 13 tokens: 3 full blocks and one token
+    assert _run(bm, "a", prompt) == 0
+    bm.free("a")  # its 3 full blocks stay cached
+    bm.allocate_prefix("r", [7, 7, 7, 7])
+    assert bm.ensure_slots("r", 4)
+    assert _run(bm, "b", prompt) == 12  # the lookup the block manager remembers
+    hits = bm.block_table("b")[:3]
+    bm.free("b")
+    # r grows over the whole pool: the cached blocks are evicted and refilled with r's tokens.
+    assert bm.ensure_slots("r", 24)
+    bm.commit("r", [7] * 24, 24)
+    assert set(hits) <= set(bm.block_table("r"))
+    assert bm.allocate_prefix("c", prompt) == 0
+    assert not set(bm.block_table("c")) & set(hits)
+    bm.check_invariants()
+
+
 def test_shared_blocks_are_reference_counted():
     bm = BlockManager(16, BS)
     prompt = list(range(9))
