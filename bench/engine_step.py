@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.cuda_graph import DecodeGraphs
 from engine.loader import default_vocab_bits
@@ -87,4 +88,4 @@ class ServedStep:
     def run(self, ids, pos, attn, rows: slice = slice(None)) -> torch.Tensor:
         out = self.graphs.run(ids, pos, attn)[rows]
         logits = out if self.graphs.returns_logits(attn) else self.model.compute_logits(out)
-        return logits.argmax(dim=-1)
+        return ops.argmax(logits)  # the engine's greedy sampler

@@ -33,6 +33,18 @@ void set_pdl_mode(int mode);
 // after its own wait (launch.cuh).
 void set_norm_trigger_at_entry(bool entry);
 
+// out (rows,) = the index of each row's largest logit, torch.argmax's choice (the first of equal
+// maxima; a NaN above everything). logits float32, rows `row_stride` elements apart.
+cudaError_t launch_argmax_rows(const float* logits, int64_t* out, int rows, int vocab, int64_t row_stride,
+                               cudaStream_t stream);
+
+// out (num_ids, hidden) = rows `ids` of a quantized embedding (engine/layers/embedding.py QuantEmbedding):
+// codes (V, hidden) int8 (bits 8) or (V, hidden / 2) uint8 nibbles (bits 4, even feature low); scales and
+// offsets (V, hidden / group_size) in the model dtype, offsets for 4 bits only. ids int32 or int64.
+cudaError_t launch_quant_embedding(Dtype dtype, const void* ids, bool ids_are_int64, int num_ids, const void* codes,
+                                   const void* scales, const void* offsets, void* out, int hidden, int group_size,
+                                   int bits, cudaStream_t stream);
+
 // W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch. qweight, scales
 // and zeros may be N columns of wider matrices: `ld` is their row stride in elements (>= N).
 cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros,

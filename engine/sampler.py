@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from engine import ops
 from engine.host_to_device import tensor_on
 from engine.request import SamplingParams
 
@@ -39,7 +40,7 @@ def sample(
         assert prev_token_ids is not None and len(prev_token_ids) == num_rows
         logits = apply_repetition_penalty(logits, params, prev_token_ids)
 
-    greedy = logits.argmax(dim=-1)  # (N,)
+    greedy = ops.argmax(logits)  # (N,): one kernel on a GPU
     random_rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not random_rows:
         return greedy

@@ -11,6 +11,8 @@ same weights and cache, the variants alternated:
                         its wait (the default) or only once its first partition is computed.
     --compare entry     the RMSNorm letting the next kernel (a GEMV) launch at its entry (the default)
                         or only after its own wait (launch.cuh).
+    --compare vocab     the embedding lookup and the greedy argmax as one kernel each (csrc/vocab_rows.cu,
+                        the default) or as the torch ops they replaced.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -68,6 +70,20 @@ def norm_entry(at_entry: bool) -> Callable[[], None]:
     return lambda: torch.ops.exlsp.set_norm_trigger_at_entry(at_entry)
 
 
+def vocab_kernels(enabled: bool) -> Callable[[], None]:
+    def setup() -> None:
+        from engine.ops import cuda
+
+        table = ops._load_cuda_table()
+        for name in ("argmax", "quant_embedding"):
+            if enabled:
+                table[name] = getattr(cuda, name)
+            else:
+                table.pop(name, None)
+
+    return setup
+
+
 def fused(enabled: bool) -> Callable[[], None]:
     return lambda: ops.set_fused_ops(enabled)
 
@@ -101,6 +117,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
     "entry": {"at entry": norm_entry(True), "after wait": norm_entry(False)},
+    "vocab": {"kernels": vocab_kernels(True), "torch ops": vocab_kernels(False)},
     "head": {"in the graph": head_in_graph(True), "eager": head_in_graph(False)},
     "ablate": {
         "whole step": ablate(),
@@ -118,6 +135,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     torch.ops.exlsp.set_norm_trigger_at_entry(True)
+    vocab_kernels(True)()
     engine_step.HEAD_IN_GRAPH = True
     ablate()()
 

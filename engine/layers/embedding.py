@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import ops
 from engine.quant.rtn import QuantSpec, rtn_quantize
 
 EMBED_GROUP_SIZE = 128  # features per scale
@@ -83,15 +84,7 @@ class QuantEmbedding(nn.Module):
         return cls(codes, scales, offsets, bits)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        packed = self.codes[input_ids]  # (..., H * bits / 8)
-        if self.bits == 4:
-            packed = torch.stack((packed & 15, packed >> 4), dim=-1).flatten(-2)  # (..., H) in [0, 16)
-        groups = (self.hidden_size // self.group_size, self.group_size)
-        q = packed.to(self.scales.dtype).unflatten(-1, groups)
-        scales = self.scales[input_ids].unsqueeze(-1)  # (..., G, 1)
-        if self.offsets is None:
-            return (q * scales).flatten(-2)
-        return torch.addcmul(self.offsets[input_ids].unsqueeze(-1), q, scales).flatten(-2)  # (..., H)
+        return ops.quant_embedding(input_ids, self.codes, self.scales, self.offsets, self.bits)  # (..., H)
 
     def dense(self) -> torch.Tensor:
         """The (V, H) matrix the lookups return rows of."""

@@ -11,6 +11,8 @@ Public ops (signatures and layouts documented in engine/ops/reference.py):
     quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads,
                         head_dim, read_next=()) -> q (T, Hq, D) or None  (fused: q|k|v GEMV + rotary + K/V write)
     prepare_quant_weight(w: PackedWeight) -> PackedWeight   (once at load, after moving to the device)
+    argmax(logits (N, V) float32) -> (N,) int64   (torch.argmax's choice: the first maximum, NaN highest)
+    quant_embedding(ids (...,), codes, scales, offsets, bits) -> (..., H)   (rows of a QuantEmbedding)
     backend_report() -> {op name: "cuda" | "reference"}
 
 read_next (the GEMV ops): the tensors the model reads after this weight, which a kernel may ask L2 to
@@ -47,6 +49,8 @@ OP_NAMES = (
     "quant_linear_silu_mul",
     "quant_qkv_rotary_kv",
     "prepare_quant_weight",
+    "argmax",
+    "quant_embedding",
 )
 FUSED_OPS = ("quant_linear_silu_mul", "quant_qkv_rotary_kv")
 
@@ -134,3 +138,11 @@ def quant_qkv_rotary_kv(
 
 def prepare_quant_weight(w):
     return _impl("prepare_quant_weight", w.qweight)(w)
+
+
+def argmax(logits):
+    return _impl("argmax", logits)(logits)
+
+
+def quant_embedding(ids, codes, scales, offsets, bits):
+    return _impl("quant_embedding", ids)(ids, codes, scales, offsets, bits)

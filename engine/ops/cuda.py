@@ -71,6 +71,8 @@ def op_table() -> dict[str, Callable]:
         "quant_linear_silu_mul": quant_linear_silu_mul,
         "quant_qkv_rotary_kv": quant_qkv_rotary_kv,
         "prepare_quant_weight": prepare_quant_weight,
+        "argmax": argmax,
+        "quant_embedding": quant_embedding,
     }
 
 
@@ -339,4 +341,32 @@ def silu_and_mul(x):
     x = x.contiguous()
     out = torch.empty((*x.shape[:-1], x.shape[-1] // 2), dtype=x.dtype, device=x.device)
     torch.ops.exlsp.silu_and_mul(x, out)
+    return out
+
+
+def argmax(logits):
+    """One kernel per call (csrc/vocab_rows.cu); torch's reduction took ~28 us over 128256 logits."""
+    if logits.dtype != torch.float32 or logits.dim() != 2 or logits.stride(-1) != 1 or logits.shape[-1] == 0:
+        return reference.argmax(logits)
+    out = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    torch.ops.exlsp.argmax_rows(logits, out)
+    return out
+
+
+def quant_embedding(ids, codes, scales, offsets, bits):
+    hidden = codes.shape[-1] * 8 // bits
+    groups = scales.shape[-1]
+    if (
+        ids.dtype not in (torch.int32, torch.int64)
+        or not is_model_dtype(scales)
+        or hidden % groups
+        or (hidden // groups) % 8
+        or codes.data_ptr() % 16
+        or (bits == 4 and offsets is None)
+    ):
+        return reference.quant_embedding(ids, codes, scales, offsets, bits)
+    out = torch.empty((*ids.shape, hidden), dtype=scales.dtype, device=scales.device)
+    torch.ops.exlsp.quant_embedding(
+        ids.contiguous(), codes.contiguous(), scales.contiguous(), offsets, bits, out
+    )
     return out

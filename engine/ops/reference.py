@@ -298,3 +298,25 @@ def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
         return w
     fields = {f.name: getattr(w, f.name) for f in dataclasses.fields(PackedWeight)}
     return DequantizedWeight(**fields, sorted_dense=dequantize(w))
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(N, V) -> (N,) int64: each row's first largest value (a NaN above everything)."""
+    return logits.argmax(dim=-1)
+
+
+def quant_embedding(
+    ids: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None, bits: int
+) -> torch.Tensor:
+    """Rows `ids` (...,) of a quantized embedding -> (..., H) in the scales' dtype: e = q * s (8 bits,
+    int8 codes) or q * s + b (4 bits, two codes per byte, the even feature low), one scale s and
+    offset b per group of H / scales.shape[1] features (engine/layers/embedding.py)."""
+    packed = codes[ids]  # (..., H * bits / 8)
+    if bits == 4:
+        packed = torch.stack((packed & 15, packed >> 4), dim=-1).flatten(-2)  # (..., H) in [0, 16)
+    hidden = packed.shape[-1]
+    q = packed.to(scales.dtype).unflatten(-1, (scales.shape[1], hidden // scales.shape[1]))
+    s = scales[ids].unsqueeze(-1)  # (..., G, 1)
+    if offsets is None:
+        return (q * s).flatten(-2)
+    return torch.addcmul(offsets[ids].unsqueeze(-1), q, s).flatten(-2)
