@@ -44,7 +44,7 @@ inline int& pdl_mode() {
 
 // Whether the RMSNorm triggers its dependents at entry (the default) or after its wait. H100,
 // Llama-3-8B decode, graph steps queued: 453-454 / 413-414 / 345-346 tok/s at ctx 32 / 2k / 8k
-// against 447-449 / 410-411 / 339 after the wait (bench/NOTES.md 56).
+// against 447-449 / 410-411 / 339 after the wait (bench/NOTES.md 57).
 inline bool& norm_trigger_at_entry() {
   static bool entry = true;
   return entry;
