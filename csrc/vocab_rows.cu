@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kEmbedThreads)
 #pragma unroll
       for (int i = 0; i < 8; ++i) e[i] = q[i] * s;
     } else {
-      const uint32_t raw = *reinterpret_cast<const uint32_t*>(static_cast<const uint8_t*>(codes) + id * (hidden / 2) + f0 / 2);
+      const uint8_t* row = static_cast<const uint8_t*>(codes) + id * (hidden / 2);
+      const uint32_t raw = *reinterpret_cast<const uint32_t*>(row + f0 / 2);
 #pragma unroll
       for (int i = 0; i < 8; ++i) q[i] = (raw >> (4 * i)) & 15u;
       const float b = to_float(offsets[id * groups + g]);
