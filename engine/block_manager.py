@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 
-from engine.prefix_hash import ROOT_HASH, BlockHash, PrefixKeys, chained_key, common_blocks, token_bytes
+from engine.prefix_hash import ROOT_HASH, BlockHash, PrefixKeys, chained_key, token_bytes
 
 MAX_BLOCK_SIZE_TOKENS = 32  # reuse granularity (DESIGN.md): a larger block shares too little of a prefix
 
@@ -53,11 +53,11 @@ class BlockManager:
         self._num_children = [0] * num_blocks  # registered blocks whose parent this is
         self._cached: dict[BlockHash, int] = {}  # key -> registered block
         self._prefix_keys = PrefixKeys(block_size)  # lookups hash only what the last prompt did not
-        # The previous lookup's hits and the token bytes they hold, valid while no block has been
-        # unregistered since (_evictions unchanged): see allocate_prefix.
+        # The previous lookup's hits (its prompt's leading blocks, as _prefix_keys remembers that
+        # prompt), valid while no block has been unregistered since (_evictions unchanged): see
+        # allocate_prefix.
         self._evictions = 0
         self._last_hits: list[int] = []
-        self._last_hits_data = b""
         self._last_hits_evictions = 0
 
         self._free: deque[int] = deque(range(num_blocks))
@@ -127,9 +127,9 @@ class BlockManager:
         # hits again without a lookup and a compare each, as long as no block was unregistered since:
         # a registered block keeps its key and tokens until it is evicted. (The next keystroke's
         # prompt repeats the last one's prefix; ~0.3 ms of an 8k prefix's lookup on the build machine.)
-        known = 0
+        known = 0  # blocks this prompt shares with the last one, found by the last lookup
         if self._last_hits_evictions == self._evictions:
-            known = common_blocks(data, self._last_hits_data, step, min(max_hit_blocks, len(self._last_hits)))
+            known = min(self._prefix_keys.shared, len(self._last_hits))
         for block in self._last_hits[:known]:
             if ref_count[block] == 0:
                 del evictable[block]
@@ -146,8 +146,7 @@ class BlockManager:
             table.append(block)
             offset += step
         self._num_registered[seq_id] = len(table)
-        self._last_hits, self._last_hits_data = list(table), data[:offset]
-        self._last_hits_evictions = self._evictions
+        self._last_hits, self._last_hits_evictions = list(table), self._evictions
         num_cached_tokens = len(table) * bs
         self.num_hit_queries_tokens += len(token_ids)
         self.num_hit_tokens += num_cached_tokens

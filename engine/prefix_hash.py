@@ -75,11 +75,12 @@ class PrefixKeys:
         self.step = block_size * TOKEN_BYTES  # bytes per block
         self._data = b""  # the previous prompt's leading blocks ...
         self._keys: list[BlockHash] = []  # ... and their keys
+        self.shared = 0  # leading blocks the last keys() call's data shared with the call's before it
 
     def keys(self, data: bytes, num_blocks: int) -> list[BlockHash]:
         """Keys of the first `num_blocks` blocks of `data` (token_bytes of at least that many)."""
         step = self.step
-        same = common_blocks(data, self._data, step, min(num_blocks, len(self._keys)))
+        self.shared = same = common_blocks(data, self._data, step, min(num_blocks, len(self._keys)))
         keys = self._keys[:same]
         parent = keys[-1] if keys else ROOT_HASH
         for i in range(same, num_blocks):
