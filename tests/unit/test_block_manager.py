@@ -142,10 +142,58 @@ def test_shared_blocks_are_reference_counted():
     assert bm.block_table("b")[:2] == shared
     assert [bm.ref_count(b) for b in shared] == [2, 2]
     bm.check_invariants()
-    bm.free("a")
+    bm.free("a")  # a's registered blocks are parked: b and the park hold them
+    assert [bm.ref_count(b) for b in shared] == [2, 2]
+    bm.free("b")  # a's park goes back to the pool, b's blocks are parked
     assert [bm.ref_count(b) for b in shared] == [1, 1]
-    bm.free("b")
-    assert bm.num_free_blocks == 16
+    assert bm.num_free_blocks == 16  # parked blocks that no sequence holds count as free
+    bm.check_invariants()
+
+
+def test_the_next_keystroke_takes_over_the_freed_prompts_parked_blocks():
+    """A freed sequence's registered blocks are parked; a prompt that repeats its prefix takes the
+    blocks it shares with it, and the rest of the park goes back to the pool."""
+    bm = BlockManager(16, BS)
+    prompt = list(range(100, 113))  # 13 tokens: 3 full blocks and one token
+    _run(bm, "a", prompt)
+    a_table = list(bm.block_table("a"))
+    bm.free("a")
+    assert [bm.ref_count(b) for b in a_table] == [1, 1, 1, 0]  # the park holds the full blocks
+    keystroke = prompt[:9] + [7, 7, 7, 7, 7]  # diverges inside a's third block
+    assert bm.allocate_prefix("b", keystroke) == 8
+    assert bm.block_table("b") == a_table[:2]
+    assert [bm.ref_count(b) for b in a_table] == [1, 1, 0, 0]  # b holds two, a's third is cached free
+    assert bm.num_free_blocks == 14 and bm.num_cached_blocks == 3
+    assert bm.allocate_prefix("c", prompt[:12] + [1]) == 12  # a's third block still hits
+    bm.check_invariants()
+
+
+def test_a_park_is_not_taken_over_after_another_prompts_lookup():
+    """The park passes to a prompt by how much it shares with the last lookup's prompt, so only
+    while the parked sequence's lookup is the last one; otherwise the prompt is looked up."""
+    bm = BlockManager(16, BS)
+    prompt = list(range(100, 113))
+    _run(bm, "a", prompt)
+    a_table = list(bm.block_table("a"))
+    other = prompt[:4] + [7] * 9  # shares a's first block only
+    bm.allocate_prefix("z", other)  # looked up, never computed
+    bm.free("a")  # parked, but the last lookup is z's
+    # b repeats z's prompt whole: were the park measured against z's prompt, b would take a's blocks
+    # 1 and 2 as well.
+    assert bm.allocate_prefix("b", other) == 4
+    assert bm.block_table("b") == a_table[:1]
+    assert [bm.ref_count(b) for b in a_table[:3]] == [3, 1, 1]  # z, b and the park; the park
+    bm.check_invariants()
+
+
+def test_an_allocation_that_needs_the_parked_blocks_releases_the_park():
+    bm = BlockManager(4, BS)
+    _run(bm, "a", [1] * 12 + [2])  # 3 full blocks (parked when freed) and one token
+    bm.free("a")
+    assert bm.num_free_blocks == 4
+    bm.allocate_prefix("x", [9])
+    assert bm.ensure_slots("x", 16)  # the whole pool: the park gives its blocks, which are evicted
+    assert bm.num_cached_blocks == 0 and bm.num_free_blocks == 0
     bm.check_invariants()
 
 
@@ -269,4 +317,9 @@ def test_random_operations_keep_the_pool_consistent_and_whole(num_blocks, block_
         bm.free(sid)
     bm.check_invariants()
     assert bm.num_free_blocks == num_blocks
-    assert all(bm.ref_count(b) == 0 for b in range(num_blocks))
+    # Nothing leaked: one sequence can take the whole pool (the last freed blocks from the park).
+    bm.allocate_prefix("all", [3])
+    assert bm.ensure_slots("all", num_blocks * block_size)
+    assert sorted(bm.block_table("all")) == list(range(num_blocks))
+    assert all(bm.ref_count(b) == 1 for b in range(num_blocks))
+    bm.check_invariants()
