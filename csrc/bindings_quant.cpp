@@ -193,11 +193,11 @@ int64_t quant_gemv_tc_splits(int64_t K, int64_t splits) {
   return quant_gemv_tc_effective_splits((int)K, (int)splits);
 }
 
-void set_quant_gemv_tc_tuning(int64_t block_warps, bool wide_batches) {
+void set_quant_gemv_tc_tuning(int64_t block_warps, bool wide_batches, bool rolling) {
   EXLSP_CHECK(block_warps == 0 || (block_warps >= 2 && block_warps <= 8),
               "exlsp::set_quant_gemv_tc_tuning: block_warps must be 0 (the launcher chooses) or 2..8, got %s",
               to_str(block_warps).c_str());
-  set_gemv_tuning((int)block_warps, wide_batches);
+  set_gemv_tuning((int)block_warps, wide_batches, rolling);
 }
 
 
@@ -261,7 +261,8 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
       "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1, Tensor[]? l2_prefetch=None, "
       "int l2_prefetch_bytes=0) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
-  m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches) -> ()", &exlsp::set_quant_gemv_tc_tuning);
+  m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches, bool rolling=True) -> ()",
+        &exlsp::set_quant_gemv_tc_tuning);
   m.def("dequantize(Tensor qweight, Tensor scales, Tensor zeros, int bits, int group_size, Tensor(a!) out) -> ()");
 }
 

@@ -25,7 +25,7 @@ cudaError_t launch_quant_gemv(Dtype dtype, const void* x, const int32_t* qweight
 
 // Benchmark knobs of the tensor-core GEMV: warps per block (0: the launcher chooses, else 2..8) and
 // whether grids of at most 2 blocks per SM take batches of 8 chunks (default on).
-void set_gemv_tuning(int block_warps, bool wide_batches);
+void set_gemv_tuning(int block_warps, bool wide_batches, bool rolling);
 
 // Programmatic dependent launch for the kernels that support it (launch.cuh): -1 auto, 0 off, 1 on.
 void set_pdl_mode(int mode);

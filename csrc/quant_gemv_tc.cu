@@ -17,11 +17,12 @@
 namespace exlsp {
 namespace {
 
-// Benchmark knobs (set_gemv_tuning): warps per block (0: block_warps chooses) and whether small
-// grids take batches of 8 chunks.
+// Benchmark knobs (set_gemv_tuning): warps per block (0: block_warps chooses), whether small grids
+// take batches of 8 chunks, and whether the loads roll (quant_gemv_tc_kernel.cuh).
 struct GemvTuning {
   int block_warps = 0;
   bool wide_batches = true;
+  bool rolling = true;
 };
 
 GemvTuning& gemv_tuning() {
@@ -80,7 +81,7 @@ cudaError_t launch_mt(const T* x, const uint32_t* qw, const T* s, const T* z, co
   const dim3 grid(N / 32, splits);
   const int warps = block_warps<T, MT, U, S, P>(grid.x * grid.y, per_split / U);
   return launch_pdl(quant_gemv_tc_kernel<T, MT, U, S, P>, grid, dim3(warps * 32), 0, stream, x, qw, s, z, b, ep, pf, o,
-                    partials, counters, M, K, N, group_size, per_split, pair);
+                    partials, counters, M, K, N, group_size, per_split, pair, gemv_tuning().rolling);
 }
 
 // Batches of 4 chunks, in sub-batches of the largest common divisor of 4 and the chunks per group
@@ -122,7 +123,9 @@ int quant_gemv_tc_effective_splits(int K, int splits) {
   return (num_chunks + per_split - 1) / per_split;
 }
 
-void set_gemv_tuning(int block_warps, bool wide_batches) { gemv_tuning() = GemvTuning{block_warps, wide_batches}; }
+void set_gemv_tuning(int block_warps, bool wide_batches, bool rolling) {
+  gemv_tuning() = GemvTuning{block_warps, wide_batches, rolling};
+}
 
 #define EXLSP_GEMV_ROWS(MT, P) \
   launch_rows<T, MT, P>(xr, qw, sc, ze, bi, ep, pf, orow, partials, counters, rows, K, N, group_size, splits, pair, \

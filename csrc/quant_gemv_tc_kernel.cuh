@@ -19,7 +19,10 @@
 // those a block owns 16 + 16 columns at a pair offset (N / 2, D / 2), so it holds both values of
 // every pair it combines; y is rounded as the unfused GEMV stores it, then the shared element-wise
 // code runs (elementwise_math.cuh): the fused and unfused paths give the same bits.
-// Loads: a batch of U 16-byte weight vectors per lane in registers, then its math. (A cp.async
+// Loads: a batch of U 16-byte weight vectors per lane in registers, then its math; with `rolling` (the
+// default) each vector's register is refilled with the next batch's vector as soon as its chunk has
+// been read, so U loads stay in flight through the math instead of none (no more registers; a
+// second batch of registers, item 3 of bench/NOTES.md, cost 40 of them and 11%). (A cp.async
 // shared-memory ring, 3 of 4 slots in flight per warp, measured slower on H100: 1158 vs 1578 GB/s at
 // 4096 x 14336; bench/NOTES.md.) PDL (launch.cuh): the first batch of weights is requested before
 // waiting for the kernel that wrote x. After its last batch each warp asks L2 for its share of the
@@ -121,7 +124,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
                          const T* __restrict__ zeros, const T* __restrict__ bias, const GemvEpilogue ep,
                          const L2Prefetch pf, T* __restrict__ out, float* __restrict__ partials,
                          int* __restrict__ counters, int M, int K, int N, int group_size, int chunks_per_split,
-                         int pair_arg) {
+                         int pair_arg, bool rolling) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, t = lane % 4;
   // The block's 32 columns: 16 from tile_base on and 16 from tile_base + pair on (pair 16: 32 in a
@@ -198,22 +201,45 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     }
   };
   constexpr int SB = U / S;  // sub-batches per batch
+  // bf16 at one row tile loads batch by batch: its three-shift dequantization leaves no registers for
+  // the rolling loads (40 bytes spilled at 80 registers).
+  constexpr bool kRolls = std::is_same_v<T, __half> || MT == 2;
   uint4 wv[U];
   uint2 s_raw[SB], z_raw[SB];
+  // The loads run one batch ahead of the math: the scales and zeros of sub-batch sb at the loader's
+  // own position in its group.
+  int load_in_group = in_group;
+  auto load_sub = [&](int sb) {
+    s_raw[sb] = __ldg(sp);
+    z_raw[sb] = __ldg(zp);
+    load_in_group += S;
+    if (load_in_group == chunks_per_group) {
+      load_in_group = 0;
+      sp += N / 4;
+      zp += N / 4;
+    }
+  };
   auto load = [&]() {
     const uint4* p = wp;
 #pragma unroll
     for (int u = 0; u < U; ++u, p += N) wv[u] = __ldcs(p);
-    int load_in_group = in_group;
+    if constexpr (kRolls) {
 #pragma unroll
-    for (int sb = 0; sb < SB; ++sb) {
-      s_raw[sb] = __ldg(sp);
-      z_raw[sb] = __ldg(zp);
-      load_in_group += S;
-      if (load_in_group == chunks_per_group) {
-        load_in_group = 0;
-        sp += N / 4;
-        zp += N / 4;
+      for (int sb = 0; sb < SB; ++sb) load_sub(sb);
+    } else {
+      // Batch by batch the loader is where the math is: load_sub's steps on a local position, which
+      // keeps these kernels' registers (and SASS) as they were before the rolling loads.
+      int at = in_group;
+#pragma unroll
+      for (int sb = 0; sb < SB; ++sb) {
+        s_raw[sb] = __ldg(sp);
+        z_raw[sb] = __ldg(zp);
+        at += S;
+        if (at == chunks_per_group) {
+          at = 0;
+          sp += N / 4;
+          zp += N / 4;
+        }
       }
     }
     wp += (size_t)U * N;
@@ -228,6 +254,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
   pdl_wait();
   pdl_trigger();
   for (int b = b_begin; b < b_end; ++b) {
+    const bool refill = kRolls && rolling && b + 1 < b_end;  // the next batch's loads, vector by vector
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (u % S == 0) {
@@ -237,12 +264,14 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
         }
         in_group += S;
         if (in_group == chunks_per_group) in_group = 0;
+        if (refill) load_sub(u / S);
       }
       // The chunk's activations (L1 hits) just before their use: 4 registers per row tile, not 4 * U.
       uint4 xv[MT];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) xv[mt] = x_row[mt] ? __ldg(xp[mt] + 4 * u) : make_uint4(0, 0, 0, 0);
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+      if (refill) wv[u] = __ldcs(wp + (size_t)u * N);
       uint32_t a[4][4];  // [column][pair p]: (q - z) of nibbles (p, p + 4)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -276,7 +305,11 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xp[mt] += 4 * U;
-    if (b + 1 < b_end) load();
+    if (refill) {
+      wp += (size_t)U * N;
+    } else if (b + 1 < b_end) {
+      load();
+    }
   }
   prefetch_next();
   if (b_begin < b_end) flush();

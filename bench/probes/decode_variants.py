@@ -13,6 +13,8 @@ same weights and cache, the variants alternated:
                         or only after its own wait (launch.cuh).
     --compare vocab     the embedding lookup and the greedy argmax as one kernel each (csrc/vocab_rows.cu,
                         the default) or as the torch ops they replaced.
+    --compare rolling   the tensor-core GEMV's loads rolling (each weight register refilled with the
+                        next batch's vector once read: the default) or batch by batch.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -84,6 +86,10 @@ def vocab_kernels(enabled: bool) -> Callable[[], None]:
     return setup
 
 
+def rolling(enabled: bool) -> Callable[[], None]:
+    return lambda: torch.ops.exlsp.set_quant_gemv_tc_tuning(0, True, enabled)
+
+
 def fused(enabled: bool) -> Callable[[], None]:
     return lambda: ops.set_fused_ops(enabled)
 
@@ -110,6 +116,7 @@ def ablate(*, norms: bool = False, attention: bool = False) -> Callable[[], None
 MB = 1 << 20
 COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     "fused": {"default": fused(True), "unfused": fused(False)},
+    "rolling": {"rolling": rolling(True), "by batch": rolling(False)},
     "prefetch": {
         "off": prefetch(0),
         "4 MB": prefetch(4 * MB),
@@ -132,6 +139,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     from engine.ops import cuda
 
     ops.set_fused_ops(True)
+    rolling(True)()
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     torch.ops.exlsp.set_norm_trigger_at_entry(True)

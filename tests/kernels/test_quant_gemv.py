@@ -162,7 +162,18 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
     assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
 
-@pytest.mark.parametrize("tuning", [(0, True), (0, False), (2, True), (3, False), (5, True)], ids=str)
+# (warps per block, batches of 8, rolling loads)
+TUNINGS = [
+    (0, True, True),
+    (0, False, True),
+    (2, True, True),
+    (3, False, True),
+    (5, True, True),
+    (0, True, False),
+]
+
+
+@pytest.mark.parametrize("tuning", TUNINGS, ids=str)
 @pytest.mark.parametrize("rows", [1, 11])
 @pytest.mark.parametrize(
     "shape", [(4096, 14336, 128), (1024, 96, 32), (640, 256, 64), (4352, 512, 256), (384, 64, 32)], ids=str
@@ -170,7 +181,7 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
 def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, tuning):
     """Any warps per block, batches of 8 or 4 chunks in sub-batches of 8, 4, 2 or 1 (group 256, 128,
     64, 32), K slices that split unevenly over the warps (640: 20 chunks) or leave some warps without
-    a batch (384: 3 batches over 8)."""
+    a batch (384: 3 batches over 8), the loads rolling or batch by batch."""
     k, n, group_size = shape
     ops = exlsp_ops()
     seed = k + 3 * n + rows
@@ -189,7 +200,32 @@ def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, tuning):
             )
             assert rel_err(out, want) <= REL_TOL, (splits, launched)
     finally:
-        ops.set_quant_gemv_tc_tuning(0, True)
+        ops.set_quant_gemv_tc_tuning(0, True, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 5, 16])
+@pytest.mark.parametrize(
+    "shape", [(4096, 14336, 128), (14336, 4096, 128), (4352, 512, 256), (640, 256, 64)], ids=str
+)
+def test_rolling_loads_give_the_bits_of_loads_batch_by_batch(shape, rows, dtype):
+    """The rolling loads change when each weight vector is requested, not what is computed. (bf16
+    rolls at 9 to 16 rows only: quant_gemv_tc_kernel.cuh.)"""
+    k, n, group_size = shape
+    ops = exlsp_ops()
+    seed = k + n + rows
+    w = random_packed_weight(k, n, bits=4, group_size=group_size, dtype=dtype, bias=True, seed=seed)
+    x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").to(dtype)
+    outs = []
+    try:
+        for rolling in (True, False):
+            ops.set_quant_gemv_tc_tuning(0, True, rolling)
+            out = poisoned((rows, n), dtype)
+            ops.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, group_size, out)
+            outs.append(out)
+    finally:
+        ops.set_quant_gemv_tc_tuning(0, True, True)
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_tensor_core_gemv_needs_whole_batches_of_k_and_quant_linear_routes_the_rest():
