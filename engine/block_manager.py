@@ -25,11 +25,12 @@ and the next request reuses both sequences' work.
 
 The park. A freed sequence's registered blocks are not released at once: the block manager holds
 them (one reference each, as a sequence would) until the next free, until an allocation needs them,
-or until the next lookup takes them over. An editor's next request is the last one with a keystroke
-more: it repeats the freed prompt's prefix, and a lookup that finds that prefix parked takes the
-blocks with their references as they are, instead of releasing ~500 blocks of an 8k-token prefix
-one by one and acquiring them again (~0.2 ms of Python on a keystroke's path to its first token).
-Parked blocks count as free: ensure_slots releases the park before it would fall short.
+or until the first lookup after the sequence's own: that one takes over, references as they are, the
+blocks its prompt shares with the parked one, and releases the rest. An editor's next request is the
+last one with a keystroke more, so it repeats the freed prompt's prefix, and ~500 blocks of an
+8k-token prefix are not released one by one and acquired again (~0.2 ms of Python on a keystroke's
+path to its first token). Parked blocks count as free: ensure_slots releases the park before it
+would fall short.
 """
 
 from __future__ import annotations
