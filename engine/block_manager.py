@@ -215,7 +215,7 @@ class BlockManager:
             elif existing != table[i]:
                 # Another sequence registered the same tokens first: use its block, drop our copy.
                 self._acquire(existing)
-                self._release(table[i])
+                self._release_all([table[i]])
                 table[i] = existing
             parent = key
             i += 1
@@ -250,15 +250,6 @@ class BlockManager:
         if self._ref_count[block] == 0:
             del self._evictable[block]
         self._ref_count[block] += 1
-
-    def _release(self, block: int) -> None:
-        assert self._ref_count[block] > 0, block
-        self._ref_count[block] -= 1
-        if self._ref_count[block] == 0:
-            if self._key[block] is not None:
-                self._evictable[block] = None  # most recently used end
-            else:
-                self._free.append(block)
 
     def _register(self, block: int, key: BlockHash, tokens: bytes, parent: int) -> None:
         assert self._key[block] is None, block

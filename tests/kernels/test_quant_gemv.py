@@ -209,8 +209,9 @@ def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, tuning):
     "shape", [(4096, 14336, 128), (14336, 4096, 128), (4352, 512, 256), (640, 256, 64)], ids=str
 )
 def test_rolling_loads_give_the_bits_of_loads_batch_by_batch(shape, rows, dtype):
-    """The rolling loads change when each weight vector is requested, not what is computed. (bf16
-    rolls at 9 to 16 rows only: quant_gemv_tc_kernel.cuh.)"""
+    """The rolling loads change when each weight vector is requested, not what is computed."""
+    if dtype == torch.bfloat16 and rows <= 8:
+        pytest.skip("bf16 loads batch by batch at one row tile: nothing to compare")
     k, n, group_size = shape
     ops = exlsp_ops()
     seed = k + n + rows
