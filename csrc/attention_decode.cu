@@ -24,6 +24,7 @@
 #include "dtype_utils.cuh"
 #include "kernels.h"
 #include "launch.cuh"
+#include "trace.cuh"
 
 namespace exlsp {
 namespace {
@@ -39,6 +40,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
                 "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
   T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
+  EXLSP_TRACE_MARK(2, 0, 0, 0);
   const int seq = blockIdx.y, seq_len = a.seq_lens[seq];  // a step input, no kernel's output
   // A sequence within one partition needs no merge: its block writes the outputs (with counters,
   // where the merge would be this kernel's; the separate merge kernel reads every partial result).
@@ -56,6 +58,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
     __syncthreads();  // the stages are free for the merge weights
     merge::merge_in_last_block<T, D, G, kThreads>(a, seq, blockIdx.x, seq_len, reinterpret_cast<float*>(stage));
   }
+  EXLSP_TRACE_MARK(2, 0, 0, 7);
 }
 
 // Multi-query path: one block per (KV head, run of queries_per_block consecutive sequences,

@@ -11,6 +11,7 @@
 #include "dtype_utils.cuh"
 #include "kernels.h"
 #include "launch.cuh"
+#include "trace.cuh"
 
 namespace exlsp {
 namespace one_sequence {
@@ -134,8 +135,10 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
                      ST, defer, first_count);
   stage_tokens<T, D>(v_stage, v_cache, block_table, a.block_size, a.num_kv_heads, kv_head, start, first_count, 0,
                      ST, defer, first_count);
+  if (wait_predecessor) EXLSP_TRACE_MARK(2, 0, 0, 1);
   if (wait_predecessor) {
     pdl_wait();
+    EXLSP_TRACE_MARK(2, 0, 0, 2);
     // The next kernel (the o GEMV) may launch now and request its weights while this one computes
     // and merges: its blocks only wait for this grid to complete before they read its output.
     if (a.early_trigger) pdl_trigger();
@@ -195,6 +198,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     }
     mq::cp_async_wait<0>();
     __syncthreads();
+    if (wait_predecessor && t0 == start) EXLSP_TRACE_MARK(2, 0, 0, 3);
     for (int slice = warp; slice < ST / 16 && t0 + slice * 16 < end; slice += kWarps) {  // warp-uniform
       float sc[2][4];
 #pragma unroll
@@ -222,7 +226,9 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
     }
     __syncthreads();  // scores complete; the K stage may be refilled
   }
+  if (wait_predecessor) EXLSP_TRACE_MARK(2, 0, 0, 4);
   softmax_weights();
+  if (wait_predecessor) EXLSP_TRACE_MARK(2, 0, 0, 5);
   // Phase 3: warp w owns dims [16 w, 16 w + 16) over every token: out = P (heads x tokens) . V.
   float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
   const int d0 = warp * 16;
@@ -269,6 +275,7 @@ __device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int k
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) *reinterpret_cast<float2*>(out + nt * 8) = make_float2(o[nt][0], o[nt][1]);
   }
+  if (wait_predecessor) EXLSP_TRACE_MARK(2, 0, 0, 6);
 }
 
 }  // namespace one_sequence

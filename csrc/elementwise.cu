@@ -8,6 +8,7 @@
 #include "elementwise_math.cuh"
 #include "kernels.h"
 #include "launch.cuh"
+#include "trace.cuh"
 
 namespace exlsp {
 namespace {
@@ -36,6 +37,7 @@ __global__ void __launch_bounds__(kNormThreads)
   extern __shared__ __align__(16) unsigned char normed_row[];  // out_perm: the row before the gather
   constexpr int kMaxVecs = 4;  // 8 elements per vector: hidden up to 8192
   __shared__ float scratch[kNormThreads / 32];
+  EXLSP_TRACE_MARK(3, hidden, 0, 0);
   if (trigger_at_entry) pdl_trigger();
   float w[kMaxVecs][8];  // the weight (and out_perm) is no kernel's output: read before the wait
   int4 src[kMaxVecs][2];  // out_perm: the columns this thread's outputs come from
@@ -51,6 +53,7 @@ __global__ void __launch_bounds__(kNormThreads)
     }
   }
   pdl_wait();
+  EXLSP_TRACE_MARK(3, hidden, 0, 1);
   if (!trigger_at_entry) pdl_trigger();
   const size_t row = (size_t)blockIdx.x * hidden;
   float v[kMaxVecs][8];
@@ -101,6 +104,7 @@ __global__ void __launch_bounds__(kNormThreads)
       }
     }
   }
+  EXLSP_TRACE_MARK(3, hidden, 0, 2);
 }
 
 // Grid (tokens, slices): thread i of the token's pairs rotates pair (i % (D/2)) of head i / (D/2), over
@@ -251,5 +255,38 @@ cudaError_t launch_silu_and_mul(Dtype dtype, const void* x, void* out, int M, in
   });
   return err;
 }
+
+#ifdef EXLSP_TRACE
+namespace trace {
+std::vector<AddressFn>& buffers() {
+  static std::vector<AddressFn> fns;
+  return fns;
+}
+}  // namespace trace
+
+size_t trace_bytes() { return trace::buffers().size() * sizeof(trace::Buffer); }
+
+cudaError_t trace_read(void* host) {
+  char* dst = static_cast<char*>(host);
+  for (trace::AddressFn fn : trace::buffers()) {
+    void* src = fn();
+    if (!src) return cudaErrorInvalidSymbol;
+    const cudaError_t err = cudaMemcpy(dst, src, sizeof(trace::Buffer), cudaMemcpyDeviceToHost);
+    if (err != cudaSuccess) return err;
+    dst += sizeof(trace::Buffer);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t trace_clear() {
+  for (trace::AddressFn fn : trace::buffers()) {
+    void* p = fn();
+    if (!p) return cudaErrorInvalidSymbol;
+    const cudaError_t err = cudaMemset(p, 0, sizeof(trace::Buffer));
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+#endif
 
 }  // namespace exlsp

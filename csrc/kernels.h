@@ -90,6 +90,14 @@ void set_decode_attention_smem_limit(int bytes);
 void set_decode_attention_early_trigger(bool early);
 bool decode_attention_supports(int head_dim, int group_size_q_per_kv);
 
+#ifdef EXLSP_TRACE
+// Probe builds only (trace.cuh): every translation unit's marks, one buffer after another, copied
+// into host memory of trace_bytes(); trace_clear zeroes them.
+size_t trace_bytes();
+cudaError_t trace_read(void* host);
+cudaError_t trace_clear();
+#endif
+
 // out (T, H) = rmsnorm(x + residual) * weight; residual_out (T, H) = x + residual (or x) when
 // residual_out is not null. Any of out/residual_out may alias x or residual. out_perm (H,), when not
 // null: out is written in that order, out[:, j] = rmsnorm(...)[:, out_perm[j]].

@@ -39,6 +39,7 @@
 #include "l2_prefetch.cuh"
 #include "launch.cuh"
 #include "quant_gemv_tc_math.cuh"
+#include "trace.cuh"
 
 namespace exlsp {
 namespace {  // one translation unit includes this: quant_gemv_tc.cu
@@ -250,8 +251,10 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     prefetch_l2_share(pf, (blockIdx.y * gridDim.x + blockIdx.x) * warps + warp, gridDim.x * gridDim.y * warps, lane);
   };
 
+  EXLSP_TRACE_MARK(1, K, N, 0);
   if (b_begin < b_end) load();
   pdl_wait();
+  EXLSP_TRACE_MARK(1, K, N, 1);
   pdl_trigger();
   for (int b = b_begin; b < b_end; ++b) {
     const bool refill = kRolls && rolling && b + 1 < b_end;  // the next batch's loads, vector by vector
@@ -311,6 +314,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
       load();
     }
   }
+  EXLSP_TRACE_MARK(1, K, N, 2);
   prefetch_next();
   if (b_begin < b_end) flush();
 
@@ -324,6 +328,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
 #pragma unroll
       for (int i = 0; i < 4; ++i) partial[warp][mt * 8 + 2 * t + (i & 1)][4 * g + 2 * j + (i >> 1)] = acc[mt][j][i];
   __syncthreads();
+  EXLSP_TRACE_MARK(1, K, N, 3);
   const int splits = gridDim.y;
   if (splits > 1) {
     // Publish this block's sums; the last block of the tile finishes it.
@@ -338,7 +343,10 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     __shared__ bool is_last;
     if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;
     __syncthreads();
-    if (!is_last) return;
+    if (!is_last) {
+      EXLSP_TRACE_MARK(1, K, N, 4);
+      return;
+    }
     __threadfence();
   }
   // y of row m, local column cl (< 16: tile_base + cl, else tile_base + pair + cl - 16), bias added.
@@ -377,6 +385,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     }
   }
   if (splits > 1 && threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next call
+  EXLSP_TRACE_MARK(1, K, N, 5);
 }
 
 }  // namespace

@@ -7,6 +7,10 @@
 
 #include "binding_checks.h"
 
+#ifdef EXLSP_TRACE
+#include <ATen/ops/empty.h>
+#endif
+
 namespace exlsp {
 namespace {
 
@@ -239,10 +243,24 @@ void silu_and_mul(const Tensor& x, Tensor& out) {
                op);
 }
 
+#ifdef EXLSP_TRACE
+// Probe builds only (csrc/trace.cuh, bench/probes/kernel_trace.py).
+Tensor read_trace() {
+  Tensor host = at::empty({(int64_t)trace_bytes()}, at::TensorOptions().dtype(at::kByte));
+  check_launch(trace_read(host.data_ptr()), "trace_read");
+  return host;
+}
+void clear_trace() { check_launch(trace_clear(), "trace_clear"); }
+#endif
+
 }  // namespace
 }  // namespace exlsp
 
 TORCH_LIBRARY(exlsp, m) {
+#ifdef EXLSP_TRACE
+  m.def("trace_read() -> Tensor", &exlsp::read_trace);
+  m.def("trace_clear() -> ()", &exlsp::clear_trace);
+#endif
   m.def("set_launch_pdl(int mode) -> ()", &exlsp::set_launch_pdl);
   m.def("set_norm_trigger_at_entry(bool entry) -> ()", &exlsp::set_norm_trigger_at_entry);
   m.def("set_decode_attention_smem_limit(int bytes) -> ()", &exlsp::set_attention_smem_limit);

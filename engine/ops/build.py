@@ -9,6 +9,7 @@ Nothing here runs at import: `load()` is called by engine/ops/cuda.py the first 
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import torch
 CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
 MIN_CAPABILITY = (8, 0)  # bf16 arithmetic and the async copies the kernels assume
 LIBRARY_NAME = "exlsp_ops"
+# Extra preprocessor names for probe builds, space-separated (EXLSP_TRACE: csrc/trace.cuh's marks);
+# they enter the build key, so such a build never replaces the ordinary one.
+DEFINES_ENV = "EXLSP_NVCC_DEFINES"
 
 
 class BuildError(RuntimeError):
@@ -42,6 +46,10 @@ def arch_flags(capability: tuple[int, int]) -> list[str]:
     ]
 
 
+def extra_defines() -> list[str]:
+    return [f"-D{name}" for name in os.environ.get(DEFINES_ENV, "").split()]
+
+
 def build_key(sources: list[Path], capability: tuple[int, int]) -> str:
     digest = hashlib.sha256()
     for path in sources:
@@ -51,6 +59,8 @@ def build_key(sources: list[Path], capability: tuple[int, int]) -> str:
         digest.update(header.name.encode())
         digest.update(header.read_bytes())
     digest.update(f"{torch.__version__}|{torch.version.cuda}|{capability}".encode())
+    if extra_defines():
+        digest.update(" ".join(extra_defines()).encode())
     return digest.hexdigest()[:16]
 
 
@@ -93,8 +103,8 @@ def load(verbose: bool = False) -> Path:
         cpp_extension.load(
             name=LIBRARY_NAME,
             sources=[str(p) for p in sources],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3", "--use_fast_math", *arch_flags(capability)],
+            extra_cflags=["-O3", *extra_defines()],
+            extra_cuda_cflags=["-O3", "--use_fast_math", *arch_flags(capability), *extra_defines()],
             extra_include_paths=[str(CSRC_DIR)],
             build_directory=str(build_dir),
             is_python_module=False,

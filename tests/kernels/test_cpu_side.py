@@ -30,6 +30,18 @@ def test_build_key_changes_with_the_gpu():
     assert build.build_key(sources, (9, 0)) == build.build_key(sources, (9, 0))
 
 
+def test_probe_defines_build_apart_from_the_ordinary_library(monkeypatch):
+    sources = build.source_paths()
+    monkeypatch.delenv(build.DEFINES_ENV, raising=False)
+    plain = build.build_key(sources, (9, 0))
+    assert build.extra_defines() == []
+    monkeypatch.setenv(build.DEFINES_ENV, "EXLSP_TRACE  OTHER")
+    assert build.extra_defines() == ["-DEXLSP_TRACE", "-DOTHER"]
+    assert build.build_key(sources, (9, 0)) != plain
+    monkeypatch.setenv(build.DEFINES_ENV, "")
+    assert build.build_key(sources, (9, 0)) == plain
+
+
 @pytest.mark.parametrize(
     "max_seq_len,size", [(1, 128), (2048, 128), (32768, 128), (32769, 256), (131072, 512), (10**6, 512)]
 )
