@@ -83,8 +83,8 @@ __device__ __forceinline__ float merge_dim(const DecodeAttentionArgs& a, size_t 
 }
 
 // The merge of one (sequence, KV head)'s partitions into the G heads' outputs, by the last of its
-// blocks to finish (a.counters), with the merge kernel's merge_weights and merge_dim: the same
-// bits. `weights`: G x used floats of free shared memory.
+// blocks to finish (a.counters), with the merge kernel's merge_weights and merge_dim's arithmetic:
+// the same bits. `weights`: G x used floats of free shared memory.
 template <typename T, int D, int G, int kThreads>
 __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
   __shared__ bool is_last;
@@ -107,15 +107,59 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
   __threadfence();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t base0 = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions;
+  // This thread's outputs: pairs of dims, element e = 2 * (threadIdx.x + k * kThreads) of the group
+  // and e + 1. Their partials come kChunk partitions at a time, 8-byte loads; the first chunk is
+  // requested before the weights are formed, so that up to kChunk partitions (2k context) cost one
+  // L2 round trip with the weights' loads instead of three after them (merge_dim's order: per dim,
+  // the same sum in partition order as the merge kernel, so the same bits).
+  constexpr int kPairs = (G * D / 2 + kThreads - 1) / kThreads;
+  constexpr int kChunk = 32 / kPairs < 16 ? 32 / kPairs : 16;
+  float2 v[kPairs][kChunk];
+  auto load_chunk = [&](int p0) {
+#pragma unroll
+    for (int k = 0; k < kPairs; ++k) {
+      const int e = 2 * (threadIdx.x + k * kThreads);
+      const size_t base = base0 + (size_t)(e / D) * a.num_partitions;
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j)
+        v[k][j] = e < G * D && p0 + j < used
+                      ? __ldcg(reinterpret_cast<const float2*>(&a.tmp_out[(base + p0 + j) * D + e % D]))
+                      : make_float2(0.f, 0.f);
+    }
+  };
+  load_chunk(0);
   for (int g = warp; g < G; g += kThreads / 32) {
     const float inv = merge_weights(a, base0 + (size_t)g * a.num_partitions, used, lane, weights + g * used);
     if (lane == 0) inv_den[g] = inv;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < G * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    out[out_offset(a, seq, e0 + i)] =
-        from_float<T>(merge_dim(a, base0 + (size_t)g * a.num_partitions, used, weights + g * used, d, D) * inv_den[g]);
+  float2 num[kPairs];
+#pragma unroll
+  for (int k = 0; k < kPairs; ++k) num[k] = make_float2(0.f, 0.f);
+  for (int p0 = 0; p0 < used; p0 += kChunk) {
+    if (p0 != 0) load_chunk(p0);
+#pragma unroll
+    for (int k = 0; k < kPairs; ++k) {
+      const int e = 2 * (threadIdx.x + k * kThreads);
+      const float* w_of = weights + (e / D) * used;
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        const float w = e < G * D && p0 + j < used ? w_of[p0 + j] : 0.f;
+        if (w > 0.f) {
+          num[k].x += w * v[k][j].x;
+          num[k].y += w * v[k][j].y;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < kPairs; ++k) {
+    const int e = 2 * (threadIdx.x + k * kThreads);
+    if (e < G * D) {
+      const float inv = inv_den[e / D];
+      out[out_offset(a, seq, e0 + e)] = from_float<T>(num[k].x * inv);
+      out[out_offset(a, seq, e0 + e + 1)] = from_float<T>(num[k].y * inv);
+    }
   }
   if (threadIdx.x == 0) *counter = 0;  // ready for the next call
 }
