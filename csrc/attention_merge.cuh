@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "dtype_utils.cuh"
+#include "grid_count.cuh"
 #include "kernels.h"
 #include "launch.cuh"
 
@@ -87,7 +88,6 @@ __device__ __forceinline__ float merge_dim(const DecodeAttentionArgs& a, size_t 
 // the same bits. `weights`: G x used floats of free shared memory.
 template <typename T, int D, int G, int kThreads>
 __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
-  __shared__ bool is_last;
   __shared__ float inv_den[G];
   const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
   T* out = static_cast<T*>(a.out);
@@ -99,12 +99,7 @@ __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int k
   }
   if ((int)blockIdx.z >= used) return;  // this block had no partition and is not counted
   int* counter = a.counters + (size_t)seq * a.num_kv_heads + kv_head;
-  __threadfence();  // this block's partials are visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(counter, 1) == min((int)gridDim.z, used) - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
+  if (!count_in_last(counter, min((int)gridDim.z, used))) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t base0 = ((size_t)seq * a.num_q_heads + (size_t)kv_head * G) * a.num_partitions;
   // This thread's outputs: pairs of dims, element e = 2 * (threadIdx.x + k * kThreads) of the group

@@ -35,6 +35,7 @@
 
 #include "dtype_utils.cuh"
 #include "elementwise_math.cuh"
+#include "grid_count.cuh"
 #include "kernels.h"
 #include "l2_prefetch.cuh"
 #include "launch.cuh"
@@ -338,16 +339,10 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
       for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
       partials[((size_t)blockIdx.y * M + m) * N + blockIdx.x * 32 + cl] = y;
     }
-    __threadfence();
-    __syncthreads();
-    __shared__ bool is_last;
-    if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;
-    __syncthreads();
-    if (!is_last) {
+    if (!count_in_last(&counters[blockIdx.x], splits)) {
       EXLSP_TRACE_MARK(1, K, N, 4);
       return;
     }
-    __threadfence();
   }
   // y of row m, local column cl (< 16: tile_base + cl, else tile_base + pair + cl - 16), bias added.
   auto column = [&](int m, int cl) {
