@@ -15,6 +15,8 @@ same weights and cache, the variants alternated:
                         the default) or as the torch ops they replaced.
     --compare rolling   the tensor-core GEMV's loads rolling (each weight register refilled with the
                         next batch's vector once read: the default) or batch by batch.
+    --compare splits    the engine's K slices per GEMV (engine/ops/cuda.py gemv_splits) or other
+                        counts for one decode GEMV of Llama-3-8B's shape (down, q|k|v, o).
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -90,6 +92,29 @@ def rolling(enabled: bool) -> Callable[[], None]:
     return lambda: torch.ops.exlsp.set_quant_gemv_tc_tuning(0, True, enabled)
 
 
+_ENGINE_SPLITS = None  # engine/ops/cuda.py gemv_splits, kept at the first setup
+
+
+def gemv_splits(shape: tuple[int, int] | None = None, splits: int = 1) -> Callable[[], None]:
+    """The engine's K slices for every GEMV, or `splits` for the one-row-tile GEMVs of one shape (K, N)."""
+
+    def setup() -> None:
+        global _ENGINE_SPLITS
+        from engine.ops import cuda
+
+        if _ENGINE_SPLITS is None:
+            _ENGINE_SPLITS = cuda.gemv_splits
+        engine = _ENGINE_SPLITS
+        if shape is None:
+            cuda.gemv_splits = engine
+        else:
+            cuda.gemv_splits = lambda k, n, rows, sms: (
+                splits if (k, n) == shape and rows <= 8 else engine(k, n, rows, sms)
+            )
+
+    return setup
+
+
 def fused(enabled: bool) -> Callable[[], None]:
     return lambda: ops.set_fused_ops(enabled)
 
@@ -117,6 +142,13 @@ MB = 1 << 20
 COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     "fused": {"default": fused(True), "unfused": fused(False)},
     "rolling": {"rolling": rolling(True), "by batch": rolling(False)},
+    "splits": {
+        "engine": gemv_splits(),
+        "down 2": gemv_splits((14336, 4096), 2),
+        "down 4": gemv_splits((14336, 4096), 4),
+        "q|k|v 2": gemv_splits((4096, 6144), 2),
+        "o 2": gemv_splits((4096, 4096), 2),
+    },
     "prefetch": {
         "off": prefetch(0),
         "4 MB": prefetch(4 * MB),
@@ -140,6 +172,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
 
     ops.set_fused_ops(True)
     rolling(True)()
+    gemv_splits()()
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     torch.ops.exlsp.set_norm_trigger_at_entry(True)
