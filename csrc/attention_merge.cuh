@@ -25,11 +25,12 @@ __device__ __forceinline__ size_t out_offset(const DecodeAttentionArgs& a, int s
   return (size_t)seq * a.num_q_heads * a.head_dim + (a.out_index ? a.out_index[e] : e);
 }
 
-// The merge of one query head's partitions, shared by both merges (so they give the same bits).
-// merge_weights, one warp: w_p = exp(max_p - max) for the partitions that saw a token (0 for the
-// others) into weights[p], and 1 / sum_p w_p l_p. merge_dim: dim d's sum_p w_p out_p[d], skipping
-// empty partitions (their outputs are unwritten). Loads go to L2 (__ldcg): in the in-kernel merge
-// other blocks of the same grid wrote them.
+// The merge of one query head's partitions, the same arithmetic in both merges (so they give the
+// same bits). merge_weights, one warp, shared: w_p = exp(max_p - max) for the partitions that saw a
+// token (0 for the others) into weights[p], and 1 / sum_p w_p l_p. merge_dim: dim d's
+// sum_p w_p out_p[d] in partition order, skipping empty partitions (their outputs are unwritten);
+// the in-kernel merge repeats this sum with its loads issued earlier (merge_in_last_block). Loads
+// go to L2 (__ldcg): in the in-kernel merge other blocks of the same grid wrote them.
 __device__ __forceinline__ float merge_weights(const DecodeAttentionArgs& a, size_t base, int used, int lane,
                                                float* weights) {
   // Each lane's first kCached partitions are read once, all loads issued together: the merge sits on
