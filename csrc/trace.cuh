@@ -6,9 +6,10 @@
 // into a fixed slot, (region, block, point), with a plain store: no atomic, nothing the block waits
 // for, so the kernel's end is not delayed. A region per kind, and for the GEMV per shape (K + N in
 // 128s, mod 61: apart for the q|k|v, o, gate|up and down of Llama-3-8B and Qwen2.5-Coder 7B/1.5B),
-// so the instances of one step land apart; launches of the same
-// instance overwrite each other, so after one traced step a region holds that instance's last
-// launch (the last layer's). Each translation unit has its own buffer; trace_read collects them.
+// so the instances of one step land apart. Launches of one instance overwrite each other: after one
+// traced step a region holds that instance's last launch (the last layer's), and a mark that only
+// some launches reach (a split GEMV's last block of a tile) may be an earlier layer's, which
+// kernel_trace.py drops. Each translation unit has its own buffer; trace_read collects them.
 #pragma once
 
 #include <cstdint>
