@@ -10,7 +10,8 @@ same weights and cache, the variants alternated:
     --compare trigger   the decode attention letting the next kernel (the o GEMV) launch right after
                         its wait (the default) or only once its first partition is computed.
     --compare entry     the RMSNorm letting the next kernel (a GEMV) launch at its entry (the default)
-                        or only after its own wait (launch.cuh).
+                        or only after its own wait (launch.cuh): every norm, or only the layers'
+                        post-attention norms (before gate|up) or only their input norms (before q|k|v).
     --compare vocab     the embedding lookup and the greedy argmax as one kernel each (csrc/vocab_rows.cu,
                         the default) or as the torch ops they replaced.
     --compare rolling   the tensor-core GEMV's loads rolling (each weight register refilled with the
@@ -48,6 +49,7 @@ from bench.engine_step import ServedStep, served_model, suffix_metadata  # noqa:
 from bench.gpu_shapes import kernels_ready  # noqa: E402
 from engine import ops  # noqa: E402
 from engine.cuda_graph import token_level_metadata  # noqa: E402
+from engine.layers.norm import RMSNorm  # noqa: E402
 
 
 def prefetch(limit: int) -> Callable[[], None]:
@@ -71,7 +73,37 @@ def trigger(early: bool) -> Callable[[], None]:
 
 
 def norm_entry(at_entry: bool) -> Callable[[], None]:
-    return lambda: torch.ops.exlsp.set_norm_trigger_at_entry(at_entry)
+    def setup() -> None:
+        RMSNorm.forward = _ORIGINAL_NORM_FORWARD
+        torch.ops.exlsp.set_norm_trigger_at_entry(at_entry)
+
+    return setup
+
+
+def norm_entry_by_role(after_wait: str) -> Callable[[], None]:
+    """Every RMSNorm triggers at entry but those of one role ("attention": a layer's input norm, before
+    q|k|v; "mlp": its post-attention norm, before gate|up), which trigger after their wait: the GEMV
+    after them is then placed on SMs the kernel before the norm has left (kernel_trace showed gate|up's
+    896 blocks on ~115 SMs, 8 each, when placed during o's tail). The role is read at capture."""
+
+    def forward(self, x, residual=None):
+        after = getattr(self, "variant_role", None) == after_wait
+        torch.ops.exlsp.set_norm_trigger_at_entry(not after)
+        try:
+            return _ORIGINAL_NORM_FORWARD(self, x, residual)
+        finally:
+            torch.ops.exlsp.set_norm_trigger_at_entry(True)
+
+    def setup() -> None:
+        RMSNorm.forward = forward
+
+    return setup
+
+
+def mark_norm_roles(model) -> None:
+    for layer in model.layers:
+        layer.input_layernorm.variant_role = "attention"
+        layer.post_attention_layernorm.variant_role = "mlp"
 
 
 def vocab_kernels(enabled: bool) -> Callable[[], None]:
@@ -120,6 +152,7 @@ def fused(enabled: bool) -> Callable[[], None]:
 
 
 _ORIGINAL_OPS = {name: getattr(ops, name) for name in ("rms_norm", "paged_attention")}
+_ORIGINAL_NORM_FORWARD = RMSNorm.forward
 
 
 def _skip_norm(x, weight, eps, residual=None):
@@ -155,7 +188,12 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
         "8 MB": prefetch(8 * MB),
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
-    "entry": {"at entry": norm_entry(True), "after wait": norm_entry(False)},
+    "entry": {
+        "at entry": norm_entry(True),
+        "after wait": norm_entry(False),
+        "mlp's after": norm_entry_by_role("mlp"),
+        "attention's af": norm_entry_by_role("attention"),
+    },
     "vocab": {"kernels": vocab_kernels(True), "torch ops": vocab_kernels(False)},
     "head": {"in the graph": head_in_graph(True), "eager": head_in_graph(False)},
     "ablate": {
@@ -175,7 +213,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     gemv_splits()()
     cuda.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
-    torch.ops.exlsp.set_norm_trigger_at_entry(True)
+    norm_entry(True)()
     vocab_kernels(True)()
     engine_step.HEAD_IN_GRAPH = True
     ablate()()
@@ -210,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     default_prefetch = cuda.L2_PREFETCH_BYTES
     model, kv_cache = served_model(args.model, act_order=args.act_order)
+    mark_norm_roles(model)
     rows = []
     try:
         for r in range(args.rounds):

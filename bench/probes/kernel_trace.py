@@ -131,6 +131,11 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, nargs="+", default=[32, 2048, 8192])
     parser.add_argument("--steps", type=int, default=3, help="untraced warm-up steps before the traced one")
     parser.add_argument("--save", type=Path, help="also write each context's marks to DIR/marks_<ctx>.npy")
+    parser.add_argument(
+        "--norm-after-wait",
+        choices=["attention", "mlp"],
+        help="the layers' norms of this role trigger after their wait (decode_variants --compare entry)",
+    )
     args = parser.parse_args()
     if not kernels_ready("kernel_trace"):
         return 1
@@ -141,6 +146,11 @@ def main() -> int:
         return 1
     torch.set_grad_enabled(False)
     model, kv_cache = served_model(args.model)
+    if args.norm_after_wait:
+        from bench.probes.decode_variants import mark_norm_roles, norm_entry_by_role
+
+        mark_norm_roles(model)
+        norm_entry_by_role(args.norm_after_wait)()
     step = ServedStep(model, kv_cache)
     for ctx in args.ctx:
         ids, pos, attn = decode_metadata(ctx)
