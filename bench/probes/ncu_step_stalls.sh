@@ -9,10 +9,15 @@ R=per_issue_active.ratio
 M=$(for r in long_scoreboard short_scoreboard wait barrier membar mio_throttle lg_throttle math_pipe_throttle \
   not_selected selected dispatch_stall no_instruction imc_miss branch_resolving drain sleeping tex_throttle; do
   printf "%s_%s_%s," $S $r $R; done)gpu__time_duration.sum,smsp__inst_executed.sum,sm__cycles_elapsed.avg
+# Kernels by their mangled names (--kernel-name-base mangled): the demangled form of a template
+# instance is ncu's own spelling, and the demangled GEMV pattern gave no report within 100 s, as if
+# it matched nothing and the whole probe ran under ncu (NOTES 75).
+# gate|up: quant_gemv_tc_kernel<__half, 1, 4, 4, true>; down: the same with false.
 for ctx in 32 2048; do
-  for k in "decode_attention_kernel" "rms_norm_kernel" "quant_gemv_tc_kernel<__half, 1, 4, 4, true>"; do
-    name=$(echo "$k" | tr -dc 'a-z_')
-    ncu --cache-control none --kernel-name-base demangled --kernel-name "regex:$k" --launch-skip 40 \
+  for k in decode_attention_kernel rms_norm_kernel quant_gemv_tc_kernelI6__halfLi1ELi4ELi4ELb1E \
+    quant_gemv_tc_kernelI6__halfLi1ELi4ELi4ELb0E; do
+    name=$(echo "$k" | tr -dc 'a-zA-Z0-9_' | cut -c1-40)
+    timeout 300 ncu --cache-control none --kernel-name-base mangled --kernel-name "regex:$k" --launch-skip 40 \
       --launch-count 1 --metrics "$M" python3 bench/probes/decode_timeline.py --ctx $ctx --steps 2 \
       > "$OUT/ncu_${name}_$ctx.txt" 2>&1
     echo "== $k at ctx $ctx"
