@@ -1,6 +1,6 @@
 # Probe: why a decode step's kernels take longer than their work (bench/NOTES.md 66e: at ctx 32 the
 # attention's phases take 0.5-1.4 us each for 32 tokens). Nsight Compute on one launch each of the
-# decode attention, the RMSNorm and gate|up's GEMV inside the served decode step (decode_timeline.py),
+# decode attention, the RMSNorm and gate|up's and down's GEMVs inside the served decode step (decode_timeline.py),
 # caches left as the step leaves them (--cache-control none), with every stall reason, the constant
 # cache (kernel parameters: imc_miss) and instruction fetch (no_instruction) among them.
 # Run on the GPU machine from the repo root: bash bench/probes/ncu_step_stalls.sh; $OUT gets the reports.
@@ -16,7 +16,7 @@ M=$(for r in long_scoreboard short_scoreboard wait barrier membar mio_throttle l
 for ctx in 32 2048; do
   for k in decode_attention_kernel rms_norm_kernel quant_gemv_tc_kernelI6__halfLi1ELi4ELi4ELb1E \
     quant_gemv_tc_kernelI6__halfLi1ELi4ELi4ELb0E; do
-    name=$(echo "$k" | tr -dc 'a-zA-Z0-9_' | cut -c1-40)
+    name=$(echo "$k" | tr -dc 'a-zA-Z0-9_')  # whole: gate|up's and down's differ only at the end
     timeout 300 ncu --cache-control none --kernel-name-base mangled --kernel-name "regex:$k" --launch-skip 40 \
       --launch-count 1 --metrics "$M" python3 bench/probes/decode_timeline.py --ctx $ctx --steps 2 \
       > "$OUT/ncu_${name}_$ctx.txt" 2>&1
