@@ -36,6 +36,7 @@ from engine.cuda_graph import token_level_metadata  # noqa: E402
 from engine.engine import default_prefill_chunk_tokens  # noqa: E402
 from engine.loader import default_vocab_bits  # noqa: E402
 from engine.models.base import dense_attention_metadata  # noqa: E402
+from engine.quant.layout import to_column_strips  # noqa: E402
 
 
 def median_ms(fn, *, warmup: int = 3, iters: int = 20) -> float:
@@ -100,15 +101,17 @@ def gemv_gbs(
     ]
     x = torch.randn((rows, k), device="cuda", generator=gen).to(dtype)
     out = torch.empty((rows, n), device="cuda", dtype=dtype)
+    # the tensor-core GEMV's layout, made before capture (as the engine does once at load)
+    codes = [to_column_strips(w.qweight) if tc else w.qweight for w in weights]
 
     def calls():
-        for w in weights:
+        for w, q in zip(weights, codes, strict=True):
             if tc:
                 torch.ops.exlsp.quant_gemv_tc(
-                    x, w.qweight, w.scales, w.zeros, None, None, 128, out, partials, counters, splits
+                    x, q, w.scales, w.zeros, None, None, 128, out, partials, counters, splits
                 )
             else:
-                torch.ops.exlsp.quant_gemv(x, w.qweight, w.scales, w.zeros, None, None, 4, 128, out)
+                torch.ops.exlsp.quant_gemv(x, q, w.scales, w.zeros, None, None, 4, 128, out)
 
     torch.ops.exlsp.set_launch_pdl(1 if pdl else 0)
     try:

@@ -8,11 +8,23 @@
 namespace exlsp {
 namespace {
 
-// Shared checks of both GEMV ops; returns (M, K, N).
+// Column strips (engine/quant/layout.py to_column_strips): (N / 16, K * bits / 32, 16) int32,
+// contiguous. Returns N.
+int64_t check_strips(const char* op, const Tensor& qweight) {
+  EXLSP_CHECK(qweight.dim() == 3 && qweight.size(2) == 16 && qweight.is_contiguous(),
+              "exlsp::%s: qweight must be in column strips, a contiguous (N / 16, K * bits / 32, 16) tensor "
+              "(engine.quant.layout.to_column_strips), got %s",
+              to_str(op).c_str(), to_str(qweight.sizes()).c_str());
+  return qweight.size(0) * 16;
+}
+
+// Shared checks of the GEMV ops; returns (M, K, N). The tensor-core ops read the weight in column
+// strips (`strips`), the CUDA-core op in the canonical (K * bits / 32, N) layout.
 std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales,
                                   const Tensor& zeros, const std::optional<Tensor>& bias,
                                   const std::optional<Tensor>& residual, int64_t bits, int64_t group_size,
-                                  const Tensor& out, int64_t out_cols = -1, const char* out_cols_name = "N") {
+                                  const Tensor& out, int64_t out_cols = -1, const char* out_cols_name = "N",
+                                  bool strips = false) {
   check_cuda(x, op, "x");
   EXLSP_CHECK(x.dim() == 2, "exlsp::%s: x must be (M, K), got %s", to_str(op).c_str(), to_str(x.sizes()).c_str());
   EXLSP_CHECK(bits == 4 || bits == 8,
@@ -20,9 +32,17 @@ std::array<int64_t, 3> check_gemv(const char* op, const Tensor& x, const Tensor&
   const int64_t M = x.size(0), K = x.size(1);
   check_cuda(qweight, op, "qweight");
   EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::%s: qweight must be int32", to_str(op).c_str());
-  const int64_t N = qweight.size(1);
+  if (strips) {
+    check_strips(op, qweight);
+  } else {
+    EXLSP_CHECK(qweight.dim() == 2,
+                "exlsp::%s: qweight must be the canonical (K * bits / 32, N), got %s", to_str(op).c_str(),
+                to_str(qweight.sizes()).c_str());
+  }
+  const int64_t N = strips ? qweight.size(0) * 16 : qweight.size(1);
+  const int64_t words = strips ? qweight.size(1) : qweight.size(0);
   if (out_cols < 0) out_cols = N;
-  EXLSP_CHECK(qweight.size(0) * 32 / bits == K,
+  EXLSP_CHECK(words * 32 / bits == K,
               "exlsp::%s: qweight %s does not pack K=%s at %s bits", to_str(op).c_str(),
               to_str(qweight.sizes()).c_str(), to_str(K).c_str(), to_str(bits).c_str());
   EXLSP_CHECK(N % 4 == 0,
@@ -114,7 +134,7 @@ void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const T
                  const std::optional<Tensor>& partials, const std::optional<Tensor>& counters, int64_t splits,
                  at::TensorList l2_prefetch, int64_t l2_prefetch_bytes) {
   const Dtype dtype = model_dtype(x, op);
-  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(1);
+  const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0) * 16;
   EXLSP_CHECK(quant_gemv_tc_supports(4, (int)K, (int)N, (int)group_size),
               "exlsp::%s: needs K a multiple of 128, N and group_size multiples of 32 and K of "
               "group_size, got K=%s N=%s group_size=%s",
@@ -136,7 +156,7 @@ void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales,
                    Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
                    int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc";
-  check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out);
+  check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out, -1, "N", true);
   GemvEpilogue epilogue;
   epilogue.residual = opt_ptr(residual);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
@@ -149,7 +169,8 @@ void quant_gemv_tc_silu_mul(const Tensor& x, const Tensor& qweight, const Tensor
                             const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
                             int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
   const char* op = "quant_gemv_tc_silu_mul";
-  check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out, qweight.size(1) / 2, "N / 2");
+  const int64_t N = check_strips(op, qweight);
+  check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out, N / 2, "N / 2", true);
   GemvEpilogue epilogue;
   epilogue.kind = GemvEpilogueKind::kSiluMul;
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
@@ -168,13 +189,13 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
   check_cuda(q_out, op, "q_out");
   EXLSP_CHECK(q_out.dim() == 3, "exlsp::%s: q_out must be (M, Hq, D), got %s", to_str(op).c_str(),
               to_str(q_out.sizes()).c_str());
-  const int64_t M = x.size(0), Hq = q_out.size(1), D = q_out.size(2), N = qweight.size(1);
+  const int64_t M = x.size(0), Hq = q_out.size(1), D = q_out.size(2), N = check_strips(op, qweight);
   EXLSP_CHECK(D % 32 == 0 && N % D == 0 && (N / D - Hq) > 0 && (N / D - Hq) % 2 == 0,
               "exlsp::%s: qweight's %s columns are not q | k | v heads of D = %s (a multiple of 32) with Hq = %s",
               to_str(op).c_str(), to_str(N).c_str(), to_str(D).c_str(), to_str(Hq).c_str());
   const int64_t Hkv = (N / D - Hq) / 2;
   Tensor out2d = q_out.view({q_out.size(0), Hq * D});
-  check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out2d, Hq * D, "Hq * D");
+  check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out2d, Hq * D, "Hq * D", true);
   GemvEpilogue epilogue;
   epilogue.kind = GemvEpilogueKind::kRotaryKv;
   RotaryArgs& r = epilogue.rotary;
@@ -216,10 +237,17 @@ void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros
   const Dtype dtype = model_dtype(scales, op);
   EXLSP_CHECK(qweight.scalar_type() == at::kInt, "exlsp::dequantize: qweight must be int32");
   EXLSP_CHECK(bits == 4 || bits == 8, "exlsp::dequantize: bits must be 4 or 8, got %s", to_str(bits).c_str());
-  const int64_t K = qweight.size(0) * 32 / bits, N = qweight.size(1), ld = qweight.stride(0);
-  EXLSP_CHECK(ld >= N, "exlsp::dequantize: qweight row stride %s is below its width %s", to_str(ld).c_str(),
+  // Column strips (a run of whole strips: N-slices of 16 columns) or a canonical column slice; the
+  // scales and zeros are canonical column slices either way.
+  EXLSP_CHECK(qweight.is_cuda(), "exlsp::dequantize: qweight must be a CUDA tensor");
+  const bool strips = qweight.dim() == 3;
+  if (strips) check_strips(op, qweight);
+  const int64_t K = qweight.size(strips ? 1 : 0) * 32 / bits;
+  const int64_t N = strips ? qweight.size(0) * 16 : qweight.size(1);
+  const int64_t ld = scales.stride(0);
+  EXLSP_CHECK(ld >= N, "exlsp::dequantize: scales row stride %s is below the width %s", to_str(ld).c_str(),
               to_str(N).c_str());
-  check_column_slice(qweight, ld, op, "qweight");
+  if (!strips) check_column_slice(qweight, ld, op, "qweight");
   EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
               "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());
   check_column_slice(scales, ld, op, "scales");
@@ -235,7 +263,7 @@ void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros
               "exlsp::dequantize: out must be a contiguous (K, N)");
   const c10::cuda::CUDAGuard guard(qweight.device());
   check_launch(launch_dequantize(dtype, qweight.data_ptr<int32_t>(), scales.data_ptr(), zeros.data_ptr(),
-                                 out.data_ptr(), (int)K, (int)N, (int)ld, (int)bits, (int)group_size,
+                                 out.data_ptr(), (int)K, (int)N, (int)ld, (int)bits, (int)group_size, strips,
                                  c10::cuda::getCurrentCUDAStream()),
                op);
 }

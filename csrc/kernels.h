@@ -46,9 +46,11 @@ cudaError_t launch_quant_embedding(Dtype dtype, const void* ids, bool ids_are_in
                                    int bits, cudaStream_t stream);
 
 // W (K, N) in the model dtype = (q - zeros) * scales, for the prefill GEMM's scratch. qweight, scales
-// and zeros may be N columns of wider matrices: `ld` is their row stride in elements (>= N).
+// and zeros may be N columns of wider matrices: `ld` is their row stride in elements (>= N). With
+// `strips`, qweight is N / 16 whole column strips (engine/quant/layout.py), its own stride unused.
 cudaError_t launch_dequantize(Dtype dtype, const int32_t* qweight, const void* scales, const void* zeros,
-                              void* out, int K, int N, int ld, int bits, int group_size, cudaStream_t stream);
+                              void* out, int K, int N, int ld, int bits, int group_size, bool strips,
+                              cudaStream_t stream);
 
 // Flash-decoding over the paged cache, one new token per sequence. Phase 1 writes one partial
 // result per context partition (unnormalised output, running max, exp-sum), phase 2 merges them

@@ -1,11 +1,14 @@
 // Quantized GEMV/skinny GEMM for 1-16 rows on the tensor cores (mma.sync m16n8k16, fp32 accumulate),
-// reading the canonical 4-bit layout directly (no re-packed copy of the weight).
+// reading the 4-bit weight in column strips: the canonical (K/8, N) words cut into strips of 16
+// columns, each strip's (K/8, 16) words stored whole, one strip after another (engine/quant/layout.py
+// to_column_strips, made once at load in place of the canonical tensor). A warp's load then reads two
+// 256-byte runs instead of eight 64-byte pieces of rows N * 4 bytes apart: decode +4.4% at 2k on an
+// H100 (bench/NOTES.md 77).
 //
 // The weight is operand A (16 output columns x 16 k), the activations operand B (16 k x 8 rows).
 // Inside one mma the order of k is free as long as A and B agree, and so is the order of A's rows:
 //   - lane (g = lane / 4, t = lane % 4) loads one 16-byte vector = packed word row (4 * chunk + t) of
-//     the 4 adjacent columns 4g..4g+3, exactly the coalesced pattern of the CUDA-core GEMV (8 lanes
-//     read a 128-byte run of a qweight row);
+//     the 4 adjacent columns 4g..4g+3 (lanes g < 4 from one strip, g >= 4 from the other);
 //   - A row g of n-tile j is column 4g + 2j, row g + 8 is column 4g + 2j + 1;
 //   - the 8 nibbles of a word feed two mmas: nibble pairs (0,4), (1,5) the first, (2,6), (3,7) the
 //     second, so each pair comes out of a word with one mask (the fp16 1024.0 mantissa trick) and
@@ -143,8 +146,11 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
   const int c_begin = split_begin + U * b_begin;
   const int chunks_per_group = group_size / 32;
 
-  // Lane (g, t) reads word row 4c + t of columns col0..col0+3: 16 bytes; a chunk is N vectors on.
-  const uint4* wp = reinterpret_cast<const uint4*>(qweight + ((size_t)c_begin * 4 + t) * N + col0);
+  // Lane (g, t) reads word row 4c + t of columns col0..col0+3: 16 bytes of its strip, whose chunk c
+  // is 64 words (16 vectors) from (strip * K/8 + 4c) * 16 on.
+  const int strip = (col0 - 4 * (g % 4)) / 16;
+  const int chunk_vectors = N > 0 ? 16 : N;  // 16, opaque to ptxas: as a constant it spilled (NOTES 77)
+  const uint4* wp = reinterpret_cast<const uint4*>(qweight) + ((size_t)strip * (K / 8) + (size_t)c_begin * 4 + t) * 4 + g % 4;
   // ... and the 8 activations of the same k, rows g and g + 8 (rows past M read as zero).
   const uint4* xp[MT];
   bool x_row[MT];
@@ -224,7 +230,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
   auto load = [&]() {
     const uint4* p = wp;
 #pragma unroll
-    for (int u = 0; u < U; ++u, p += N) wv[u] = __ldcs(p);
+    for (int u = 0; u < U; ++u, p += chunk_vectors) wv[u] = __ldcs(p);
     if constexpr (kRolls) {
 #pragma unroll
       for (int sb = 0; sb < SB; ++sb) load_sub(sb);
@@ -244,7 +250,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
         }
       }
     }
-    wp += (size_t)U * N;
+    wp += (size_t)U * chunk_vectors;
   };
 
   // Once this warp's own loads are done: its share of the next weight (l2_prefetch.cuh).
@@ -275,7 +281,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) xv[mt] = x_row[mt] ? __ldg(xp[mt] + 4 * u) : make_uint4(0, 0, 0, 0);
       const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-      if (refill) wv[u] = __ldcs(wp + (size_t)u * N);
+      if (refill) wv[u] = __ldcs(wp + (size_t)u * chunk_vectors);
       uint32_t a[4][4];  // [column][pair p]: (q - z) of nibbles (p, p + 4)
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -310,7 +316,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) xp[mt] += 4 * U;
     if (refill) {
-      wp += (size_t)U * N;
+      wp += (size_t)U * chunk_vectors;
     } else if (b + 1 < b_end) {
       load();
     }

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.gpu_shapes import kernels_ready  # noqa: E402
+from engine.quant.layout import to_column_strips  # noqa: E402
 from tests.kernels.gpu import random_packed_weight  # noqa: E402
 
 SHAPES = [(4096, 14336), (4096, 28672), (4096, 6144), (4096, 4096)]
@@ -65,7 +66,9 @@ def compare(old, rows: int, k: int, n: int) -> None:
     out_new = torch.empty((rows, n), device="cuda").half()
     olds = [lambda w=w: old.gemv(x, w.qweight, w.scales, w.zeros, out_old, 128) for w in weights]
     news = [
-        lambda w=w: torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out_new)
+        lambda w=w, q=to_column_strips(w.qweight): torch.ops.exlsp.quant_gemv_tc(
+            x, q, w.scales, w.zeros, None, None, 128, out_new
+        )
         for w in weights
     ]
     olds[0]()

@@ -13,12 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.gpu_shapes import random_packed  # noqa: E402
 from engine.ops import cuda  # noqa: E402
+from engine.quant.layout import to_column_strips  # noqa: E402
 
 cuda.ensure_loaded()
 gen = torch.Generator(device="cuda").manual_seed(1)
 w = random_packed(4096, 14336, bits=4, group_size=128, dtype=torch.float16, bias=False, gen=gen)
 x = torch.randn((1, 4096), device="cuda").half()
 out = torch.empty((1, 14336), device="cuda").half()
+codes = to_column_strips(w.qweight)  # the tensor-core GEMV's layout
 for _ in range(6):
-    torch.ops.exlsp.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out)
+    torch.ops.exlsp.quant_gemv_tc(x, codes, w.scales, w.zeros, None, None, 128, out)
 torch.cuda.synchronize()

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import ops
-from engine.quant.layout import PackedWeight
+from engine.quant.layout import PackedWeight, from_column_strips
 
 
 def _frozen(t: torch.Tensor | None) -> nn.Parameter | None:
@@ -40,7 +40,9 @@ class Linear(nn.Module):
 
 class QuantLinear(nn.Module):
     """A PackedWeight kept as buffers (so `.to()` moves it); the op sees a PackedWeight prepared once
-    per device by ops.prepare_quant_weight (a kernel backend may attach its own tile layout there)."""
+    per device by ops.prepare_quant_weight. Where the CUDA backend reads qweight in column strips
+    (engine/quant/layout.py), the strips replace the canonical buffer, so the device holds one copy;
+    moved back to the CPU, the buffer is canonical again."""
 
     def __init__(self, w: PackedWeight):
         super().__init__()
@@ -72,15 +74,26 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         self._prepared = None  # tensors moved or cast: prepare again on the next call
-        return super()._apply(fn, recurse)
+        module = super()._apply(fn, recurse)
+        qweight = self._buffers["qweight"]
+        if qweight.dim() == 3 and not qweight.is_cuda:  # column strips: only the GPU GEMV reads them
+            self._buffers["qweight"] = from_column_strips(qweight)
+        return module
+
+    def canonical_qweight(self) -> torch.Tensor:
+        """qweight in the canonical (K * bits // 32, N) layout (a copy where the buffer holds strips)."""
+        qweight = self._buffers["qweight"]
+        return from_column_strips(qweight) if qweight.dim() == 3 else qweight
 
     def packed(self) -> PackedWeight:
         if self._prepared is None:
             w = PackedWeight(
                 self.bits, self.group_size, self.in_features, self.out_features,
-                self.qweight, self.scales, self.zeros, self.perm, self.bias,
+                self.canonical_qweight(), self.scales, self.zeros, self.perm, self.bias,
             )  # fmt: skip
             self._prepared = ops.prepare_quant_weight(w)
+            if self._prepared.qweight.dim() == 3:
+                self._buffers["qweight"] = self._prepared.qweight  # the canonical words are freed
         return self._prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,7 @@ def _into_columns(gate_up: nn.Module, down: nn.Module) -> None:
     if not (isinstance(gate_up, QuantLinear) and gate_up.out_features == 2 * inter):
         return  # a float or split gate|up: down keeps its permutation
     cols = cols.to(gate_up.qweight.device)
+    gate_up.qweight = gate_up.canonical_qweight()  # (rows, N), not the GPU's column strips
     for name in ("qweight", "scales", "zeros"):  # (rows, N): columns are output features
         setattr(gate_up, name, getattr(gate_up, name)[:, cols].contiguous())
     if gate_up.bias is not None:

@@ -27,7 +27,7 @@ from engine.ops.cuda_common import (
     num_sms,
     split_counters,
 )
-from engine.quant.layout import PackedWeight
+from engine.quant.layout import STRIP_COLUMNS, PackedWeight, from_column_strips, to_column_strips
 
 GEMV_MAX_ROWS = 16  # CUDA-core GEMV (one weight pass per 8 rows) up to here, then dequantize + GEMM
 TC_GEMV_MAX_ROWS = 48  # tensor-core GEMV (one weight pass per 16 rows) up to here
@@ -140,16 +140,45 @@ def gemv_splits(in_features: int, out_features: int, rows: int, num_sms: int) ->
 
 @dataclass
 class PreparedWeight(PackedWeight):
-    """The canonical PackedWeight plus what the kernels need to know about its values, found once at
-    load (the check reads the zeros back: a device sync that must not happen per call)."""
+    """A PackedWeight as the kernels read it, with what they need to know about its values, found once
+    at load (the check reads the zeros back: a device sync that must not happen per call). Where the
+    tensor-core GEMV serves it (`strips`), qweight is in column strips (engine/quant/layout.py)."""
 
     integer_zeros: bool = False  # the tensor-core GEMV needs (q - zero) exact in fp16/bf16
     perm32: torch.Tensor | None = None  # perm as int32, for the gather kernel
+    strips: bool = False  # qweight is (N / 16, K / 8, 16): the tensor-core GEMV's layout
+
+    def qweight_shape(self) -> tuple[int, ...]:
+        if not self.strips:
+            return super().qweight_shape()
+        return (self.out_features // STRIP_COLUMNS, self.in_features * self.bits // 32, STRIP_COLUMNS)
+
+    def canonical(self) -> PackedWeight:
+        """The same weight with qweight in the canonical layout (a copy), for a path that reads it."""
+        qweight = from_column_strips(self.qweight) if self.strips else self.qweight
+        return PackedWeight(
+            self.bits, self.group_size, self.in_features, self.out_features,
+            qweight, self.scales, self.zeros, self.perm, self.bias,
+        )  # fmt: skip
+
+
+def _tc_shape_ok(w: PackedWeight, integer_zeros: bool) -> bool:
+    """Whether the tensor-core GEMV can read this weight (csrc quant_gemv_tc_supports)."""
+    k, n = w.in_features, w.out_features
+    return (
+        integer_zeros
+        and w.bits == 4
+        and k % 128 == 0  # whole batches of 4 chunks of 32
+        and n % 32 == 0
+        and w.group_size % 32 == 0
+        and k % w.group_size == 0
+    )
 
 
 def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
-    """Contiguous tensors (the kernels read 16-byte vectors) and the integer-zeros flag; the layout
-    stays canonical, so no second copy of the weight exists."""
+    """Contiguous tensors (the kernels read 16-byte vectors), the integer-zeros flag, and for a weight
+    the tensor-core GEMV serves, qweight in column strips. The strips are a new tensor: the caller
+    (QuantLinear.packed) drops the canonical one, so the device keeps one copy of the weight."""
 
     def c(t):
         return None if t is None else t.contiguous()
@@ -157,9 +186,11 @@ def prepare_quant_weight(w: PackedWeight) -> PackedWeight:
     integer_zeros = bool(torch.equal(w.zeros, w.zeros.round())) and bool((w.zeros.abs() <= 256).all())
     split_counters(w.qweight.device)
     perm32 = None if w.perm is None else w.perm.to(torch.int32).contiguous()
+    strips = _tc_shape_ok(w, integer_zeros) and w.qweight.is_cuda
+    qweight = to_column_strips(w.qweight) if strips else c(w.qweight)
     return PreparedWeight(
         w.bits, w.group_size, w.in_features, w.out_features,
-        c(w.qweight), c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros, perm32,
+        qweight, c(w.scales), c(w.zeros), c(w.perm), c(w.bias), integer_zeros, perm32, strips,
     )  # fmt: skip
 
 
@@ -177,15 +208,7 @@ def _gemv_ok(x: torch.Tensor, w: PackedWeight) -> bool:
 
 
 def _tc_ok(w: PackedWeight) -> bool:
-    k, n = w.in_features, w.out_features
-    return (
-        getattr(w, "integer_zeros", False)
-        and w.bits == 4
-        and k % 128 == 0  # whole batches of 4 chunks of 32
-        and n % 32 == 0
-        and w.group_size % 32 == 0
-        and k % w.group_size == 0
-    )
+    return getattr(w, "strips", False)  # prepared for the tensor-core GEMV (_tc_shape_ok)
 
 
 def _tc_split_args(x: torch.Tensor, w: PackedWeight) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
@@ -285,7 +308,7 @@ def quant_qkv_rotary_kv(
 
 def quant_linear(x, w: PackedWeight, read_next=()):
     if not _gemv_ok(x, w):
-        return reference.quant_linear(x, w)
+        return reference.quant_linear(x, w.canonical() if _tc_ok(w) else w)
     x = permuted_input(x, w)  # act-order: permute the activation, never the weight
     num_rows = x.shape[0]
     if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
@@ -329,9 +352,11 @@ def dequantize(w: PackedWeight, n0: int = 0, n1: int | None = None) -> torch.Ten
     """Output features [n0, n1) of the weight as a dense (K, n1 - n0) tensor in the model dtype."""
     n1 = w.out_features if n1 is None else n1
     weight = torch.empty((w.in_features, n1 - n0), dtype=w.scales.dtype, device=w.qweight.device)
-    torch.ops.exlsp.dequantize(
-        w.qweight[:, n0:n1], w.scales[:, n0:n1], w.zeros[:, n0:n1], w.bits, w.group_size, weight
-    )
+    if _tc_ok(w):  # whole strips: n0 and n1 are multiples of 256 or the ends (N % 32 == 0)
+        qweight = w.qweight[n0 // STRIP_COLUMNS : n1 // STRIP_COLUMNS]
+    else:
+        qweight = w.qweight[:, n0:n1]
+    torch.ops.exlsp.dequantize(qweight, w.scales[:, n0:n1], w.zeros[:, n0:n1], w.bits, w.group_size, weight)
     return weight
 
 

@@ -1,8 +1,10 @@
 """The one internal layout of a quantized linear layer, and its pure-torch reference.
 
 Every GPTQ variant on disk (4/8 bits, act-order or sequential, sym or asym, any group size, "gptq"
-or "gptq_v2" zero convention) is repacked at load into `PackedWeight`. Kernels consume this layout
-(a kernel backend may derive its own tile layout from it once at load, keeping this one canonical).
+or "gptq_v2" zero convention) is repacked at load into `PackedWeight`. Kernels consume this layout,
+except the GPU's tensor-core GEMV: it reads qweight in column strips (to_column_strips), which the CUDA
+backend makes once at load in place of the canonical words (engine/ops/cuda.py), so the device holds
+one copy; the CPU path and everything on disk stay canonical.
 
 Math, with K = in_features, N = out_features, x: (M, K):
     rows of W are stored in group order: W_sorted = W[perm] when act-order (perm sorts g_idx),
@@ -38,12 +40,15 @@ class PackedWeight:
         assert self.bits in (4, 8), self.bits
         k, n = self.in_features, self.out_features
         assert k % self.group_size == 0, (k, self.group_size)
-        assert self.qweight.shape == (k * self.bits // 32, n), (self.qweight.shape, k, n, self.bits)
+        assert self.qweight.shape == self.qweight_shape(), (self.qweight.shape, k, n, self.bits)
         assert self.qweight.dtype == torch.int32
         assert self.scales.shape == (k // self.group_size, n), self.scales.shape
         assert self.zeros.shape == self.scales.shape
         assert self.perm is None or self.perm.shape == (k,)
         assert self.bias is None or self.bias.shape == (n,)
+
+    def qweight_shape(self) -> tuple[int, ...]:
+        return (self.in_features * self.bits // 32, self.out_features)
 
     def to(self, device: torch.device | str) -> PackedWeight:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -53,6 +58,25 @@ class PackedWeight:
             self.bits, self.group_size, self.in_features, self.out_features,
             move(self.qweight), move(self.scales), move(self.zeros), move(self.perm), move(self.bias),
         )  # fmt: skip
+
+
+STRIP_COLUMNS = 16
+
+
+def to_column_strips(qweight: torch.Tensor) -> torch.Tensor:
+    """(K * bits // 32, N) packed words -> (N / 16, K * bits // 32, 16): the columns cut into strips of
+    16, each strip's words stored whole, one strip after another. A tensor-core GEMV warp then reads
+    two 256-byte runs per load instead of eight 64-byte pieces of rows N * 4 bytes apart."""
+    rows, n = qweight.shape
+    if n % STRIP_COLUMNS:
+        raise ValueError(f"column strips need out_features a multiple of {STRIP_COLUMNS}, got {n}")
+    return qweight.reshape(rows, n // STRIP_COLUMNS, STRIP_COLUMNS).transpose(0, 1).contiguous()
+
+
+def from_column_strips(strips: torch.Tensor) -> torch.Tensor:
+    """The inverse of to_column_strips: (N / 16, K * bits // 32, 16) -> (K * bits // 32, N)."""
+    num_strips, rows, width = strips.shape
+    return strips.transpose(0, 1).reshape(rows, num_strips * width)
 
 
 def unpack_int32(packed: torch.Tensor, bits: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.quant.layout import PackedWeight, pack_int32
+from engine.quant.layout import PackedWeight, pack_int32, to_column_strips
 
 gpu = [
     pytest.mark.gpu,
@@ -66,3 +66,8 @@ def random_packed_weight(
     return PackedWeight(
         bits, group_size, k, n, pack_int32(q, bits), scales.to(dtype), zeros.to(dtype), perm, b
     )
+
+
+def strips(w: PackedWeight) -> torch.Tensor:
+    """w's qweight in column strips, the tensor-core GEMV's layout (engine/quant/layout.py)."""
+    return to_column_strips(w.qweight)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine.layers.rotary import cos_sin_cache
-from tests.kernels.gpu import DTYPES, exlsp_ops, generator, gpu, poisoned, random_packed_weight
+from tests.kernels.gpu import DTYPES, exlsp_ops, generator, gpu, poisoned, random_packed_weight, strips
 
 pytestmark = gpu
 
@@ -28,7 +28,7 @@ def split_args(ops, k: int, n: int, rows: int, splits: int):
 def unfused_gemv(ops, x, w, splits):
     out = poisoned((x.shape[0], w.out_features), x.dtype)
     ops.quant_gemv_tc(
-        x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out,
+        x, strips(w), w.scales, w.zeros, w.bias, None, w.group_size, out,
         *split_args(ops, w.in_features, w.out_features, x.shape[0], splits),
     )  # fmt: skip
     return out
@@ -47,7 +47,7 @@ def test_gate_up_silu_mul_equals_gemv_then_silu_and_mul(k, inter, rows, splits, 
     ops.silu_and_mul(unfused_gemv(ops, x, w, splits), want)
     out = poisoned((rows, inter), dtype)
     ops.quant_gemv_tc_silu_mul(
-        x, w.qweight, w.scales, w.zeros, w.bias, 128, out, *split_args(ops, k, 2 * inter, rows, splits)
+        x, strips(w), w.scales, w.zeros, w.bias, 128, out, *split_args(ops, k, 2 * inter, rows, splits)
     )
     assert torch.equal(out, want)
 
@@ -88,7 +88,7 @@ def test_qkv_rotary_kv_equals_gemv_then_rotary_write_kv(shape, rows, splits, dty
         got_cache = cache.clone()
         got_q = poisoned((rows, hq, d), dtype)
         ops.quant_gemv_tc_rotary_kv(
-            x, w.qweight, w.scales, w.zeros, w.bias, 128, positions, table, got_cache, slots, got_q,
+            x, strips(w), w.scales, w.zeros, w.bias, 128, positions, table, got_cache, slots, got_q,
             *split_args(ops, hidden, n, rows, splits),
         )  # fmt: skip
         assert torch.equal(got_q, want_q)
@@ -101,7 +101,7 @@ def test_fused_epilogues_refuse_mismatched_shapes_by_name():
     x = torch.randn((2, 512), generator=generator(6), device="cuda").half()
     with pytest.raises(RuntimeError, match=r"quant_gemv_tc_silu_mul: out must be \(M, N / 2\) = \(2, 192\)"):
         ops.quant_gemv_tc_silu_mul(
-            x, w.qweight, w.scales, w.zeros, None, 128, poisoned((2, 384), torch.float16)
+            x, strips(w), w.scales, w.zeros, None, 128, poisoned((2, 384), torch.float16)
         )
     cache = torch.zeros((2, 4, 16, 2, 64), dtype=torch.float16, device="cuda")
     positions = torch.zeros(2, dtype=torch.int64, device="cuda")
@@ -109,13 +109,13 @@ def test_fused_epilogues_refuse_mismatched_shapes_by_name():
     table = cos_sin_cache(64, 1e4, None, 64).cuda()
     with pytest.raises(RuntimeError, match=r"columns are not q \| k \| v heads of D = 64 .* with Hq = 3"):
         ops.quant_gemv_tc_rotary_kv(
-            x, w.qweight, w.scales, w.zeros, None, 128, positions, table, cache, slots,
+            x, strips(w), w.scales, w.zeros, None, 128, positions, table, cache, slots,
             poisoned((2, 3, 64), torch.float16),
         )  # fmt: skip
     w48 = random_packed_weight(512, 6 * 48, bits=4, group_size=128, dtype=torch.float16, seed=7)
     with pytest.raises(RuntimeError, match=r"D = 48 \(a multiple of 32\)"):
         ops.quant_gemv_tc_rotary_kv(
-            x, w48.qweight, w48.scales, w48.zeros, None, 128, positions, cos_sin_cache(48, 1e4, None, 64).cuda(),
+            x, strips(w48), w48.scales, w48.zeros, None, 128, positions, cos_sin_cache(48, 1e4, None, 64).cuda(),
             torch.zeros((2, 4, 16, 1, 48), dtype=torch.float16, device="cuda"), slots,
             poisoned((2, 4, 48), torch.float16),
         )  # fmt: skip

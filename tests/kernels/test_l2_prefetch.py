@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.layers.rotary import cos_sin_cache
-from tests.kernels.gpu import exlsp_ops, generator, gpu, poisoned, random_packed_weight
+from tests.kernels.gpu import exlsp_ops, generator, gpu, poisoned, random_packed_weight, strips
 from tests.kernels.test_fused_epilogues import split_args
 
 pytestmark = gpu
@@ -36,7 +36,7 @@ def test_gemv_gives_the_same_bits_with_a_prefetch(limit, rows, splits):
     for prefetch in ([], tensors):
         out = poisoned((rows, n), torch.float16)
         ops.quant_gemv_tc(
-            x, w.qweight, w.scales, w.zeros, w.bias, residual, 128, out, *split_args(ops, k, n, rows, splits),
+            x, strips(w), w.scales, w.zeros, w.bias, residual, 128, out, *split_args(ops, k, n, rows, splits),
             prefetch, limit,
         )  # fmt: skip
         outs.append(out)
@@ -55,7 +55,7 @@ def test_fused_epilogues_give_the_same_bits_with_a_prefetch(rows):
         out = poisoned((rows, 896), torch.float16)
         w = gate_up
         ops.quant_gemv_tc_silu_mul(
-            x, w.qweight, w.scales, w.zeros, None, 128, out, None, None, 1, prefetch, 1 << 30
+            x, strips(w), w.scales, w.zeros, None, 128, out, None, None, 1, prefetch, 1 << 30
         )
         acts.append(out)
     assert torch.equal(acts[0], acts[1])
@@ -70,7 +70,7 @@ def test_fused_epilogues_give_the_same_bits_with_a_prefetch(rows):
         cache = torch.zeros((2, 8, 16, hkv, d), dtype=torch.float16, device="cuda")
         q = poisoned((rows, hq, d), torch.float16)
         ops.quant_gemv_tc_rotary_kv(
-            x, qkv.qweight, qkv.scales, qkv.zeros, None, 128, positions, table, cache, slots, q,
+            x, strips(qkv), qkv.scales, qkv.zeros, None, 128, positions, table, cache, slots, q,
             None, None, 1, prefetch, 300_000,
         )  # fmt: skip
         results.append((q, cache))
@@ -87,7 +87,7 @@ def test_prefetch_arguments_are_refused_by_name():
 
     def call(prefetch, limit=1 << 20):
         ops.quant_gemv_tc(
-            x, w.qweight, w.scales, w.zeros, None, None, 128, out, None, None, 1, prefetch, limit
+            x, strips(w), w.scales, w.zeros, None, None, 128, out, None, None, 1, prefetch, limit
         )
 
     with pytest.raises(RuntimeError, match="quant_gemv_tc: l2_prefetch takes at most 4 tensors, got 5"):

@@ -15,6 +15,7 @@ from tests.kernels.gpu import (
     poisoned,
     random_packed_weight,
     rel_err,
+    strips,
 )
 
 pytestmark = gpu
@@ -26,6 +27,8 @@ SHAPES = [(4096, 14336, 128), (4096, 1024, 128), (512, 4100, 512), (1024, 96, 32
 
 def reference(x: torch.Tensor, w) -> torch.Tensor:
     """y = x @ W + bias in float64, W in the original input order (act-order undone)."""
+    if getattr(w, "strips", False):
+        w = w.canonical()  # prepared for the tensor-core GEMV: qweight in column strips
     y = x.double() @ dense_weight(w, torch.float64)
     return y if w.bias is None else y + w.bias.double()
 
@@ -88,6 +91,51 @@ def test_dequantize_reads_a_column_slice_in_place():
         assert torch.equal(out, dequantize(w)[:, n0:n1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_reads_column_strips_whole_and_by_runs_of_strips(dtype):
+    """The tensor-core GEMV's layout (a prefill of a weight prepared for it): the same bits as the
+    canonical weight, for the whole weight and for N-slices of whole strips (no copy)."""
+    w = random_packed_weight(512, 1280, bits=4, group_size=128, dtype=dtype, seed=15)
+    codes = strips(w)
+    for n0, n1 in ((0, 1280), (0, 256), (256, 1024), (1024, 1280)):
+        out = poisoned((512, n1 - n0), dtype)
+        exlsp_ops().dequantize(codes[n0 // 16 : n1 // 16], w.scales[:, n0:n1], w.zeros[:, n0:n1], 4, 128, out)
+        assert torch.equal(out, dequantize(w)[:, n0:n1])
+
+
+def test_tensor_core_gemv_rejects_the_canonical_layout():
+    w = random_packed_weight(256, 64, bits=4, group_size=128, dtype=torch.float16)
+    x = torch.randn((1, 256), device="cuda").half()
+    out = torch.empty((1, 64), device="cuda").half()
+    with pytest.raises(
+        RuntimeError, match=r"quant_gemv_tc: qweight must be in column strips.*got \(32, 64\)"
+    ):
+        exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out)
+    with pytest.raises(RuntimeError, match="quant_gemv: qweight must be the canonical"):
+        exlsp_ops().quant_gemv(x, strips(w), w.scales, w.zeros, None, None, 4, 128, out)
+
+
+def test_quant_linear_module_keeps_one_copy_of_its_weight_on_the_gpu():
+    """QuantLinear on CUDA: the strips replace the canonical buffer (one copy on the device), decode
+    and prefill rows give the reference's answer, and back on the CPU the buffer is canonical again."""
+    from engine.layers.linear import QuantLinear
+
+    exlsp_ops()
+    w = random_packed_weight(1024, 512, bits=4, group_size=128, dtype=torch.float16, bias=True, seed=23)
+    canonical = w.qweight.clone()
+    linear = QuantLinear(w)
+    for rows in (1, 16, 64):  # the tensor-core GEMV, then dequantize + GEMM (strips read by both)
+        x = torch.randn((rows, 1024), generator=generator(rows), device="cuda").half()
+        assert rel_err(linear(x), reference(x, w)) <= REL_TOL
+    assert linear.qweight.shape == (32, 128, 16)
+    assert linear.qweight.data_ptr() == linear.packed().qweight.data_ptr()
+    linear.cpu()
+    assert torch.equal(linear.qweight, canonical.cpu())
+    linear.cuda()  # and prepared again from the canonical words
+    x = torch.randn((1, 1024), generator=generator(2), device="cuda").half()
+    assert rel_err(linear(x), reference(x, w)) <= REL_TOL and linear.qweight.dim() == 3
+
+
 def test_dequantize_rejects_scales_without_a_unit_column_stride():
     w = random_packed_weight(512, 256, bits=4, group_size=128, dtype=torch.float16, seed=12)
     out = torch.empty((512, 128), dtype=torch.float16, device="cuda")
@@ -97,14 +145,19 @@ def test_dequantize_rejects_scales_without_a_unit_column_stride():
         )
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["canonical", "prepared"])
 @pytest.mark.parametrize("bits", [4, 8])
-def test_quant_linear_prefill_in_column_slices_equals_one_gemm(monkeypatch, bits):
+def test_quant_linear_prefill_in_column_slices_equals_one_gemm(monkeypatch, bits, prepared):
     """A prefill whose dequantized weight would exceed the scratch bound is computed in N-slices:
-    the same product, column block by column block (and the bias once)."""
+    the same product, column block by column block (and the bias once). Prepared, a 4-bit weight is
+    in column strips, sliced by runs of whole strips."""
     from engine.ops import cuda
 
     exlsp_ops()
     w = random_packed_weight(1024, 1792, bits=bits, group_size=128, dtype=torch.float16, bias=True, seed=13)
+    if prepared:
+        w = cuda.prepare_quant_weight(w)
+        assert w.strips is (bits == 4)
     x = torch.randn((64, 1024), generator=generator(14), device="cuda").half()
     whole = cuda.quant_linear(x, w)
     monkeypatch.setattr(cuda, "DEQUANT_SCRATCH_ELEMENTS", 1024 * 512)
@@ -142,7 +195,7 @@ def test_tensor_core_gemv_matches_float64_reference(dtype, rows, shape):
     w = random_packed_weight(k, n, bits=4, group_size=group_size, dtype=dtype, bias=rows % 2 == 0, seed=seed)
     x = torch.randn((rows, k), generator=generator(seed + 1), device="cuda").to(dtype)
     out = poisoned((rows, n), dtype)
-    exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, group_size, out)
+    exlsp_ops().quant_gemv_tc(x, strips(w), w.scales, w.zeros, w.bias, None, group_size, out)
     assert rel_err(out, reference(x, w)) <= REL_TOL
 
 
@@ -158,6 +211,8 @@ def test_prepared_weight_routes_by_zero_values(fractional_zeros):
         w.zeros = w.zeros + 0.25
     prepared = cuda.prepare_quant_weight(w)
     assert prepared.integer_zeros is not fractional_zeros
+    assert prepared.strips is not fractional_zeros  # the tensor-core GEMV's layout only where it serves
+    assert prepared.qweight.shape == ((32, 128, 16) if prepared.strips else (128, 512))
     x = torch.randn((4, 1024), generator=generator(22), device="cuda").half()
     assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
@@ -196,7 +251,7 @@ def test_tensor_core_gemv_any_block_size_matches_reference(shape, rows, tuning):
             counters = torch.zeros(n // 32, dtype=torch.int32, device="cuda")
             out = poisoned((rows, n), torch.float16)
             ops.quant_gemv_tc(
-                x, w.qweight, w.scales, w.zeros, w.bias, None, group_size, out, partials, counters, splits
+                x, strips(w), w.scales, w.zeros, w.bias, None, group_size, out, partials, counters, splits
             )
             assert rel_err(out, want) <= REL_TOL, (splits, launched)
     finally:
@@ -222,7 +277,7 @@ def test_rolling_loads_give_the_bits_of_loads_batch_by_batch(shape, rows, dtype)
         for rolling in (True, False):
             ops.set_quant_gemv_tc_tuning(0, True, rolling)
             out = poisoned((rows, n), dtype)
-            ops.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, group_size, out)
+            ops.quant_gemv_tc(x, strips(w), w.scales, w.zeros, w.bias, None, group_size, out)
             outs.append(out)
     finally:
         ops.set_quant_gemv_tc_tuning(0, True, True)
@@ -239,7 +294,7 @@ def test_tensor_core_gemv_needs_whole_batches_of_k_and_quant_linear_routes_the_r
     x = torch.randn((3, 96), generator=generator(10), device="cuda").half()
     out = torch.empty((3, 64), device="cuda").half()
     with pytest.raises(RuntimeError, match="needs K a multiple of 128, .* got K=96 N=64 group_size=32"):
-        ops.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, 32, out)
+        ops.quant_gemv_tc(x, strips(w), w.scales, w.zeros, w.bias, None, 32, out)
     prepared = cuda.prepare_quant_weight(w)
     assert prepared.integer_zeros and not cuda._tc_ok(prepared)
     assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
@@ -271,10 +326,10 @@ def test_tensor_core_gemv_split_k_matches_reference_and_resets_its_counters(shap
     ops.set_launch_pdl(pdl)
     try:
         ops.quant_gemv_tc(
-            x, w.qweight, w.scales, w.zeros, w.bias, residual, group_size, out, partials, counters, splits
+            x, strips(w), w.scales, w.zeros, w.bias, residual, group_size, out, partials, counters, splits
         )
         ops.quant_gemv_tc(
-            x, w.qweight, w.scales, w.zeros, w.bias, residual, group_size, again, partials, counters, splits
+            x, strips(w), w.scales, w.zeros, w.bias, residual, group_size, again, partials, counters, splits
         )
     finally:
         ops.set_launch_pdl(-1)
@@ -288,11 +343,11 @@ def test_tensor_core_gemv_split_k_needs_its_buffers():
     x = torch.randn((1, 1024), device="cuda").half()
     out = torch.empty((1, 512), device="cuda").half()
     with pytest.raises(RuntimeError, match="splits > 1 needs partials and counters"):
-        exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out, None, None, 4)
+        exlsp_ops().quant_gemv_tc(x, strips(w), w.scales, w.zeros, None, None, 128, out, None, None, 4)
     small = torch.empty((1, 1, 512), device="cuda")
     counters = torch.zeros(16, dtype=torch.int32, device="cuda")
     with pytest.raises(RuntimeError, match="partials must be contiguous float32 with at least 2048 elements"):
-        exlsp_ops().quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out, small, counters, 4)
+        exlsp_ops().quant_gemv_tc(x, strips(w), w.scales, w.zeros, None, None, 128, out, small, counters, 4)
 
 
 def test_quant_linear_splits_k_for_the_decode_shapes_and_matches_reference():
