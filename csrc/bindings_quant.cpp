@@ -244,9 +244,9 @@ void dequantize(const Tensor& qweight, const Tensor& scales, const Tensor& zeros
   if (strips) check_strips(op, qweight);
   const int64_t K = qweight.size(strips ? 1 : 0) * 32 / bits;
   const int64_t N = strips ? qweight.size(0) * 16 : qweight.size(1);
-  const int64_t ld = scales.stride(0);
-  EXLSP_CHECK(ld >= N, "exlsp::dequantize: scales row stride %s is below the width %s", to_str(ld).c_str(),
-              to_str(N).c_str());
+  const int64_t ld = strips ? scales.stride(0) : qweight.stride(0);  // the row stride of every slice
+  EXLSP_CHECK(ld >= N, "exlsp::dequantize: %s row stride %s is below the width %s", strips ? "scales" : "qweight",
+              to_str(ld).c_str(), to_str(N).c_str());
   if (!strips) check_column_slice(qweight, ld, op, "qweight");
   EXLSP_CHECK(group_size > 0 && group_size % (32 / bits) == 0 && K % group_size == 0,
               "exlsp::dequantize: bad group_size %s for K=%s", to_str(group_size).c_str(), to_str(K).c_str());

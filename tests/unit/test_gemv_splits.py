@@ -80,9 +80,10 @@ def _prepared(k: int, n: int, bits: int = 4, group_size: int = 128, integer_zero
     ],
 )
 def test_tensor_core_gemv_takes_whole_batches_of_k(k, n, bits, group_size, integer_zeros, expected):
-    from engine.ops.cuda import _tc_ok
+    """Which weights prepare_quant_weight puts in column strips for the tensor-core GEMV."""
+    from engine.ops.cuda import _tc_shape_ok
 
-    assert _tc_ok(_prepared(k, n, bits, group_size, integer_zeros)) is expected
+    assert _tc_shape_ok(_prepared(k, n, bits, group_size, integer_zeros), integer_zeros) is expected
 
 
 def test_decode_merge_counters_are_the_upper_half_of_the_split_counters(monkeypatch):
