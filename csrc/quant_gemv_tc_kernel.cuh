@@ -2,8 +2,9 @@
 // reading the 4-bit weight in column strips: the canonical (K/8, N) words cut into strips of 16
 // columns, each strip's (K/8, 16) words stored whole, one strip after another (engine/quant/layout.py
 // to_column_strips, made once at load in place of the canonical tensor). A warp's load then reads two
-// 256-byte runs instead of eight 64-byte pieces of rows N * 4 bytes apart: decode +4.4% at 2k on an
-// H100 (bench/NOTES.md 77).
+// 256-byte runs instead of eight 64-byte pieces of rows N * 4 bytes apart: decode +2.4% at 2k on an
+// H100, the GEMV alone unchanged (bench/NOTES.md 78). (Tiles of a block's 32 columns paired as its
+// epilogue pairs them, one 512-byte run per load: no faster in the step; branch column-tiles.)
 //
 // The weight is operand A (16 output columns x 16 k), the activations operand B (16 k x 8 rows).
 // Inside one mma the order of k is free as long as A and B agree, and so is the order of A's rows:
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
   // Lane (g, t) reads word row 4c + t of columns col0..col0+3: 16 bytes of its strip, whose chunk c
   // is 64 words (16 vectors) from (strip * K/8 + 4c) * 16 on.
   const int strip = (col0 - 4 * (g % 4)) / 16;
-  const int chunk_vectors = N > 0 ? 16 : N;  // 16, opaque to ptxas: as a constant it spilled (NOTES 77)
+  const int chunk_vectors = N > 0 ? 16 : N;  // 16, opaque to ptxas: as a constant it spilled (NOTES 78)
   const uint4* wp = reinterpret_cast<const uint4*>(qweight) + ((size_t)strip * (K / 8) + (size_t)c_begin * 4 + t) * 4 + g % 4;
   // ... and the 8 activations of the same k, rows g and g + 8 (rows past M read as zero).
   const uint4* xp[MT];
