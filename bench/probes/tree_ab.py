@@ -3,6 +3,10 @@ machine: a kernel change against the commit before it, when no runtime knob can 
 
     git archive HEAD | tar -x -C .base        # the baseline tree, beside the working one
     python bench/probes/tree_ab.py --trees . .base [--rounds 2] [--ctx 32 2048 8192]
+    python bench/probes/tree_ab.py --trees . .@EXLSP_X=1,EXLSP_Y=2   # one tree, two settings
+
+A tree given as PATH@VAR=VALUE,... runs its child with those environment variables set (a probe's
+switch read at startup); one path may appear with several settings, and is built once.
 
 Each round runs every tree in a child process of its own, started in that tree: the tree's engine,
 bench helpers and csrc/ (so its own kernel build, keyed by its sources: the first round builds, in
@@ -20,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CHILD_FLAG = "--child"
@@ -45,49 +50,78 @@ def child(contexts: list[int]) -> int:
     return 0
 
 
-def run_tree(tree: Path, contexts: list[int]) -> dict:
+@dataclass(frozen=True)
+class TreeRun:
+    """A source tree and the environment variables its child runs with (PATH@VAR=VALUE,...)."""
+
+    path: Path
+    env: tuple[tuple[str, str], ...] = ()
+    label: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> TreeRun:
+        path, _, settings = spec.partition("@")
+        pairs = []
+        for item in filter(None, settings.split(",")):
+            name, eq, value = item.partition("=")
+            if not eq or not name:
+                raise SystemExit(f"tree_ab: {spec!r}: settings are VAR=VALUE separated by commas")
+            pairs.append((name, value))
+        resolved = Path(path or ".").resolve()
+        return cls(
+            resolved, tuple(pairs), (resolved.name or str(resolved)) + (f"@{settings}" if settings else "")
+        )
+
+    def environ(self) -> dict[str, str]:
+        pythonpath = os.pathsep.join([str(self.path), os.environ.get("PYTHONPATH", "")])
+        return dict(os.environ, PYTHONPATH=pythonpath, **dict(self.env))
+
+
+def run_tree(tree: TreeRun, contexts: list[int]) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--ctx", *map(str, contexts)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=tree.path, env=tree.environ(), capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise SystemExit(f"tree_ab: {tree} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"tree_ab: {tree.label} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trees", type=Path, nargs="+", default=[Path("."), Path(".base")])
+    parser.add_argument("--trees", nargs="+", default=[".", ".base"], help="PATH or PATH@VAR=VALUE,...")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ctx", type=int, nargs="+", default=[32, 2048, 8192])
     parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.ctx)
-    trees = [t.resolve() for t in args.trees]
-    # the first builds in parallel: one child per tree that only loads the kernels
+    trees = [TreeRun.parse(spec) for spec in args.trees]
+    if len({t.label for t in trees}) != len(trees):
+        raise SystemExit("tree_ab: a tree and its settings are given twice")
+    # the first builds in parallel: one child per source tree that only loads the kernels
     builds = [
         subprocess.Popen(
             [sys.executable, "-c", "import torch; from engine.ops import build; build.load()"],
-            cwd=tree,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])),
+            cwd=tree.path,
+            env=tree.environ(),
         )
-        for tree in trees
+        for tree in {t.path: t for t in trees}.values()
     ]
     t0 = time.time()
     if any(b.wait() != 0 for b in builds):
         raise SystemExit("tree_ab: a kernel build failed")
     print(f"builds: {time.time() - t0:.0f} s", flush=True)
-    results: dict[Path, list[dict]] = {t: [] for t in trees}
+    results: dict[TreeRun, list[dict]] = {t: [] for t in trees}
     for r in range(args.rounds):
         for tree in trees if r % 2 == 0 else reversed(trees):
             results[tree].append(run_tree(tree, args.ctx))
-            print(f"round {r + 1} {tree.name or tree}: {results[tree][-1]}", flush=True)
+            print(f"round {r + 1} {tree.label}: {results[tree][-1]}", flush=True)
     keys = list(results[trees[0]][0])
-    print(f"\n{'tree':12s} " + " ".join(f"{k:>14s}" for k in keys))
+    width = max(12, *(len(t.label) for t in trees))
+    print(f"\n{'tree':{width}s} " + " ".join(f"{k:>14s}" for k in keys))
     for tree in trees:
         cells = [statistics.median(res[k] for res in results[tree]) for k in keys]
-        print(f"{tree.name or str(tree):12s} " + " ".join(f"{c:14.2f}" for c in cells))
+        print(f"{tree.label:{width}s} " + " ".join(f"{c:14.2f}" for c in cells))
     return 0
 
 
