@@ -141,6 +141,7 @@ def build_model(
     (engine/loader.py default_vocab_bits gives the engine's GPU default); act_order: every linear with
     an act-order permutation, as exlsp's own checkpoints have."""
     from engine.config import ModelConfig
+    from engine.layers.linear import prepare_quant_linears
     from engine.models import model_class
     from engine.quant.vocab import quantize_vocab_matrices
 
@@ -148,6 +149,7 @@ def build_model(
     weights = RandomWeights(dtype, bits=bits, act_order=act_order)
     model = model_class(config.model_type)(config, weights).to("cuda").eval()
     quantize_vocab_matrices(model, head_bits=head_bits, embed_bits=embed_bits)
+    prepare_quant_linears(model)  # as engine/loader.py: the GPU's weight layout made before the cache
     return model
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from engine.checkpoint import CheckpointReader
 from engine.config import ModelConfig
 from engine.errors import CheckpointError
-from engine.layers.linear import ConcatLinear, Linear, QuantLinear
+from engine.layers.linear import ConcatLinear, Linear, QuantLinear, prepare_quant_linears
 from engine.models import model_class
 from engine.models.base import CausalLM
 from engine.quant.gptq_format import concat_out_features, repack_gptq
@@ -160,9 +160,7 @@ def load_model(
         model = model_class(config.model_type)(config, WeightLoader(reader, config, dtype, device))
     model = model.to(device).eval()  # buffers built at construction (the rotary table) follow the weights
     quantize_vocab_matrices(model, head_bits=head_bits, embed_bits=embed_bits)
-    for module in model.modules():
-        if isinstance(module, QuantLinear):
-            module.packed()  # backend preparation now, never inside a later CUDA graph capture
+    prepare_quant_linears(model)
     return model
 
 

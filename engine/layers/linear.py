@@ -114,6 +114,17 @@ class ConcatLinear(nn.Module):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
+def prepare_quant_linears(model: nn.Module) -> None:
+    """Every QuantLinear's backend preparation now, at load: never inside a later CUDA graph capture,
+    and on a GPU the column strips replace the canonical words before the KV cache is sized (the
+    freed words go back to the device, not into torch's cache)."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.packed()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def weight_tensors(module: nn.Module | None) -> tuple[torch.Tensor, ...]:
     """What a linear's product reads, small tensors first (a prefetch limited in bytes then still
     covers the scales of the rows it reaches): () for anything that is not a linear."""

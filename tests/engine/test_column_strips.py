@@ -67,3 +67,17 @@ def test_a_cpu_module_is_never_given_strips():
     canonical = linear.qweight.clone()
     linear(torch.randn(2, 64))
     assert torch.equal(linear.qweight, canonical) and not getattr(linear.packed(), "strips", False)
+
+
+def test_load_prepares_every_quant_linear_once():
+    """engine/loader.py and the GPU benchmarks prepare at load (on a GPU: the strips made before the
+    KV cache is sized), so no preparation happens later inside a graph capture."""
+    from torch import nn
+
+    from engine.layers.linear import prepare_quant_linears
+
+    model = nn.Sequential(quant_linear(), nn.ReLU(), quant_linear())
+    prepare_quant_linears(model)
+    prepared = [m._prepared for m in model if isinstance(m, QuantLinear)]
+    assert len(prepared) == 2 and all(p is not None for p in prepared)
+    assert all(m.packed() is p for m, p in zip(model[::2], prepared, strict=True))  # not prepared again
