@@ -80,6 +80,17 @@ class QuantLinear(nn.Module):
             self._buffers["qweight"] = from_column_strips(qweight)
         return module
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._buffers["qweight"].dim() == 3:  # a state dict holds the canonical layout, as files do
+            destination[prefix + "qweight"] = self.canonical_qweight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self._buffers["qweight"].dim() == 3 and prefix + "qweight" in state_dict:
+            self._buffers["qweight"] = self.canonical_qweight()  # canonical words in; prepared anew
+            self._prepared = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def canonical_qweight(self) -> torch.Tensor:
         """qweight in the canonical (K * bits // 32, N) layout (a copy where the buffer holds strips)."""
         qweight = self._buffers["qweight"]

@@ -81,3 +81,19 @@ def test_load_prepares_every_quant_linear_once():
     prepared = [m._prepared for m in model if isinstance(m, QuantLinear)]
     assert len(prepared) == 2 and all(p is not None for p in prepared)
     assert all(m.packed() is p for m, p in zip(model[::2], prepared, strict=True))  # not prepared again
+
+
+def test_a_state_dict_holds_the_canonical_layout_whatever_the_buffer():
+    """Saved from a module whose buffer holds strips (as on a GPU), a state dict has the canonical
+    words; loaded into such a module, it replaces the strips, and the module computes as before."""
+    linear = quant_linear()
+    canonical = linear.qweight.clone()
+    linear._buffers["qweight"] = to_column_strips(canonical)  # as after packed() on a GPU
+    state = linear.state_dict()
+    assert torch.equal(state["qweight"], canonical)
+    other = quant_linear()
+    other._buffers["qweight"] = to_column_strips(other.qweight)
+    other.load_state_dict(state)
+    assert torch.equal(other.qweight, canonical)
+    x = torch.randn(2, 64)
+    assert torch.equal(other(x), linear.to("cpu")(x))
