@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from engine.layers.linear import QuantLinear
+from engine.layers.linear import QuantLinear, prepare_quant_linears
 from engine.quant.layout import PackedWeight, from_column_strips, to_column_strips
 
 
@@ -72,10 +73,6 @@ def test_a_cpu_module_is_never_given_strips():
 def test_load_prepares_every_quant_linear_once():
     """engine/loader.py and the GPU benchmarks prepare at load (on a GPU: the strips made before the
     KV cache is sized), so no preparation happens later inside a graph capture."""
-    from torch import nn
-
-    from engine.layers.linear import prepare_quant_linears
-
     model = nn.Sequential(quant_linear(), nn.ReLU(), quant_linear())
     prepare_quant_linears(model)
     prepared = [m._prepared for m in model if isinstance(m, QuantLinear)]
