@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gemv-sweep", action="store_true", help="also time every K split at batch 1")
     parser.add_argument("--no-pdl-compare", action="store_true", help="skip the decode run without PDL")
+    parser.add_argument(
+        "--no-variants", action="store_true", help="skip the act-order and head/embedding-bit variants"
+    )
     args = parser.parse_args(argv)
     if not kernels_ready("exlsp bench"):
         return 1
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                 compare_pdl=i == 0 and not args.no_pdl_compare,
             )  # fmt: skip
         )
-        if full:  # act-order weights (exlsp's own GPTQ default), then the other head/embedding choices
+        # act-order weights (exlsp's own GPTQ default), then the other head/embedding choices
+        if full and not args.no_variants:
             variants = [{"head_bits": head_bits, "embed_bits": embed_bits, "act_order": True}]
             variants += [
                 {"head_bits": h, "embed_bits": e}
