@@ -128,6 +128,24 @@ L2Prefetch check_l2_prefetch(const char* op, const Tensor& x, at::TensorList ten
   return pf;
 }
 
+// The row scale of the RMSNorm before a GEMV (kernels.h GemvEpilogue::row_sumsq): x's rows are
+// h * weight from quant_gemv_tc_add_norm, row_sumsq their (M, K / 32) tile sums of h^2.
+void set_row_norm(const char* op, const Tensor& x, const std::optional<Tensor>& row_sumsq, double row_eps,
+                  GemvEpilogue& epilogue) {
+  if (!row_sumsq) return;
+  const int64_t M = x.size(0), K = x.size(1);
+  check_cuda(*row_sumsq, op, "row_sumsq");
+  EXLSP_CHECK(row_sumsq->scalar_type() == at::kFloat && row_sumsq->dim() == 2 && row_sumsq->size(0) == M &&
+                  row_sumsq->size(1) == K / 32 && row_sumsq->device() == x.device(),
+              "exlsp::%s: row_sumsq must be float32 (M, K / 32) = (%s, %s) on x's device, got %s %s",
+              to_str(op).c_str(), to_str(M).c_str(), to_str(K / 32).c_str(),
+              to_str(row_sumsq->scalar_type()).c_str(), to_str(row_sumsq->sizes()).c_str());
+  EXLSP_CHECK(K <= kRowNormMaxK, "exlsp::%s: row_sumsq needs K <= %s, got K=%s", to_str(op).c_str(),
+              to_str((int64_t)kRowNormMaxK).c_str(), to_str(K).c_str());
+  epilogue.row_sumsq = row_sumsq->data_ptr<float>();
+  epilogue.row_eps = (float)row_eps;
+}
+
 // The tensor-core GEMV with one of its epilogues (kernels.h GemvEpilogue); shapes checked by the op.
 void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                  const std::optional<Tensor>& bias, const GemvEpilogue& epilogue, int64_t group_size, Tensor& out,
@@ -154,11 +172,13 @@ void run_gemv_tc(const char* op, const Tensor& x, const Tensor& qweight, const T
 void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& residual, int64_t group_size,
                    Tensor& out, const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                   int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
+                   int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes,
+                   const std::optional<Tensor>& row_sumsq, double row_eps) {
   const char* op = "quant_gemv_tc";
   check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out, -1, "N", true);
   GemvEpilogue epilogue;
   epilogue.residual = opt_ptr(residual);
+  set_row_norm(op, x, row_sumsq, row_eps, epilogue);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
               l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
@@ -167,12 +187,14 @@ void quant_gemv_tc(const Tensor& x, const Tensor& qweight, const Tensor& scales,
 void quant_gemv_tc_silu_mul(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
                             const std::optional<Tensor>& bias, int64_t group_size, Tensor& out,
                             const std::optional<Tensor>& partials, const std::optional<Tensor>& counters,
-                            int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
+                            int64_t splits, std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes,
+                            const std::optional<Tensor>& row_sumsq, double row_eps) {
   const char* op = "quant_gemv_tc_silu_mul";
   const int64_t N = check_strips(op, qweight);
   check_gemv(op, x, qweight, scales, zeros, bias, std::nullopt, 4, group_size, out, N / 2, "N / 2", true);
   GemvEpilogue epilogue;
   epilogue.kind = GemvEpilogueKind::kSiluMul;
+  set_row_norm(op, x, row_sumsq, row_eps, epilogue);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
               l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
@@ -184,7 +206,8 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
                              const Tensor& cos_sin_cache, Tensor& kv_cache_layer, const Tensor& slot_mapping,
                              Tensor& q_out, const std::optional<Tensor>& partials,
                              const std::optional<Tensor>& counters, int64_t splits,
-                             std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
+                             std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes,
+                             const std::optional<Tensor>& row_sumsq, double row_eps) {
   const char* op = "quant_gemv_tc_rotary_kv";
   check_cuda(q_out, op, "q_out");
   EXLSP_CHECK(q_out.dim() == 3, "exlsp::%s: q_out must be (M, Hq, D), got %s", to_str(op).c_str(),
@@ -206,7 +229,47 @@ void quant_gemv_tc_rotary_kv(const Tensor& x, const Tensor& qweight, const Tenso
   r.apply_rotary = true;
   check_rotary_table(op, x, positions, cos_sin_cache, M, D, r);
   check_kv_cache(op, x, kv_cache_layer, slot_mapping, M, Hkv, D, r);
+  set_row_norm(op, x, row_sumsq, row_eps, epilogue);
   run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out2d, partials, counters, splits,
+              l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
+}
+
+// The GEMV before an RMSNorm, the norm finished by the GEMV after it (kernels.h kAddNorm): h = x W (+ bias)
+// + residual -> residual_out (M, N); h * norm_weight -> out (M, N), at column norm_index[n] where given;
+// the 32-column tiles' sums of h^2 -> sumsq_tiles (M, N / 32) float32.
+void quant_gemv_tc_add_norm(const Tensor& x, const Tensor& qweight, const Tensor& scales, const Tensor& zeros,
+                            const std::optional<Tensor>& bias, int64_t group_size, const Tensor& residual,
+                            const Tensor& norm_weight, const std::optional<Tensor>& norm_index, Tensor& out,
+                            Tensor& residual_out, Tensor& sumsq_tiles, const std::optional<Tensor>& partials,
+                            const std::optional<Tensor>& counters, int64_t splits,
+                            std::optional<at::TensorList> l2_prefetch, int64_t l2_prefetch_bytes) {
+  const char* op = "quant_gemv_tc_add_norm";
+  const auto [M, K, N] = check_gemv(op, x, qweight, scales, zeros, bias, residual, 4, group_size, out, -1, "N", true);
+  check_same(residual_out, x, op, "residual_out");
+  EXLSP_CHECK(residual_out.sizes() == out.sizes(), "exlsp::%s: residual_out must be (M, N)", to_str(op).c_str());
+  check_same(norm_weight, x, op, "norm_weight");
+  EXLSP_CHECK(norm_weight.numel() == N, "exlsp::%s: norm_weight must have N = %s elements, got %s",
+              to_str(op).c_str(), to_str(N).c_str(), to_str(norm_weight.numel()).c_str());
+  if (norm_index) {
+    check_cuda(*norm_index, op, "norm_index");
+    EXLSP_CHECK(norm_index->scalar_type() == at::kInt && norm_index->numel() == N &&
+                    norm_index->device() == x.device(),
+                "exlsp::%s: norm_index must be int32 with N = %s elements on x's device", to_str(op).c_str(),
+                to_str(N).c_str());
+  }
+  check_cuda(sumsq_tiles, op, "sumsq_tiles");
+  EXLSP_CHECK(sumsq_tiles.scalar_type() == at::kFloat && sumsq_tiles.dim() == 2 && sumsq_tiles.size(0) == M &&
+                  sumsq_tiles.size(1) == N / 32 && sumsq_tiles.device() == x.device(),
+              "exlsp::%s: sumsq_tiles must be float32 (M, N / 32) = (%s, %s) on x's device", to_str(op).c_str(),
+              to_str(M).c_str(), to_str(N / 32).c_str());
+  GemvEpilogue epilogue;
+  epilogue.kind = GemvEpilogueKind::kAddNorm;
+  epilogue.residual = residual.data_ptr();
+  epilogue.norm_weight = norm_weight.data_ptr();
+  epilogue.norm_index = norm_index ? norm_index->data_ptr<int32_t>() : nullptr;
+  epilogue.residual_out = residual_out.data_ptr();
+  epilogue.sumsq_tiles = sumsq_tiles.data_ptr<float>();
+  run_gemv_tc(op, x, qweight, scales, zeros, bias, epilogue, group_size, out, partials, counters, splits,
               l2_prefetch.value_or(at::TensorList()), l2_prefetch_bytes);
 }
 
@@ -278,16 +341,21 @@ TORCH_LIBRARY_FRAGMENT(exlsp, m) {
   m.def(
       "quant_gemv_tc(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, Tensor? residual, "
       "int group_size, Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1, "
-      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0, Tensor? row_sumsq=None, float row_eps=0.0) -> ()");
   m.def(
       "quant_gemv_tc_silu_mul(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
       "Tensor(a!) out, Tensor(b!)? partials=None, Tensor(c!)? counters=None, int splits=1, "
-      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0, Tensor? row_sumsq=None, float row_eps=0.0) -> ()");
   m.def(
       "quant_gemv_tc_rotary_kv(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
       "Tensor positions, Tensor cos_sin_cache, Tensor(a!) kv_cache_layer, Tensor slot_mapping, Tensor(b!) q_out, "
       "Tensor(c!)? partials=None, Tensor(d!)? counters=None, int splits=1, Tensor[]? l2_prefetch=None, "
-      "int l2_prefetch_bytes=0) -> ()");
+      "int l2_prefetch_bytes=0, Tensor? row_sumsq=None, float row_eps=0.0) -> ()");
+  m.def(
+      "quant_gemv_tc_add_norm(Tensor x, Tensor qweight, Tensor scales, Tensor zeros, Tensor? bias, int group_size, "
+      "Tensor residual, Tensor norm_weight, Tensor? norm_index, Tensor(a!) out, Tensor(b!) residual_out, "
+      "Tensor(c!) sumsq_tiles, Tensor(d!)? partials=None, Tensor(e!)? counters=None, int splits=1, "
+      "Tensor[]? l2_prefetch=None, int l2_prefetch_bytes=0) -> ()");
   m.def("quant_gemv_tc_splits(int K, int splits) -> int", &exlsp::quant_gemv_tc_splits);
   m.def("set_quant_gemv_tc_tuning(int block_warps, bool wide_batches, bool rolling=True) -> ()",
         &exlsp::set_quant_gemv_tc_tuning);
@@ -299,5 +367,6 @@ TORCH_LIBRARY_IMPL(exlsp, CUDA, m) {
   m.impl("quant_gemv_tc", &exlsp::quant_gemv_tc);
   m.impl("quant_gemv_tc_silu_mul", &exlsp::quant_gemv_tc_silu_mul);
   m.impl("quant_gemv_tc_rotary_kv", &exlsp::quant_gemv_tc_rotary_kv);
+  m.impl("quant_gemv_tc_add_norm", &exlsp::quant_gemv_tc_add_norm);
   m.impl("dequantize", &exlsp::dequantize);
 }

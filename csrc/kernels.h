@@ -139,13 +139,29 @@ cudaError_t launch_rotary_write_kv(Dtype dtype, const RotaryArgs& a, cudaStream_
 //              the stored y (N % 32 == 0);
 //   kRotaryKv: y = q | k | v heads (N = (Hq + 2 Hkv) D, D % 32 == 0): out (M, Hq D) = rotated q;
 //              rotated k and v go to their cache slots, what rotary_write_kv does with the stored y.
-//              `rotary` gives positions, table, cache, slots and head counts (its q/k/v fields unused).
-enum class GemvEpilogueKind : int { kStore = 0, kSiluMul = 1, kRotaryKv = 2 };
+//              `rotary` gives positions, table, cache, slots and head counts (its q/k/v fields unused);
+//   kAddNorm:  the GEMV before an RMSNorm (o, down), the norm left to the GEMV after it: h = y + residual
+//              (each rounded to T, as the unfused GEMV and rms_norm round them) -> residual_out (M, N);
+//              h * norm_weight -> out (M, N) at column norm_index[n] (or n: the next linear's act-order
+//              input order); per 32-column tile the sum of h^2 -> sumsq_tiles (M, N / 32) float32.
+// With row_sumsq (M, K / 32) float32 (any kind; K <= 8192): x holds rows of h * norm_weight from a
+// kAddNorm GEMV, and each row's product is scaled by rsqrt(sum of its row_sumsq / K + row_eps) before
+// the bias: the RMSNorm's row scale, applied where it is one multiply per output instead of a kernel.
+enum class GemvEpilogueKind : int { kStore = 0, kSiluMul = 1, kRotaryKv = 2, kAddNorm = 3 };
 struct GemvEpilogue {
   GemvEpilogueKind kind = GemvEpilogueKind::kStore;
-  const void* residual = nullptr;  // kStore only
+  const void* residual = nullptr;  // kStore (optional), kAddNorm
   RotaryArgs rotary{};             // kRotaryKv only
+  // kAddNorm only
+  const void* norm_weight = nullptr;     // (N,)
+  const int32_t* norm_index = nullptr;   // (N,) or null
+  void* residual_out = nullptr;          // (M, N)
+  float* sumsq_tiles = nullptr;          // (M, N / 32)
+  // any kind: the row scale of the RMSNorm before this GEMV (null: none)
+  const float* row_sumsq = nullptr;  // (M, K / 32)
+  float row_eps = 0.f;
 };
+constexpr int kRowNormMaxK = 8192;  // row_sumsq is staged in the reduction's shared memory
 // Weights the step reads after this GEMV's, which its warps ask L2 to fetch once their own loads are
 // done (l2_prefetch.cuh): up to kMaxRanges byte ranges (0 bytes: none).
 struct L2Prefetch {

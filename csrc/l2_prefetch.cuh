@@ -1,4 +1,4 @@
-// Warming the weights the step reads next into L2 (kernels.h L2Prefetch).
+// Warming the weights the step reads next into L2 (kernels.h L2Prefetch); one line into L1.
 //
 // A decode step reads ~4.5 GB in ~130 kernels, and DRAM idles wherever no kernel is streaming: the
 // tail of every GEMV (its last blocks finishing), the attention (latency-bound at short contexts),
@@ -30,5 +30,9 @@ __device__ __forceinline__ void prefetch_l2_share(const L2Prefetch& pf, int work
       asm volatile("prefetch.global.L2 [%0];" ::"l"(pf.ptr[r] + l * 128));
   }
 }
+
+// One line into L1 ahead of its use (a hint: no architectural effect, so no null check needed by the
+// hardware, but callers pass real addresses).
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
 }  // namespace exlsp

@@ -139,6 +139,10 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
   switch (epilogue.kind) {
     case GemvEpilogueKind::kStore:
       break;
+    case GemvEpilogueKind::kAddNorm:
+      if (!epilogue.residual || !epilogue.norm_weight || !epilogue.residual_out || !epilogue.sumsq_tiles)
+        return cudaErrorInvalidValue;
+      break;
     case GemvEpilogueKind::kSiluMul:
       pair = out_cols = N / 2;
       if (N % 32 != 0) return cudaErrorInvalidValue;
@@ -155,6 +159,7 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
     default:
       return cudaErrorInvalidValue;
   }
+  if (epilogue.row_sumsq && K > kRowNormMaxK) return cudaErrorInvalidValue;
   const uint32_t* qw = reinterpret_cast<const uint32_t*>(qweight);
   cudaError_t err = cudaSuccess;
   EXLSP_DISPATCH_DTYPE(dtype, T, {
@@ -166,6 +171,9 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       const int rows = M - m0 < 16 ? M - m0 : 16;
       GemvEpilogue ep = epilogue;  // this chunk's rows
       if (ep.residual) ep.residual = static_cast<const T*>(ep.residual) + (size_t)m0 * N;
+      if (ep.residual_out) ep.residual_out = static_cast<T*>(ep.residual_out) + (size_t)m0 * N;
+      if (ep.sumsq_tiles) ep.sumsq_tiles += (size_t)m0 * (N / 32);
+      if (ep.row_sumsq) ep.row_sumsq += (size_t)m0 * (K / 32);
       if (ep.kind == GemvEpilogueKind::kRotaryKv) {
         ep.rotary.positions += m0;
         ep.rotary.slot_mapping += m0;
@@ -174,7 +182,7 @@ cudaError_t launch_quant_gemv_tc(Dtype dtype, const void* x, const int32_t* qwei
       T* orow = static_cast<T*>(out) + (size_t)m0 * out_cols;
       // the last chunk of rows prefetches: the earlier ones read the weight again
       const L2Prefetch pf = m0 + 16 >= M ? prefetch : L2Prefetch{};
-      const bool paired = ep.kind != GemvEpilogueKind::kStore;
+      const bool paired = ep.kind == GemvEpilogueKind::kSiluMul || ep.kind == GemvEpilogueKind::kRotaryKv;
       if (rows <= 8) {
         err = paired ? EXLSP_GEMV_ROWS(1, true) : EXLSP_GEMV_ROWS(1, false);
       } else {

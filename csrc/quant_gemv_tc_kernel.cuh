@@ -37,6 +37,7 @@
 
 #include <cstdint>
 
+#include "cp_async.cuh"
 #include "dtype_utils.cuh"
 #include "elementwise_math.cuh"
 #include "grid_count.cuh"
@@ -259,11 +260,30 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     prefetch_l2_share(pf, (blockIdx.y * gridDim.x + blockIdx.x) * warps + warp, gridDim.x * gridDim.y * warps, lane);
   };
 
+  // The warps' sums of the K loop, per row and column; before the loop ends, the staged row sums.
+  __shared__ __align__(16) float partial[max_warps<U>()][MT * 8][32];  // 16: cp.async destinations
+  const bool add_norm = !kPaired && ep.kind == GemvEpilogueKind::kAddNorm;
+  if (add_norm) {  // the block's 32 columns of the norm's weight and column order: weights, read early
+    if (threadIdx.x == 0) prefetch_l1(static_cast<const T*>(ep.norm_weight) + tile_base);
+    if (threadIdx.x == 32 && ep.norm_index) prefetch_l1(ep.norm_index + tile_base);
+  }
   EXLSP_TRACE_MARK(1, K, N, 0);
   if (b_begin < b_end) load();
   pdl_wait();
   EXLSP_TRACE_MARK(1, K, N, 1);
   pdl_trigger();
+  // The GEMV after an RMSNorm: the norm's per-tile sums of every row, written by the GEMV before it,
+  // copied into the reduction's buffer in the background while the K loop runs.
+  if (ep.row_sumsq) {
+    float* staged = &partial[0][0][0];
+    const int vecs = M * (K / 32) / 4;
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) cp_async16(staged + 4 * i, ep.row_sumsq + 4 * i);
+    cp_async_commit();
+  }
+  // The GEMV before an RMSNorm: its residual rows into L1 now, not an L2 round trip in the epilogue.
+  if (add_norm && threadIdx.x < M) {
+    prefetch_l1(static_cast<const T*>(ep.residual) + (size_t)threadIdx.x * N + tile_base);
+  }
   for (int b = b_begin; b < b_end; ++b) {
     const bool refill = kRolls && rolling && b + 1 < b_end;  // the next batch's loads, vector by vector
 #pragma unroll
@@ -326,9 +346,25 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
   prefetch_next();
   if (b_begin < b_end) flush();
 
+  // Each row's RMSNorm scale from its staged tile sums (the norm kernel's formula), before the
+  // reduction's buffer is reused.
+  __shared__ float row_scale[MT * 8];
+  if (ep.row_sumsq) {
+    cp_async_wait<0>();
+    __syncthreads();
+    const int tiles = K / 32;
+    const float* staged = &partial[0][0][0];
+    for (int m = warp; m < M; m += warps) {
+      float sum = 0.f;
+      for (int i = lane; i < tiles; i += 32) sum += staged[m * tiles + i];
+      sum = warp_sum(sum);
+      if (lane == 0) row_scale[m] = rsqrtf(sum / K + ep.row_eps);
+    }
+    __syncthreads();
+  }
+
   // C fragment: i = 0, 1 -> A row g (column 4g + 2j), rows m = 2t, 2t + 1; i = 2, 3 -> A row g + 8
   // (column 4g + 2j + 1). Sum the warps' K slices through shared memory.
-  __shared__ float partial[max_warps<U>()][MT * 8][32];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -360,11 +396,28 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     } else {
       for (int w = 0; w < warps; ++w) y += partial[w][m][cl];
     }
+    if (ep.row_sumsq) y *= row_scale[m];
     const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
     if (bias) y += to_float(bias[n]);
     return y;
   };
-  if constexpr (!kPaired) {
+  if (add_norm) {
+    // h as rms_norm sees it: the GEMV's output and the residual add each rounded to T. A warp holds
+    // one row's 32 columns (blockDim is whole warps), so the tile's sum of squares is a warp sum.
+    const T* residual = static_cast<const T*>(ep.residual);
+    const T* norm_weight = static_cast<const T*>(ep.norm_weight);
+    T* residual_out = static_cast<T*>(ep.residual_out);
+    for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
+      const int m = idx / 32, n = tile_base + idx % 32;
+      const size_t at = (size_t)m * N;
+      const float y = to_float(from_float<T>(column(m, idx % 32)));
+      const float h = to_float(from_float<T>(y + to_float(residual[at + n])));
+      residual_out[at + n] = from_float<T>(h);
+      out[at + (ep.norm_index ? ep.norm_index[n] : n)] = from_float<T>(h * to_float(norm_weight[n]));
+      const float sumsq = warp_sum(h * h);
+      if (idx % 32 == 0) ep.sumsq_tiles[(size_t)m * (N / 32) + blockIdx.x] = sumsq;
+    }
+  } else if constexpr (!kPaired) {
     const T* residual = static_cast<const T*>(ep.residual);
     for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
       const int m = idx / 32, cl = idx % 32;

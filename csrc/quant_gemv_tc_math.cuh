@@ -12,6 +12,13 @@
 namespace exlsp {
 namespace gemv_tc {
 
+// The sum of v over the warp's 32 lanes, in every lane (the same tree in every call: deterministic).
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
 template <typename T>
 struct MmaTraits;
 template <>

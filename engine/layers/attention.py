@@ -16,8 +16,9 @@ from torch import nn
 from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.layers.linear import QuantLinear
+from engine.layers.norm import NormedRows, rows_and_norm
 from engine.layers.rotary import RotaryEmbedding
-from engine.ops.reference import OutputOrder
+from engine.ops.reference import OutputOrder, apply_row_norm
 
 
 class Attention(nn.Module):
@@ -51,19 +52,33 @@ class Attention(nn.Module):
     def forward(
         self,
         positions: torch.Tensor,
-        hidden: torch.Tensor,
+        hidden: torch.Tensor | NormedRows,
         attn: AttentionMetadata,
         kv_cache_layer: torch.Tensor,
     ) -> torch.Tensor:
+        return self.o_proj(self.attend(positions, hidden, attn, kv_cache_layer))  # (T, H)
+
+    def attend(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor | NormedRows,
+        attn: AttentionMetadata,
+        kv_cache_layer: torch.Tensor,
+    ) -> torch.Tensor:
+        """Everything up to o_proj: the attention's output (T, Hq * D) in o's input order. hidden may
+        carry its norm's row scale (NormedRows), which the fused q|k|v GEMV applies."""
+        hidden, row_norm = rows_and_norm(hidden)
         num_tokens = hidden.shape[0]
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q = None
         if isinstance(self.qkv_proj, QuantLinear):
             q = ops.quant_qkv_rotary_kv(
-                hidden, self.qkv_proj.packed(), positions, self.rotary.cos_sin_cache,
-                kv_cache_layer, attn.slot_mapping, self.num_heads, self.head_dim, self.qkv_proj.read_next_hint(hidden),
+                hidden, self.qkv_proj.packed(), positions, self.rotary.cos_sin_cache, kv_cache_layer,
+                attn.slot_mapping, self.num_heads, self.head_dim, self.qkv_proj.read_next_hint(hidden), row_norm,
             )  # fmt: skip
         if q is None:
+            if row_norm is not None:
+                hidden = apply_row_norm(hidden, row_norm)
             q, k, v = self.qkv_proj(hidden).split([q_size, kv_size, kv_size], dim=-1)  # (T, q|kv|kv)
             q = q.reshape(num_tokens, self.num_heads, self.head_dim)  # (T, Hq, D)
             k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)  # (T, Hkv, D)
@@ -74,4 +89,4 @@ class Attention(nn.Module):
         out = ops.paged_attention(
             q, kv_cache_layer, attn, self.scale, self.sliding_window, order
         )  # (T, Hq, D)
-        return self.o_proj(out.reshape(num_tokens, q_size))  # (T, H)
+        return out.reshape(num_tokens, q_size)

@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.config import ModelConfig
 from engine.layers.attention import Attention
 from engine.layers.embedding import Embedding
 from engine.layers.linear import link_read_order
 from engine.layers.mlp import GatedMLP
-from engine.layers.norm import RMSNorm
+from engine.layers.norm import NormedRows, RMSNorm, linear_add_norm
 from engine.layers.rotary import RotaryEmbedding
 from engine.models.act_order import fold_act_order
 
@@ -75,16 +76,29 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         positions: torch.Tensor,
-        hidden: torch.Tensor,
+        hidden: torch.Tensor | NormedRows,
         residual: torch.Tensor | None,
         attn: AttentionMetadata,
         kv_cache_layer: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden (T, H) is the previous layer's output not yet added to the residual stream."""
-        x, residual = self.input_layernorm(hidden, residual)
-        x = self.self_attn(positions, x, attn, kv_cache_layer)
-        x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        next_norm: RMSNorm | None = None,
+    ) -> tuple[torch.Tensor | NormedRows, torch.Tensor]:
+        """hidden (T, H) is the previous layer's output not yet added to the residual stream, or that
+        output already through this layer's input norm (NormedRows, from the previous layer's down).
+        With next_norm (the next layer's input norm; the model's forward passes it) each norm is left
+        to the GEMV before it where a kernel serves that (linear_add_norm), and the output is
+        next_norm's NormedRows. Without it every module runs as written: the quantizer's layer-by-layer
+        passes (engine/quant/quantize_model.py) call the layers so, and hook the norms and linears."""
+        if isinstance(hidden, NormedRows):
+            x = hidden
+        else:
+            x, residual = self.input_layernorm(hidden, residual)
+        if next_norm is None:
+            x = self.self_attn(positions, x, attn, kv_cache_layer)
+            x, residual = self.post_attention_layernorm(x, residual)
+            return self.mlp(x), residual
+        x = self.self_attn.attend(positions, x, attn, kv_cache_layer)
+        x, residual = linear_add_norm(self.self_attn.o_proj, x, residual, self.post_attention_layernorm)
+        return linear_add_norm(self.mlp.down_proj, self.mlp.activation(x), residual, next_norm)
 
 
 def dense_attention_metadata(
@@ -152,8 +166,12 @@ class CausalLM(nn.Module):
         mark (layer, fn): fn() is called once that layer is queued (a CUDA graph's progress event)."""
         hidden = self.embed_tokens(input_ids)  # (T, H)
         residual = None
+        # where a kernel can do the norms' work in the GEMVs, each layer gets the next layer's input
+        # norm for its down GEMV; the last layer's output goes to the model's norm and the head as is
+        last = len(self.layers) - 1 if ops.norms_in_gemvs(hidden) else 0
         for layer, decoder_layer in enumerate(self.layers):
-            hidden, residual = decoder_layer(positions, hidden, residual, attn, kv_cache[layer])
+            next_norm = self.layers[layer + 1].input_layernorm if layer < last else None
+            hidden, residual = decoder_layer(positions, hidden, residual, attn, kv_cache[layer], next_norm)
             if mark is not None and layer == mark[0]:
                 mark[1]()
         hidden, _ = self.norm(hidden, residual)

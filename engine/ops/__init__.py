@@ -5,15 +5,24 @@ Public ops (signatures and layouts documented in engine/ops/reference.py):
     apply_rotary(q (T, Hq, D), k (T, Hkv, D), positions (T,), cos_sin_cache (max_pos, D)) -> (q, k)
     write_kv(k (T, Hkv, D), v (T, Hkv, D), kv_cache_layer (2, num_blocks, bs, Hkv, D), slot_mapping (T,))
     paged_attention(q (T, Hq, D), kv_cache_layer, attn, scale, sliding_window, out_order=None) -> (T, Hq, D)
-    quant_linear(x (M, K), w: PackedWeight, read_next=()) -> (M, N)
+    quant_linear(x (M, K), w: PackedWeight, read_next=(), row_norm=None) -> (M, N)
     silu_and_mul(x (M, 2I)) -> (M, I)
-    quant_linear_silu_mul(x (M, K), w, read_next=()) -> (M, I) or None   (fused: gate|up GEMV + SiLU * up)
+    quant_linear_silu_mul(x (M, K), w, read_next=(), row_norm=None) -> (M, I) or None
+                        (fused: gate|up GEMV + SiLU * up)
     quant_qkv_rotary_kv(x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads,
-                        head_dim, read_next=()) -> q (T, Hq, D) or None  (fused: q|k|v GEMV + rotary + K/V write)
+                        head_dim, read_next=(), row_norm=None) -> q (T, Hq, D) or None
+                        (fused: q|k|v GEMV + rotary + K/V write)
+    quant_linear_add_norm(x (M, K), w, residual (M, N), norm_weight (N,), norm_index=None, read_next=())
+                        -> (h * norm_weight, sumsq_tiles (M, N / 32), h) or None
+                        (fused: o / down GEMV + the RMSNorm's add, weight and sums of squares)
     prepare_quant_weight(w: PackedWeight) -> PackedWeight   (once at load, after moving to the device)
     argmax(logits (N, V) float32) -> (N,) int64   (torch.argmax's choice: the first maximum, NaN highest)
     quant_embedding(ids (...,), codes, scales, offsets, bits) -> (..., H)   (rows of a QuantEmbedding)
     backend_report() -> {op name: "cuda" | "reference"}
+    norms_in_gemvs(x) -> bool   (whether the GEMVs may take the RMSNorms' work for tensors like x)
+
+row_norm (reference.RowNorm, the GEMV ops): x holds rows of h * weight from quant_linear_add_norm, whose
+RMSNorm row scale rsqrt(mean(h^2) + eps) the op applies (a kernel: to each row of its product).
 
 read_next (the GEMV ops): the tensors the model reads after this weight, which a kernel may ask L2 to
 fetch once its own loads are issued; a hint only, no result depends on it (engine/layers/linear.py).
@@ -48,11 +57,12 @@ OP_NAMES = (
     "silu_and_mul",
     "quant_linear_silu_mul",
     "quant_qkv_rotary_kv",
+    "quant_linear_add_norm",
     "prepare_quant_weight",
     "argmax",
     "quant_embedding",
 )
-FUSED_OPS = ("quant_linear_silu_mul", "quant_qkv_rotary_kv")
+FUSED_OPS = ("quant_linear_silu_mul", "quant_qkv_rotary_kv", "quant_linear_add_norm")
 
 _fused_enabled = True
 
@@ -106,8 +116,8 @@ def paged_attention(q, kv_cache_layer, attn, scale, sliding_window, out_order=No
     return _impl("paged_attention", q)(q, kv_cache_layer, attn, scale, sliding_window, out_order)
 
 
-def quant_linear(x, w, read_next=()):
-    return _impl("quant_linear", x)(x, w, read_next)
+def quant_linear(x, w, read_next=(), row_norm=None):
+    return _impl("quant_linear", x)(x, w, read_next, row_norm)
 
 
 def silu_and_mul(x):
@@ -120,20 +130,42 @@ def set_fused_ops(enabled: bool) -> None:
     _fused_enabled = enabled
 
 
-def quant_linear_silu_mul(x, w, read_next=()):
+def quant_linear_silu_mul(x, w, read_next=(), row_norm=None):
     if not _fused_enabled:
         return None
-    return _impl("quant_linear_silu_mul", x)(x, w, read_next)
+    return _impl("quant_linear_silu_mul", x)(x, w, read_next, row_norm)
 
 
 def quant_qkv_rotary_kv(
-    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
+    x,
+    w,
+    positions,
+    cos_sin_cache,
+    kv_cache_layer,
+    slot_mapping,
+    num_heads,
+    head_dim,
+    read_next=(),
+    row_norm=None,
 ):
     if not _fused_enabled:
         return None
     return _impl("quant_qkv_rotary_kv", x)(
-        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next
+        x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next, row_norm
     )
+
+
+def norms_in_gemvs(x: torch.Tensor) -> bool:
+    """Whether a kernel may do the RMSNorms' work in the GEMVs beside them for tensors like x
+    (quant_linear_add_norm served on x's device): the model then hands each layer the next norm
+    (engine/models/base.py). Elsewhere the layers run module by module, as written."""
+    return _fused_enabled and x.is_cuda and "quant_linear_add_norm" in _load_cuda_table()
+
+
+def quant_linear_add_norm(x, w, residual, norm_weight, norm_index=None, read_next=()):
+    if not _fused_enabled:
+        return None
+    return _impl("quant_linear_add_norm", x)(x, w, residual, norm_weight, norm_index, read_next)
 
 
 def prepare_quant_weight(w):

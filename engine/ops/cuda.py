@@ -70,6 +70,7 @@ def op_table() -> dict[str, Callable]:
         "silu_and_mul": silu_and_mul,
         "quant_linear_silu_mul": quant_linear_silu_mul,
         "quant_qkv_rotary_kv": quant_qkv_rotary_kv,
+        "quant_linear_add_norm": quant_linear_add_norm,
         "prepare_quant_weight": prepare_quant_weight,
         "argmax": argmax,
         "quant_embedding": quant_embedding,
@@ -274,24 +275,53 @@ def _fused_gemv_input(x: torch.Tensor, w: PackedWeight) -> torch.Tensor | None:
     return permuted_input(x, w)
 
 
-def quant_linear_silu_mul(x, w: PackedWeight, read_next=()):
+ROW_NORM_MAX_K = 8192  # csrc/kernels.h kRowNormMaxK: the tile sums are staged in shared memory
+
+
+def _row_norm_args(x: torch.Tensor, row_norm: reference.RowNorm | None) -> dict[str, object]:
+    """The tensor-core GEMV's row_sumsq / row_eps arguments for a RowNorm (none without one)."""
+    if row_norm is None:
+        return {}
+    return {"row_sumsq": row_norm.sumsq_tiles, "row_eps": row_norm.eps}
+
+
+def _row_norm_ok(x: torch.Tensor, row_norm: reference.RowNorm | None) -> bool:
+    return row_norm is None or (
+        x.shape[-1] <= ROW_NORM_MAX_K
+        and row_norm.sumsq_tiles.dtype == torch.float32
+        and row_norm.sumsq_tiles.is_contiguous()
+        and row_norm.sumsq_tiles.shape == (x.shape[0], x.shape[-1] // 32)
+    )
+
+
+def quant_linear_silu_mul(x, w: PackedWeight, read_next=(), row_norm=None):
     x = _fused_gemv_input(x, w)
-    if x is None:
+    if x is None or not _row_norm_ok(x, row_norm):
         return None
     out = torch.empty((x.shape[0], w.out_features // 2), dtype=x.dtype, device=x.device)
     torch.ops.exlsp.quant_gemv_tc_silu_mul(
         x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, out, *_tc_split_args(x, w),
-        *_prefetch_args(x, read_next),
+        *_prefetch_args(x, read_next), **_row_norm_args(x, row_norm),
     )  # fmt: skip
     return out
 
 
 def quant_qkv_rotary_kv(
-    x, w, positions, cos_sin_cache, kv_cache_layer, slot_mapping, num_heads, head_dim, read_next=()
+    x,
+    w,
+    positions,
+    cos_sin_cache,
+    kv_cache_layer,
+    slot_mapping,
+    num_heads,
+    head_dim,
+    read_next=(),
+    row_norm=None,
 ):
     x = _fused_gemv_input(x, w)
     if (
         x is None
+        or not _row_norm_ok(x, row_norm)
         or head_dim % 32
         or not is_model_dtype(x, kv_cache_layer)
         or cos_sin_cache.dtype not in (torch.float32, x.dtype)
@@ -301,21 +331,46 @@ def quant_qkv_rotary_kv(
     torch.ops.exlsp.quant_gemv_tc_rotary_kv(
         x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, positions.long(), cos_sin_cache,
         kv_cache_layer, slot_mapping.long().contiguous(), q, *_tc_split_args(x, w),
-        *_prefetch_args(x, read_next),
+        *_prefetch_args(x, read_next), **_row_norm_args(x, row_norm),
     )  # fmt: skip
     return q
 
 
-def quant_linear(x, w: PackedWeight, read_next=()):
+def quant_linear_add_norm(x, w: PackedWeight, residual, norm_weight, norm_index=None, read_next=()):
+    x = _fused_gemv_input(x, w)
+    n = w.out_features
+    if (
+        x is None
+        or not is_model_dtype(x, residual, norm_weight)
+        or residual.shape != (x.shape[0], n)
+        or norm_weight.numel() != n
+        or (norm_index is not None and (norm_index.dtype != torch.int32 or norm_index.numel() != n))
+    ):
+        return None
+    out = torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+    new_residual = torch.empty_like(out)
+    sumsq_tiles = torch.empty((x.shape[0], n // 32), dtype=torch.float32, device=x.device)
+    torch.ops.exlsp.quant_gemv_tc_add_norm(
+        x, w.qweight, w.scales, w.zeros, w.bias, w.group_size, residual.contiguous(), norm_weight.contiguous(),
+        norm_index, out, new_residual, sumsq_tiles, *_tc_split_args(x, w), *_prefetch_args(x, read_next),
+    )  # fmt: skip
+    return out, sumsq_tiles, new_residual
+
+
+def quant_linear(x, w: PackedWeight, read_next=(), row_norm=None):
     if not _gemv_ok(x, w):
-        return reference.quant_linear(x, w.canonical() if _tc_ok(w) else w)
-    x = permuted_input(x, w)  # act-order: permute the activation, never the weight
+        return reference.quant_linear(x, w.canonical() if _tc_ok(w) else w, read_next, row_norm)
     num_rows = x.shape[0]
+    if row_norm is not None and not (
+        num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w) and _row_norm_ok(x, row_norm)
+    ):
+        x, row_norm = reference.apply_row_norm(x, row_norm), None  # no kernel takes the row scale here
+    x = permuted_input(x, w)  # act-order: permute the activation, never the weight
     if num_rows <= TC_GEMV_MAX_ROWS and _tc_ok(w):
         out = torch.empty((num_rows, w.out_features), dtype=x.dtype, device=x.device)
         torch.ops.exlsp.quant_gemv_tc(
             x, w.qweight, w.scales, w.zeros, w.bias, None, w.group_size, out, *_tc_split_args(x, w),
-            *_prefetch_args(x, read_next),
+            *_prefetch_args(x, read_next), **_row_norm_args(x, row_norm),
         )  # fmt: skip
         return out
     if num_rows <= GEMV_MAX_ROWS:

@@ -48,6 +48,21 @@ def rms_norm(
     return (out if out_perm is None else out.index_select(-1, out_perm)), x
 
 
+class RowNorm(NamedTuple):
+    """The row scale of an RMSNorm left to the linear after it (quant_linear_add_norm): that linear's
+    input rows are h * weight, and sumsq_tiles (M, K / 32) float32 holds each row's sums of h^2 per
+    32-column tile. Row m of the product is scaled by rsqrt(sum(sumsq_tiles[m]) / K + eps)."""
+
+    sumsq_tiles: torch.Tensor
+    eps: float
+
+
+def apply_row_norm(rows: torch.Tensor, row_norm: RowNorm) -> torch.Tensor:
+    """rows (M, K) of h * weight scaled by their norm's rsqrt(mean(h^2) + eps), in the rows' dtype."""
+    mean = row_norm.sumsq_tiles.float().sum(dim=-1, keepdim=True) / rows.shape[-1]
+    return (rows.float() * torch.rsqrt(mean + row_norm.eps)).to(rows.dtype)
+
+
 def apply_rotary(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,9 +263,17 @@ class DequantizedWeight(PackedWeight):
     sorted_dense: torch.Tensor | None = None  # (K, N) = dequantize(self), rows in group order
 
 
-def quant_linear(x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+def quant_linear(
+    x: torch.Tensor,
+    w: PackedWeight,
+    read_next: tuple[torch.Tensor, ...] = (),
+    row_norm: RowNorm | None = None,
+) -> torch.Tensor:
     """x (M, K) @ dequantized W (K, N) + bias -> (M, N). read_next: the tensors the model reads after
-    this weight, a hint a kernel may use to start fetching them (no effect on any result)."""
+    this weight, a hint a kernel may use to start fetching them (no effect on any result). row_norm:
+    x is h * weight of an RMSNorm whose row scale is applied here (a kernel scales the product)."""
+    if row_norm is not None:
+        x = apply_row_norm(x, row_norm)
     if not isinstance(w, DequantizedWeight):
         return quant_linear_reference(x, w)
     if w.perm is not None:
@@ -266,7 +289,10 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
 
 def quant_linear_silu_mul(
-    x: torch.Tensor, w: PackedWeight, read_next: tuple[torch.Tensor, ...] = ()
+    x: torch.Tensor,
+    w: PackedWeight,
+    read_next: tuple[torch.Tensor, ...] = (),
+    row_norm: RowNorm | None = None,
 ) -> torch.Tensor | None:
     """Fused op: silu(gate) * up of x @ W = [gate | up] in one kernel, or None where no kernel serves
     the call (always here: the caller composes quant_linear and silu_and_mul)."""
@@ -283,10 +309,26 @@ def quant_qkv_rotary_kv(
     num_heads: int,
     head_dim: int,
     read_next: tuple[torch.Tensor, ...] = (),
+    row_norm: RowNorm | None = None,
 ) -> torch.Tensor | None:
     """Fused op: x @ W = [q | k | v] heads, q and k rotated, k and v written to their slots, q
     (T, Hq, D) returned, in one kernel; or None where no kernel serves the call (always here: the
     caller composes quant_linear, apply_rotary and write_kv)."""
+    return None
+
+
+def quant_linear_add_norm(
+    x: torch.Tensor,
+    w: PackedWeight,
+    residual: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_index: torch.Tensor | None = None,
+    read_next: tuple[torch.Tensor, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Fused op: the linear before an RMSNorm doing the norm's residual add, weight and square sums
+    in one kernel: h = x @ W + residual -> (h * norm_weight at column norm_index[n] (or n), sumsq_tiles
+    (M, N / 32) float32 of h^2, h), the row scale left to the next linear (RowNorm); or None where
+    no kernel serves the call (always here: the caller composes quant_linear and rms_norm)."""
     return None
 
 

@@ -106,7 +106,9 @@ def capture_first_layer_args(model: nn.Module, batches: Sequence[torch.Tensor]) 
 
     def record(_module, args, kwargs):
         assert not kwargs, "decoder layers are called with positional arguments"
-        captured.append(LayerArgs(tuple(args)))
+        # the layer's own inputs; the model's next_norm is dropped, so the passes run every module
+        # as written and the hooks on them fire (engine/models/base.py DecoderLayer)
+        captured.append(LayerArgs(tuple(args[:5])))
         raise _Stop
 
     handle = layer0.register_forward_pre_hook(record, with_kwargs=True)

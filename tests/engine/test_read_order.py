@@ -62,9 +62,9 @@ def test_the_ops_receive_the_next_weight(tmp_path, monkeypatch):
     seen = []
     real = reference.quant_linear
 
-    def recording(x, w, read_next=()):
+    def recording(x, w, read_next=(), row_norm=None):
         seen.append((w.qweight.data_ptr(), tuple(t.data_ptr() for t in read_next)))
-        return real(x, w, read_next)
+        return real(x, w, read_next, row_norm)
 
     monkeypatch.setattr(reference, "quant_linear", recording)
     model(torch.tensor([[1, 2, 3]]))
