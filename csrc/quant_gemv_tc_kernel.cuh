@@ -273,11 +273,12 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
   EXLSP_TRACE_MARK(1, K, N, 1);
   pdl_trigger();
   // The GEMV after an RMSNorm: the norm's per-tile sums of every row, written by the GEMV before it,
-  // copied into the reduction's buffer in the background while the K loop runs.
+  // copied into the reduction's buffer in the background while the K loop runs (through L1: every
+  // block of the grid copies the same bytes).
   if (ep.row_sumsq) {
     float* staged = &partial[0][0][0];
     const int vecs = M * (K / 32) / 4;
-    for (int i = threadIdx.x; i < vecs; i += blockDim.x) cp_async16(staged + 4 * i, ep.row_sumsq + 4 * i);
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) cp_async16_ca(staged + 4 * i, ep.row_sumsq + 4 * i);
     cp_async_commit();
   }
   // The GEMV before an RMSNorm: its residual rows into L1 now, not an L2 round trip in the epilogue.
@@ -401,30 +402,31 @@ __global__ void __launch_bounds__(max_warps<U>() * 32, min_blocks_per_sm<MT, U>(
     if (bias) y += to_float(bias[n]);
     return y;
   };
-  if (add_norm) {
-    // h as rms_norm sees it: the GEMV's output and the residual add each rounded to T. A warp holds
-    // one row's 32 columns (blockDim is whole warps), so the tile's sum of squares is a warp sum.
+  if constexpr (!kPaired) {
+    // One loop for the plain store and the RMSNorm's part (add_norm), so column()'s code is there once.
     const T* residual = static_cast<const T*>(ep.residual);
     const T* norm_weight = static_cast<const T*>(ep.norm_weight);
-    T* residual_out = static_cast<T*>(ep.residual_out);
     for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
-      const int m = idx / 32, n = tile_base + idx % 32;
+      const int m = idx / 32, n = tile_base + idx % 32;  // pair 16: the block's 32 columns in a row
       const size_t at = (size_t)m * N;
-      const float y = to_float(from_float<T>(column(m, idx % 32)));
-      const float h = to_float(from_float<T>(y + to_float(residual[at + n])));
-      residual_out[at + n] = from_float<T>(h);
-      out[at + (ep.norm_index ? ep.norm_index[n] : n)] = from_float<T>(h * to_float(norm_weight[n]));
+      // every load before column()'s, so they share its round trip (the stores below may alias them
+      // as far as the compiler knows)
+      const float res = residual ? to_float(residual[at + n]) : 0.f;
+      const float weight = add_norm ? to_float(__ldg(norm_weight + n)) : 0.f;
+      const int dest = add_norm && ep.norm_index ? __ldg(ep.norm_index + n) : n;
+      float y = column(m, idx % 32);
+      if (!add_norm) {
+        if (residual) y += res;
+        out[at + n] = from_float<T>(y);
+        continue;
+      }
+      // h as rms_norm sees it: the GEMV's output and the residual add each rounded to T. A warp holds
+      // one row's 32 columns (blockDim is whole warps), so the tile's sum of squares is a warp sum.
+      const float h = to_float(from_float<T>(to_float(from_float<T>(y)) + res));
+      static_cast<T*>(ep.residual_out)[at + n] = from_float<T>(h);
+      out[at + dest] = from_float<T>(h * weight);
       const float sumsq = warp_sum(h * h);
       if (idx % 32 == 0) ep.sumsq_tiles[(size_t)m * (N / 32) + blockIdx.x] = sumsq;
-    }
-  } else if constexpr (!kPaired) {
-    const T* residual = static_cast<const T*>(ep.residual);
-    for (int idx = threadIdx.x; idx < M * 32; idx += blockDim.x) {
-      const int m = idx / 32, cl = idx % 32;
-      const int n = tile_base + (cl < 16 ? cl : pair + cl - 16);
-      float y = column(m, cl);
-      if (residual) y += to_float(residual[(size_t)m * N + n]);
-      out[(size_t)m * N + n] = from_float<T>(y);
     }
   } else {
     // Pairs: what the unfused GEMV would have stored (rounded to T), then the element-wise kernel's math.

@@ -18,6 +18,8 @@ same weights and cache, the variants alternated:
                         next batch's vector once read: the default) or batch by batch.
     --compare splits    the engine's K slices per GEMV (engine/ops/cuda.py gemv_splits) or other
                         counts for one decode GEMV of Llama-3-8B's shape (down, q|k|v, o).
+    --compare norms     the RMSNorms done by the GEMVs beside them (engine/layers/norm.py
+                        linear_add_norm: the default) or as kernels of their own.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -151,6 +153,10 @@ def fused(enabled: bool) -> Callable[[], None]:
     return lambda: ops.set_fused_ops(enabled)
 
 
+def norms_in_gemvs(enabled: bool) -> Callable[[], None]:
+    return lambda: ops.set_norms_in_gemvs(enabled)
+
+
 _ORIGINAL_OPS = {name: getattr(ops, name) for name in ("rms_norm", "paged_attention")}
 _ORIGINAL_NORM_FORWARD = RMSNorm.forward
 
@@ -165,6 +171,7 @@ def _skip_attention(q, kv_cache_layer, attn, scale, sliding_window, out_order=No
 
 def ablate(*, norms: bool = False, attention: bool = False) -> Callable[[], None]:
     def setup() -> None:
+        ops.set_norms_in_gemvs(not norms)  # the norm kernels are what is left out
         ops.rms_norm = _skip_norm if norms else _ORIGINAL_OPS["rms_norm"]
         ops.paged_attention = _skip_attention if attention else _ORIGINAL_OPS["paged_attention"]
 
@@ -174,6 +181,7 @@ def ablate(*, norms: bool = False, attention: bool = False) -> Callable[[], None
 MB = 1 << 20
 COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     "fused": {"default": fused(True), "unfused": fused(False)},
+    "norms": {"in GEMVs": norms_in_gemvs(True), "kernels": norms_in_gemvs(False)},
     "rolling": {"rolling": rolling(True), "by batch": rolling(False)},
     "splits": {
         "engine": gemv_splits(),
@@ -209,6 +217,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     from engine.ops import cuda
 
     ops.set_fused_ops(True)
+    ops.set_norms_in_gemvs(True)
     rolling(True)()
     gemv_splits()()
     cuda.set_l2_prefetch_bytes(prefetch_bytes)

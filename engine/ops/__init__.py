@@ -155,11 +155,26 @@ def quant_qkv_rotary_kv(
     )
 
 
+_norms_in_gemvs_enabled = True
+
+
+def set_norms_in_gemvs(enabled: bool) -> None:
+    """Whether the model may leave its RMSNorms to the GEMVs beside them (default) or runs them as
+    kernels of their own (side-by-side benchmarks); read when a forward starts."""
+    global _norms_in_gemvs_enabled
+    _norms_in_gemvs_enabled = enabled
+
+
 def norms_in_gemvs(x: torch.Tensor) -> bool:
     """Whether a kernel may do the RMSNorms' work in the GEMVs beside them for tensors like x
     (quant_linear_add_norm served on x's device): the model then hands each layer the next norm
     (engine/models/base.py). Elsewhere the layers run module by module, as written."""
-    return _fused_enabled and x.is_cuda and "quant_linear_add_norm" in _load_cuda_table()
+    return (
+        _fused_enabled
+        and _norms_in_gemvs_enabled
+        and x.is_cuda
+        and "quant_linear_add_norm" in _load_cuda_table()
+    )
 
 
 def quant_linear_add_norm(x, w, residual, norm_weight, norm_index=None, read_next=()):
