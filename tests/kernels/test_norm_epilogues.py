@@ -24,6 +24,7 @@ from tests.kernels.gpu import (
     poisoned,
     random_packed_weight,
     rel_err,
+    strips,
 )
 from tests.kernels.test_fused_epilogues import split_args, unfused_gemv
 
@@ -57,7 +58,7 @@ def test_add_norm_equals_gemv_then_the_norms_add(k, n, rows, splits, dtype):
     weighted, h = poisoned((rows, n), dtype), poisoned((rows, n), dtype)
     sumsq = torch.full((rows, n // 32), float("nan"), device="cuda")
     ops.quant_gemv_tc_add_norm(
-        x, w.qweight, w.scales, w.zeros, w.bias, 128, residual, norm_weight, norm_index, weighted, h, sumsq,
+        x, strips(w), w.scales, w.zeros, w.bias, 128, residual, norm_weight, norm_index, weighted, h, sumsq,
         *split_args(ops, k, n, rows, splits),
     )  # fmt: skip
     assert torch.equal(h, want_h)
@@ -84,7 +85,7 @@ def test_row_scale_matches_the_norm_then_gemv_in_float64(k, n, rows, splits, dty
     sumsq = row_sumsq_of(h)
     out = poisoned((rows, n), dtype)
     ops.quant_gemv_tc(
-        weighted, w.qweight, w.scales, w.zeros, w.bias, None, 128, out, *split_args(ops, k, n, rows, splits),
+        weighted, strips(w), w.scales, w.zeros, w.bias, None, 128, out, *split_args(ops, k, n, rows, splits),
         row_sumsq=sumsq, row_eps=EPS,
     )  # fmt: skip
     h64 = h.double()
@@ -107,7 +108,7 @@ def test_fused_epilogues_apply_the_row_scale_as_the_plain_gemv_does(rows, dtype)
 
     def plain(w):
         y = poisoned((rows, w.out_features), dtype)
-        ops.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, w.bias, None, 128, y, **row)
+        ops.quant_gemv_tc(x, strips(w), w.scales, w.zeros, w.bias, None, 128, y, **row)
         return y
 
     gate_up = random_packed_weight(
@@ -117,7 +118,7 @@ def test_fused_epilogues_apply_the_row_scale_as_the_plain_gemv_does(rows, dtype)
     ops.silu_and_mul(plain(gate_up), want)
     out = poisoned((rows, inter), dtype)
     ops.quant_gemv_tc_silu_mul(
-        x, gate_up.qweight, gate_up.scales, gate_up.zeros, gate_up.bias, 128, out, **row
+        x, strips(gate_up), gate_up.scales, gate_up.zeros, gate_up.bias, 128, out, **row
     )
     assert torch.equal(out, want)
 
@@ -135,7 +136,7 @@ def test_fused_epilogues_apply_the_row_scale_as_the_plain_gemv_does(rows, dtype)
     )  # fmt: skip
     got_cache, got_q = cache.clone(), poisoned((rows, hq, d), dtype)
     ops.quant_gemv_tc_rotary_kv(
-        x, qkv_w.qweight, qkv_w.scales, qkv_w.zeros, None, 128, positions, table, got_cache, slots, got_q, **row
+        x, strips(qkv_w), qkv_w.scales, qkv_w.zeros, None, 128, positions, table, got_cache, slots, got_q, **row
     )  # fmt: skip
     assert torch.equal(got_q, want_q)
     assert torch.equal(got_cache, want_cache)
@@ -150,20 +151,20 @@ def test_norm_epilogues_refuse_bad_arguments_by_name():
         RuntimeError, match=r"quant_gemv_tc: row_sumsq must be float32 \(M, K / 32\) = \(2, 16\)"
     ):
         ops.quant_gemv_tc(
-            x, w.qweight, w.scales, w.zeros, None, None, 128, out,
+            x, strips(w), w.scales, w.zeros, None, None, 128, out,
             row_sumsq=torch.zeros((2, 8), device="cuda"), row_eps=EPS,
         )  # fmt: skip
     residual = torch.zeros((2, 256), dtype=torch.float16, device="cuda")
     with pytest.raises(RuntimeError, match=r"quant_gemv_tc_add_norm: norm_weight must have N = 256 elements"):
         ops.quant_gemv_tc_add_norm(
-            x, w.qweight, w.scales, w.zeros, None, 128, residual, residual[0, :128], None, out,
+            x, strips(w), w.scales, w.zeros, None, 128, residual, residual[0, :128], None, out,
             torch.empty_like(out), torch.zeros((2, 8), device="cuda"),
         )  # fmt: skip
     with pytest.raises(
         RuntimeError, match=r"quant_gemv_tc_add_norm: sumsq_tiles must be float32 \(M, N / 32\)"
     ):
         ops.quant_gemv_tc_add_norm(
-            x, w.qweight, w.scales, w.zeros, None, 128, residual, residual[0], None, out,
+            x, strips(w), w.scales, w.zeros, None, 128, residual, residual[0], None, out,
             torch.empty_like(out), torch.zeros((2, 4), device="cuda"),
         )  # fmt: skip
 
