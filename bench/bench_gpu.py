@@ -71,6 +71,34 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() * 4 / ms / 1e6  # bytes read + written
 
 
+def same_bytes_copy_gbs(nbytes: int, num_buffers: int = 4, repeats: int = 10) -> float:
+    """GB/s of device copies moving nbytes each (half read, half written), rotating over buffers that
+    together overflow L2, captured in one graph as gemv_gbs captures its calls: what a single call of
+    that size can reach, launch and first-load latency included (bench/NOTES.md 79)."""
+    pairs = [
+        (
+            torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda"),
+            torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda"),
+        )
+        for _ in range(num_buffers)
+    ]
+
+    def calls():
+        for dst, src in pairs:
+            dst.copy_(src)
+
+    graph = graph_of(calls, repeats)
+    ms = median_ms(graph.replay) / (repeats * num_buffers)
+    return nbytes / ms / 1e6
+
+
+def launch_gap_us(kernels: int = 40) -> float:
+    """Microseconds per kernel of a graph of one-element kernels: what a call costs before any work."""
+    t = torch.zeros(1, device="cuda")
+    graph = graph_of(lambda: t.add_(1), kernels)
+    return median_ms(graph.replay) / kernels * 1e3
+
+
 def gemv_gbs(
     k: int,
     n: int,
@@ -85,8 +113,9 @@ def gemv_gbs(
 ) -> dict:
     """Fused GEMV (tensor-core or CUDA-core kernel) on rotating weight sets (so L2 holds none of
     them) -> achieved GB/s. `splits`: K slices per column tile (None: the engine's choice). PDL off
-    by default: back-to-back GEMVs would overlap one's start with the previous one's tail, which
-    flatters the kernel; the decode figures measure PDL where it really applies."""
+    by default: each call alone, its launch and first loads not hidden. With `pdl` each call's first
+    weight loads overlap the previous call's tail, as the decode step launches the GEMVs after its
+    other kernels: the two are reported side by side."""
     from engine.ops import cuda, cuda_common
 
     counters = cuda_common.split_counters(torch.device("cuda"))
@@ -302,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     report: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
     report["copy_GBs"] = copy_bw = copy_bandwidth_gbs()
+    report["launch_gap_us"] = launch_gap_us()
     gemv = {}
     shapes = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024)]
     for k, n in shapes:
@@ -309,11 +339,21 @@ def main(argv: list[str] | None = None) -> int:
             r = gemv_gbs(k, n, rows, torch.float16)
             r["of_copy"] = r["gbs"] / copy_bw
             gemv[f"tc_{k}x{n}_m{rows}_fp16"] = r
+        # batch 1 as the decode step launches it (back to back with PDL), and a copy of its bytes
+        r = gemv_gbs(k, n, 1, torch.float16, pdl=True)
+        r["of_copy"] = r["gbs"] / copy_bw
+        gemv[f"tc_{k}x{n}_m1_fp16_pdl"] = r
+        nbytes = round(r["gbs"] * r["us"] * 1e3)
+        gbs = same_bytes_copy_gbs(nbytes)
+        gemv[f"copy_same_bytes_as_{k}x{n}_m1"] = {
+            "us": nbytes / gbs / 1e3,
+            "gbs": gbs,
+            "of_copy": gbs / copy_bw,
+        }
     if args.gemv_sweep:  # every split of K at batch 1, to check the engine's choice
         for k, n in shapes[:5]:
             for splits in (1, 2, 3, 4):
                 gemv[f"tc_{k}x{n}_m1_fp16_splits{splits}"] = gemv_gbs(k, n, 1, torch.float16, splits=splits)
-            gemv[f"tc_{k}x{n}_m1_fp16_pdl"] = gemv_gbs(k, n, 1, torch.float16, pdl=True)
     for rows in (1, 8):
         gemv[f"cudacore_4096x14336_m{rows}_fp16"] = gemv_gbs(4096, 14336, rows, torch.float16, tc=False)
     gemv["tc_4096x14336_m1_bf16"] = gemv_gbs(4096, 14336, 1, torch.bfloat16)
@@ -348,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
                 report["models"].append(bench_model(name, contexts=contexts, full=False, **variant))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
-    print(f"\ncard: {report['card']}  torch {report['torch']}  copy bandwidth {copy_bw:.0f} GB/s")
+    print(
+        f"\ncard: {report['card']}  torch {report['torch']}  copy bandwidth {copy_bw:.0f} GB/s"
+        f"  launch gap {report['launch_gap_us']:.2f} us"
+    )
     for key, r in gemv.items():
         print(
             f"  gemv {key:34s} {r}"

@@ -7,6 +7,11 @@ loads in flight bound its share of the bandwidth (bench/NOTES.md 66b), the call'
 on 52 SMs. Widths whose tiles fill every SM alike (3 or 4 per SM on this card) against the widths
 between them: GB/s (bench_gpu.gemv_gbs: CUDA graph, 4 rotating weights, PDL off) and the share of
 the measured copy bandwidth, the shapes alternated over rounds (bench/NOTES.md 78).
+
+Beside each GEMV, what the harness itself allows at that size (bench/NOTES.md 79: the GEMV streams at
+the copy's rate once running, and a fixed ~3 us per call holds it at 74%): a device copy moving the
+same bytes (read + write) in the same kind of graph, and the GEMV back to back with PDL, as the decode
+step launches it. Last, the graph's cost per kernel for a one-element kernel: the launch gap alone.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.bench_gpu import copy_bandwidth_gbs, gemv_gbs  # noqa: E402
+from bench.bench_gpu import (  # noqa: E402
+    copy_bandwidth_gbs,
+    gemv_gbs,
+    launch_gap_us,
+    same_bytes_copy_gbs,
+)
 from bench.gpu_shapes import kernels_ready  # noqa: E402
 
 
@@ -42,16 +52,26 @@ def main() -> int:
     copy = copy_bandwidth_gbs()
     print(f"{torch.cuda.get_device_name()}  {sms} SMs  copy {copy:.0f} GB/s")
     ns = widths(sms)
-    runs: dict[int, list[float]] = {n: [] for n in ns}
+    figures = ("gemv", "gemv_pdl", "copy_same_bytes")
+    runs: dict[int, dict[str, list[float]]] = {n: {f: [] for f in figures} for n in ns}
     for r in range(args.rounds):
         for n in ns if r % 2 == 0 else reversed(ns):
-            runs[n].append(gemv_gbs(args.k, n, 1, torch.float16)["gbs"])
+            plain = gemv_gbs(args.k, n, 1, torch.float16)
+            runs[n]["gemv"].append(plain["gbs"])
+            runs[n]["gemv_pdl"].append(gemv_gbs(args.k, n, 1, torch.float16, pdl=True)["gbs"])
+            nbytes = plain["gbs"] * plain["us"] * 1e3  # the bytes gemv_gbs counted
+            runs[n]["copy_same_bytes"].append(same_bytes_copy_gbs(round(nbytes)))
+    print(
+        f"{'shape':>10s} {'tiles':>13s} {'GEMV GB/s':>15s} {'GEMV, PDL':>15s} {'copy, same bytes':>17s} {'GEMV/that':>10s}"
+    )
     for n in ns:
-        gbs = statistics.median(runs[n])
+        gemv, pdl, same = (statistics.median(runs[n][f]) for f in figures)
         tiles = n // 32
         print(
-            f"{args.k}x{n}: {tiles} tiles ({tiles / sms:.2f} per SM)  {gbs:.0f} GB/s  {gbs / copy:.1%} of copy"
+            f"{args.k}x{n} {tiles:4d} ({tiles / sms:.2f}/SM) {gemv:6.0f} ({gemv / copy:5.1%}) {pdl:6.0f} ({pdl / copy:5.1%})"
+            f"  {same:6.0f} ({same / copy:5.1%}) {gemv / same:9.1%}"
         )
+    print(f"a graph's one-element kernel: {launch_gap_us():.2f} us each")
     return 0
 
 
