@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import statistics
 import sys
 import time
@@ -71,10 +72,19 @@ def copy_bandwidth_gbs() -> float:
     return 2 * src.numel() * 4 / ms / 1e6  # bytes read + written
 
 
-def same_bytes_copy_gbs(nbytes: int, num_buffers: int = 4, repeats: int = 10) -> float:
+def copies_past_l2(nbytes: int, at_least: int = 4) -> int:
+    """How many copies of an nbytes operand a benchmark rotates over so that L2 holds none of them
+    when its turn comes again: together twice the L2 (a 4096 x 4096 weight is 8.4 MB, and four of
+    them fit the H100's 50 MB L2)."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(at_least, math.ceil(2 * l2 / nbytes))
+
+
+def same_bytes_copy_gbs(nbytes: int, repeats: int = 10) -> float:
     """GB/s of device copies moving nbytes each (half read, half written), rotating over buffers that
     together overflow L2, captured in one graph as gemv_gbs captures its calls: what a single call of
     that size can reach, launch and first-load latency included (bench/NOTES.md 79)."""
+    num_buffers = copies_past_l2(nbytes)
     pairs = [
         (
             torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda"),
@@ -108,7 +118,6 @@ def gemv_gbs(
     tc: bool = True,
     splits: int | None = None,
     pdl: bool = False,
-    num_weights: int = 4,
     repeats: int = 10,
 ) -> dict:
     """Fused GEMV (tensor-core or CUDA-core kernel) on rotating weight sets (so L2 holds none of
@@ -124,9 +133,13 @@ def gemv_gbs(
     splits = torch.ops.exlsp.quant_gemv_tc_splits(k, splits)
     partials = torch.empty((splits, min(rows, 16), n), dtype=torch.float32, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(k + n)
-    weights = [
+    weights = [random_packed(k, n, bits=4, group_size=128, dtype=dtype, bias=False, gen=gen)]
+    w = weights[0]
+    weight_bytes = sum(t.numel() * t.element_size() for t in (w.qweight, w.scales, w.zeros))
+    num_weights = copies_past_l2(weight_bytes)
+    weights += [
         random_packed(k, n, bits=4, group_size=128, dtype=dtype, bias=False, gen=gen)
-        for _ in range(num_weights)
+        for _ in range(num_weights - 1)
     ]
     x = torch.randn((rows, k), device="cuda", generator=gen).to(dtype)
     out = torch.empty((rows, n), device="cuda", dtype=dtype)
@@ -148,13 +161,13 @@ def gemv_gbs(
     finally:
         torch.ops.exlsp.set_launch_pdl(-1)
     ms = median_ms(graph.replay) / (repeats * num_weights)
-    w = weights[0]
-    nbytes = sum(t.numel() * t.element_size() for t in (w.qweight, w.scales, w.zeros, x, out))
+    nbytes = weight_bytes + sum(t.numel() * t.element_size() for t in (x, out))
     return {"us": ms * 1e3, "gbs": nbytes / ms / 1e6, "splits": splits if tc else 0}
 
 
-def torch_int4_gbs(k: int, n: int, rows: int, num_weights: int = 4, repeats: int = 10) -> dict | str:
+def torch_int4_gbs(k: int, n: int, rows: int, repeats: int = 10) -> dict | str:
     """torch's built-in int4 path (tinygemm, bf16) on the same shape, for comparison."""
+    num_weights = copies_past_l2(n * k // 2)
     try:
         gen = torch.Generator(device="cuda").manual_seed(1)
         packs = []
@@ -228,8 +241,6 @@ def bench_model(
     res: dict = {"model": name, "weights_GB": weight_bytes / 1e9, "cache_GB": cache_bytes / 1e9,
                  "head_bits": head_bits, "embed_bits": embed_bits, "act_order": act_order}  # fmt: skip
 
-    if profile_to is not None:
-        profile_to.write_text(profile_decode(model, kv_cache))
     if compare_pdl:  # the same step captured without programmatic dependent launch, same run
         torch.ops.exlsp.set_launch_pdl(0)
         try:
@@ -282,16 +293,6 @@ def bench_model(
         for _ in range(3):
             first_token_graph()
         res["ttft_16_after_8k_graph_ms"] = statistics.median(first_token_graph() for _ in range(20))
-        if profile_to is not None:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-                first_token()
-            table = prof.key_averages().table(
-                sort_by="cuda_time_total", row_limit=25, max_name_column_width=60
-            )
-            with profile_to.open("a") as f:
-                f.write("\n\nTTFT, 16 tokens after a cached 8k prefix:\n" + table)
     peak = max(peaks + [torch.cuda.max_memory_allocated()]) if full else torch.cuda.max_memory_allocated()
     res["peak_vram_GB"] = (peak - base_bytes) / 1e9  # serving: decode, default-chunk prefill, TTFT
     res["peak_vram_GiB"] = res["peak_vram_GB"] * 1e9 / 2**30
@@ -308,6 +309,20 @@ def bench_model(
             )
             res[f"prefill_{length}_tok_s"] = length * 1e3 / ms
         res["peak_vram_one_pass_8k_prefill_GB"] = (torch.cuda.max_memory_allocated() - base_bytes) / 1e9
+    if profile_to is not None:
+        # Last: once the profiler has run, every kernel launch of this process costs more host time
+        # (measured: eager TTFT 17 -> 22 ms, 2k prefill 36k -> 28k tok/s), which host-bound figures show.
+        profile_to.write_text(profile_decode(model, kv_cache))
+        if full:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+                first_token()
+            table = prof.key_averages().table(
+                sort_by="cuda_time_total", row_limit=25, max_name_column_width=60
+            )
+            with profile_to.open("a") as f:
+                f.write("\n\nTTFT, 16 tokens after a cached 8k prefix:\n" + table)
     return res
 
 

@@ -3,8 +3,8 @@ same weights and cache, the variants alternated:
 
     --compare fused     the default vs the GEMV without its fused epilogues (SiLU * up after gate|up,
                         rotary + K/V write after q|k|v);
-    --compare prefetch  the GEMV's L2 prefetch of the next weight (csrc/l2_prefetch.cuh): off, 4 MB
-                        (the default) and 8 MB per GEMV.
+    --compare prefetch  the GEMV's L2 prefetch of the next weight (csrc/l2_prefetch.cuh): off, 2, 4
+                        (the default), 6 and 8 MB per GEMV.
     --compare head      a decode step's head inside its CUDA graph (the default) or launched eagerly
                         after it (the engine before this change).
     --compare trigger   the decode attention letting the next kernel (the o GEMV) launch right after
@@ -192,7 +192,9 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     },
     "prefetch": {
         "off": prefetch(0),
+        "2 MB": prefetch(2 * MB),
         "4 MB": prefetch(4 * MB),
+        "6 MB": prefetch(6 * MB),
         "8 MB": prefetch(8 * MB),
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
