@@ -1,6 +1,6 @@
 """Probe: torch's prefill attention kernels on a Llama-3-8B layer's shape (32 query heads, 8 K/V
 heads, head dim 128, fp16, causal): time, TFLOP/s and agreement with the flash kernel the engine
-calls now (engine/ops/cuda_attention.py _causal_flash). Torch only, no exlsp build.
+calls now (engine/ops/cuda_attention.py _causal_flash). Torch's kernels only: no exlsp build.
 
     python bench/probes/attention_backends.py
 
@@ -15,26 +15,19 @@ SDPA restricted to cuDNN with enable_gqa.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.bench_gpu import median_ms  # noqa: E402
+
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 SHAPES = ((2048, 2048), (8192, 8192), (512, 2048))  # (new tokens, keys)
-
-
-def median_ms(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
