@@ -311,7 +311,8 @@ def bench_model(
         res["peak_vram_one_pass_8k_prefill_GB"] = (torch.cuda.max_memory_allocated() - base_bytes) / 1e9
     if profile_to is not None:
         # Last: once the profiler has run, every kernel launch of this process costs more host time
-        # (measured: eager TTFT 17 -> 22 ms, 2k prefill 36k -> 28k tok/s), which host-bound figures show.
+        # (a one-element kernel's eager launch 10 -> 13-18 us: bench/NOTES.md 80a), which the
+        # host-bound figures (eager TTFT, chunked prefill) would show.
         profile_to.write_text(profile_decode(model, kv_cache))
         if full:
             from torch.profiler import ProfilerActivity, profile
