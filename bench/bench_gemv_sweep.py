@@ -18,9 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_gpu import copy_bandwidth_gbs, gemv_gbs, time_decode  # noqa: E402
+from bench.bench_gpu import gemv_gbs, time_decode  # noqa: E402
 from bench.engine_step import ServedStep, served_model  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
+from bench.gpu_timing import copy_bandwidth_gbs  # noqa: E402
 
 SHAPES = [(4096, 14336), (4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 1024), (896, 1152)]
 # (label, warps per block (0: the launcher chooses), batches of 8 for small grids)

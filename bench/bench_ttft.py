@@ -23,7 +23,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_gpu import graph_of, median_ms  # noqa: E402
 from bench.engine_step import (  # noqa: E402
     BLOCK_SIZE,
     CACHE_TOKENS,
@@ -33,6 +32,7 @@ from bench.engine_step import (  # noqa: E402
     suffix_metadata,
 )
 from bench.gpu_shapes import kernels_ready  # noqa: E402
+from bench.gpu_timing import graph_of, median_ms  # noqa: E402
 from engine.cuda_graph import token_level_metadata  # noqa: E402
 
 PREFIX_TOKENS = 8192

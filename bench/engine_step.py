@@ -12,6 +12,7 @@ from engine import ops
 from engine.attention_metadata import AttentionMetadata
 from engine.cuda_graph import DecodeGraphs
 from engine.loader import default_vocab_bits
+from engine.models.base import dense_attention_metadata
 
 BLOCK_SIZE = 16
 CACHE_TOKENS = 16384
@@ -63,6 +64,14 @@ def chunked_prefill(model, kv_cache, length: int, chunk: int) -> torch.Tensor:
 def decode_metadata(ctx: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
     """(ids, positions, metadata) of one sequence whose token at position ctx is new."""
     return torch.tensor([7], device="cuda"), torch.tensor([ctx], device="cuda"), suffix_metadata(ctx, 1)
+
+
+def cold_prompt(vocab_size: int, length: int) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    """(ids, positions, metadata) of a `length`-token prompt with nothing cached: one forward pass's
+    inputs for a cold prefill, as bench_gpu.py times it."""
+    ids = torch.randint(0, vocab_size, (length,), device="cuda")
+    pos = torch.arange(length, device="cuda")
+    return ids, pos, dense_attention_metadata(1, length, BLOCK_SIZE, torch.device("cuda"))
 
 
 def first_token_id(model, kv_cache, ids, pos, attn) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.bench_gpu import graph_of, median_ms  # noqa: E402
+from bench.gpu_timing import graph_of, median_ms  # noqa: E402
 
 CALLS = 50
 

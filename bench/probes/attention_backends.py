@@ -24,7 +24,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.bench_gpu import median_ms  # noqa: E402
+from bench.gpu_timing import median_ms  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128
 SHAPES = ((2048, 2048), (8192, 8192), (512, 2048))  # (new tokens, keys)

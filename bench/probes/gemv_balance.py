@@ -25,13 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.bench_gpu import (  # noqa: E402
-    copy_bandwidth_gbs,
-    gemv_gbs,
-    launch_gap_us,
-    same_bytes_copy_gbs,
-)
+from bench.bench_gpu import gemv_gbs  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
+from bench.gpu_timing import copy_bandwidth_gbs, launch_gap_us, same_bytes_copy_gbs  # noqa: E402
 
 
 def widths(sms: int) -> list[int]:

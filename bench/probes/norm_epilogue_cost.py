@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.bench_gpu import graph_of, median_ms  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
+from bench.gpu_timing import graph_of, median_ms  # noqa: E402
 from engine.ops import cuda  # noqa: E402
 from tests.kernels.gpu import random_packed_weight  # noqa: E402
 

@@ -16,9 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.engine_step import BLOCK_SIZE, first_token_id, served_model  # noqa: E402
+from bench.engine_step import cold_prompt, first_token_id, served_model  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
-from engine.models.base import dense_attention_metadata  # noqa: E402
 
 QUERY = "clocks.sm,clocks.mem,power.draw,temperature.gpu"
 
@@ -39,11 +38,7 @@ def main() -> int:
         return 1
     torch.set_grad_enabled(False)
     model, kv_cache = served_model(args.model)
-    inputs = {}
-    for length in (2048, 8192):
-        ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
-        pos = torch.arange(length, device="cuda")
-        inputs[length] = (ids, pos, dense_attention_metadata(1, length, BLOCK_SIZE, torch.device("cuda")))
+    inputs = {length: cold_prompt(model.config.vocab_size, length) for length in (2048, 8192)}
     first_token_id(model, kv_cache, *inputs[2048])  # warm-up: cuBLAS handles, allocator
     print(f"{torch.cuda.get_device_name()}  nvidia-smi: {QUERY}")
     for r in range(args.rounds):

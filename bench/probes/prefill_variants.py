@@ -22,10 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.bench_gpu import median_ms  # noqa: E402
-from bench.engine_step import BLOCK_SIZE, chunked_prefill, first_token_id, served_model  # noqa: E402
+from bench.engine_step import chunked_prefill, cold_prompt, first_token_id, served_model  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
-from engine.models.base import dense_attention_metadata  # noqa: E402
+from bench.gpu_timing import median_ms  # noqa: E402
 from engine.ops import cuda  # noqa: E402
 
 MB = 1 << 20
@@ -55,13 +54,8 @@ def main() -> int:
     model, kv_cache = served_model(args.model)
     cases = {}
     for length in (2048, 8192):
-        ids = torch.randint(0, model.config.vocab_size, (length,), device="cuda")
-        pos = torch.arange(length, device="cuda")
-        attn = dense_attention_metadata(1, length, BLOCK_SIZE, torch.device("cuda"))
-        cases[f"one pass {length}"] = (
-            length,
-            lambda i=ids, p=pos, a=attn: first_token_id(model, kv_cache, i, p, a),
-        )
+        prompt = cold_prompt(model.config.vocab_size, length)
+        cases[f"one pass {length}"] = (length, lambda p=prompt: first_token_id(model, kv_cache, *p))
     cases["8192 in 2048s"] = (8192, lambda: chunked_prefill(model, kv_cache, 8192, 2048))
     variants = COMPARISONS[args.compare]
     default_scratch = cuda.DEQUANT_SCRATCH_ELEMENTS
