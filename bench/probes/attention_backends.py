@@ -1,6 +1,6 @@
 """Probe: torch's prefill attention kernels on a Llama-3-8B layer's shape (32 query heads, 8 K/V
-heads, head dim 128, fp16, causal): time, TFLOP/s and agreement with the flash kernel the engine
-calls now (engine/ops/cuda_attention.py _causal_flash). Torch's kernels only: no exlsp build.
+heads, head dim 128, fp16, causal): time, TFLOP/s and agreement with flash, the kernel the engine
+falls back to (engine/ops/cuda_prefill_attention.py). Torch's kernels only: no exlsp build.
 
     python bench/probes/attention_backends.py
 
@@ -11,11 +11,17 @@ half the time. Shapes: a cold 2k and 8k prompt (as many keys as queries) and 512
 the new tokens last; a kernel aligned to the top left disagrees there, which the error column shows).
 Variants: flash; cuDNN with 8 K/V heads as given (GQA); cuDNN with the K/V heads repeated to 32;
 SDPA restricted to cuDNN with enable_gqa.
+
+Last, what a shape not seen before costs (cuDNN builds an execution plan per shape, and an editor's
+prompts come in every length): the first call at each of 8 fresh (new tokens, keys) shapes, wall
+time to the result, against the same call once warm.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -91,7 +97,33 @@ def main() -> int:
                 f"{new:5d} new, {keys:5d} keys  {name:15s} {ms:8.3f} ms {flops / ms / 1e9:6.0f} TFLOP/s"
                 f"  error vs flash {err:.1e}"
             )
+    fresh_shapes(HEAD_DIM**-0.5)
     return 0
+
+
+def fresh_shapes(scale: float) -> None:
+    for name in ("flash", "cudnn gqa"):
+        cold, warm = [], []
+        for i in range(8):
+            new, keys = 40 + 37 * i, 3000 + 113 * i + 40 + 37 * i
+            q = torch.randn(1, HEADS, new, HEAD_DIM, device="cuda", dtype=torch.float16)
+            k = torch.randn(1, KV_HEADS, keys, HEAD_DIM, device="cuda", dtype=torch.float16)
+            v = torch.randn_like(k)
+            fn = variants(q, k, v, scale)[name]
+            for times in (cold, warm):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                try:
+                    fn()
+                    torch.cuda.synchronize()
+                except Exception as exc:
+                    print(f"fresh shapes  {name:15s} failed: {type(exc).__name__}: {str(exc)[:160]}")
+                    return
+                times.append((time.perf_counter() - t0) * 1e3)
+        print(
+            f"fresh shapes  {name:15s} first call median {statistics.median(cold):7.2f} ms, max {max(cold):7.2f};"
+            f" warm {statistics.median(warm):6.3f} ms"
+        )
 
 
 if __name__ == "__main__":

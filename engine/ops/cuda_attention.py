@@ -1,21 +1,17 @@
 """The CUDA side of the attention op (engine/ops/__init__.py paged_attention): one new token per
 sequence goes to the flash-decoding kernel (csrc/attention_decode.cu); a short prompt whose tokens
 come as one-token sequences (engine/cuda_graph.py token_level_metadata) to its multi-query kernel;
-anything else to prefill_attention.
-
-Prefill attention is a first version: each sequence's K/V are gathered from the paged cache and
-handed to torch's scaled_dot_product_attention (flash / memory-efficient kernels), causal aligned to
-the bottom right (new tokens see every cached token and themselves).
+anything else to prefill attention (engine/ops/cuda_prefill_attention.py).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from engine.attention_metadata import AttentionMetadata
 from engine.ops import reference
 from engine.ops.cuda_common import ATTENTION_COUNTERS_OFFSET, counters_of, is_model_dtype
+from engine.ops.cuda_prefill_attention import prefill_attention
 
 MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequence fills the GPU...
 MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
@@ -104,63 +100,3 @@ def paged_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_w
             out_index=None if out_order is None else out_order.index,
         )
     return reference.in_order(prefill_attention(q, kv_cache_layer, attn, scale, sliding_window), out_order)
-
-
-_last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None
-
-
-def _host_lists(attn: AttentionMetadata) -> tuple[list[int], list[int]]:
-    """query_start_loc and seq_lens on the host, read once per forward pass: every layer gets the
-    same metadata object, and a device->host copy per layer would stall the CPU at every layer."""
-    global _last_host_lists
-    if _last_host_lists is None or _last_host_lists[0] is not attn:
-        _last_host_lists = (attn, attn.query_start_loc.tolist(), attn.seq_lens.tolist())
-    return _last_host_lists[1], _last_host_lists[2]
-
-
-_flash_direct = True  # False once the direct flash call failed here: use the generic SDPA path
-
-
-def _causal_flash(qh, kh, vh, scale: float) -> torch.Tensor:
-    """Flash attention called directly: its causal mask is aligned to the bottom right (the new
-    tokens come last) and it takes fewer query than key heads (GQA), so no bias object, no head
-    expansion and none of the SDPA dispatcher's Python checks per layer."""
-    global _flash_direct
-    if _flash_direct:
-        try:
-            return torch.ops.aten._scaled_dot_product_flash_attention(
-                qh, kh, vh, 0.0, True, False, scale=scale
-            )[0]
-        except RuntimeError:
-            _flash_direct = False
-    from torch.nn.attention.bias import causal_lower_right
-
-    tq, tk = qh.shape[2], kh.shape[2]
-    mask = None if tq == tk else causal_lower_right(tq, tk)
-    return F.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
-    )
-
-
-def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
-    """Gather each sequence's K/V and run torch's fused attention (a first version, see the header)."""
-    out = torch.empty_like(q)
-    query_start_loc, seq_lens = _host_lists(attn)
-    block_size = kv_cache_layer.shape[2]
-    for i, seq_len in enumerate(seq_lens):
-        start, end = query_start_loc[i], query_start_loc[i + 1]
-        num_new = end - start
-        if num_new == 0:
-            continue
-        blocks = attn.block_tables[i, : -(-seq_len // block_size)]
-        kv = kv_cache_layer.index_select(1, blocks).flatten(1, 2)[:, :seq_len]  # (2, L, Hkv, D)
-        qh = q[start:end].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
-        kh = kv[0].transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
-        vh = kv[1].transpose(0, 1).unsqueeze(0)
-        if sliding_window is not None and sliding_window < seq_len:
-            mask = reference.causal_mask(num_new, seq_len, sliding_window, q.device)
-            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
-        else:
-            o = _causal_flash(qh, kh, vh, scale)  # (1, Hq, Tq, D)
-        out[start:end] = o[0].transpose(0, 1)
-    return out

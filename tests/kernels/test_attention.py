@@ -320,16 +320,55 @@ PREFILL_CASES = {
 }
 
 
+@pytest.fixture
+def prefill_kernel():
+    """Sets cuda_prefill_attention's kernel for one test, cuDNN taking calls of any size (its code on
+    small shapes); the defaults and a clean state after."""
+    from engine.ops import cuda_prefill_attention as module
+
+    min_queries = module.CUDNN_MIN_QUERIES
+    module.CUDNN_MIN_QUERIES = 1
+    yield module.set_prefill_attention
+    module.CUDNN_MIN_QUERIES = min_queries
+    module.set_prefill_attention("cudnn")
+    module._cudnn_ok = True
+
+
+@pytest.mark.parametrize("kernel", ["cudnn", "flash"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", PREFILL_CASES.values(), ids=PREFILL_CASES.keys())
-def test_prefill_attention_matches_reference(case, dtype):
-    from engine.ops import cuda_attention
+def test_prefill_attention_matches_reference(case, dtype, kernel, prefill_kernel):
+    """Both kernels, on cold prompts (as many keys as queries) and on new tokens after a cached prefix
+    (cuDNN's two parts merged); the one asked for must be the one that ran."""
+    from engine.ops import cuda_attention, cuda_prefill_attention
 
+    prefill_kernel(kernel)
     seq_lens, query_lens, hq, hkv, d, window = case
     cache, attn = paged_batch(seq_lens, query_lens, hkv, d, dtype, seed=sum(seq_lens))
     q = torch.randn((sum(query_lens), hq, d), generator=generator(2), device="cuda").to(dtype)
     ref = reference.paged_attention(q, cache, attn, d**-0.5, window)
+    cuda_prefill_attention.last_kernel = None
     assert rel_err(cuda_attention.paged_attention(q, cache, attn, d**-0.5, window), ref) <= REL_TOL
+    if window is None:  # a sliding window takes the masked SDPA path, neither kernel
+        assert cuda_prefill_attention.last_kernel == kernel
+
+
+def test_prefill_attention_of_a_long_prompt_after_a_long_prefix(prefill_kernel):
+    """Llama-3-8B's heads, 1000 new tokens after a 3000-token prefix: the cuDNN parts at a size where
+    their merge weighs both, no less accurate than flash on the same inputs."""
+    from engine.ops import cuda_attention, cuda_prefill_attention
+
+    cuda_prefill_attention.CUDNN_MIN_QUERIES = 512  # the default: 1000 new tokens take cuDNN
+    cache, attn = paged_batch([4000], [1000], 8, 128, torch.float16, seed=11)
+    q = torch.randn((1000, 32, 128), generator=generator(12), device="cuda").half()
+    outs = {}
+    for kernel in ("flash", "cudnn"):
+        prefill_kernel(kernel)
+        outs[kernel] = cuda_attention.paged_attention(q, cache, attn, 128**-0.5, None)
+        assert cuda_prefill_attention.last_kernel == kernel
+    ref = reference.paged_attention(q, cache, attn, 128**-0.5, None)
+    # fp16 rounding alone leaves both near 1e-3: a merge that is slightly off shows against flash
+    assert rel_err(outs["cudnn"], ref) <= 2 * rel_err(outs["flash"], ref)
 
 
 @pytest.mark.parametrize("case", ["suffix-after-cached-prefix", "mixed-decode-and-prefill", "sliding-window"])

@@ -1,0 +1,152 @@
+"""Prefill attention on a GPU (engine/ops/cuda_attention.py sends every call that is not a decode
+step here): each sequence's K/V gathered from the paged cache and handed to one of torch's fused
+attention kernels, causal aligned to the bottom right (new tokens see every cached token and
+themselves).
+
+Which kernel (set_prefill_attention): torch's flash kernel (FlashAttention-2, called directly), or
+cuDNN's fused attention, whose Hopper kernels use wgmma where flash-2 cannot. A 2k prefill spends ~10%
+of its time in flash attention at ~215 TFLOP/s, an 8k one about a third (bench/NOTES.md 80). cuDNN's
+causal mask is aligned to the top left, so new tokens after a cached prefix are computed in two
+parts whose masks cannot disagree: the prefix in full and the new tokens' own keys causally (a
+square), merged by their log-sum-exps (merge_attention_parts). Where cuDNN refuses a call (a card or
+build without it), flash serves it from then on, with one warning.
+
+cuDNN builds an execution plan for each shape it sees, and an editor's prompts come in every length:
+so only calls of CUDNN_MIN_QUERIES new tokens or more go to it (cold prompts, the engine's prefill
+chunks), where the attention is worth the most and a plan's cost the least; a short suffix after a
+cached prefix stays on flash. (bench/probes/attention_backends.py times a fresh shape's first call.)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from engine.attention_metadata import AttentionMetadata
+from engine.ops import reference
+
+KERNELS = ("flash", "cudnn")
+CUDNN_MIN_QUERIES = 512
+_kernel = "cudnn"
+_cudnn_ok = True  # False once cuDNN refused a call here
+_flash_direct = True  # False once the direct flash call failed here: use the generic SDPA path
+last_kernel: str | None = None  # the kernel of the last causal call (for tests and benchmarks)
+
+
+def set_prefill_attention(kernel: str) -> None:
+    """The kernel for a prefill's causal attention: "cudnn" (the default: flash for short calls and
+    where cuDNN cannot) or "flash" (side-by-side benchmarks)."""
+    global _kernel
+    if kernel not in KERNELS:
+        raise ValueError(f"prefill attention kernel must be one of {KERNELS}, got {kernel!r}")
+    _kernel = kernel
+
+
+def merge_attention_parts(
+    out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+) -> torch.Tensor:
+    """Attention over two disjoint sets of keys from each set's output (B, H, T, D) and log-sum-exp
+    of its scaled scores (B, H, T, natural log): the softmax over the union weighs each part by its
+    share of the total exp-sum. A row whose part saw no key has lse -inf and weight 0. Computed in
+    float32 at least."""
+    wide = torch.promote_types(out_a.dtype, torch.float32)
+    lse_a, lse_b = lse_a.to(wide).unsqueeze(-1), lse_b.to(wide).unsqueeze(-1)
+    top = torch.maximum(lse_a, lse_b)
+    weight_a, weight_b = torch.exp(lse_a - top), torch.exp(lse_b - top)
+    merged = (out_a.to(wide) * weight_a + out_b.to(wide) * weight_b) / (weight_a + weight_b)
+    return merged.to(out_a.dtype)
+
+
+def _cudnn(qh, kh, vh, scale: float, causal: bool, with_lse: bool):
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+        qh, kh, vh, None, with_lse, 0.0, causal, False, scale=scale
+    )[:2]
+    return out, (lse.reshape(qh.shape[:3]) if with_lse else None)
+
+
+def _causal_cudnn(qh, kh, vh, scale: float) -> torch.Tensor:
+    tq, tk = qh.shape[2], kh.shape[2]
+    if tq == tk:
+        return _cudnn(qh, kh, vh, scale, causal=True, with_lse=False)[0]
+    prefix = tk - tq
+    out_a, lse_a = _cudnn(qh, kh[:, :, :prefix], vh[:, :, :prefix], scale, causal=False, with_lse=True)
+    out_b, lse_b = _cudnn(qh, kh[:, :, prefix:], vh[:, :, prefix:], scale, causal=True, with_lse=True)
+    return merge_attention_parts(out_a, lse_a, out_b, lse_b)
+
+
+def _causal_flash(qh, kh, vh, scale: float) -> torch.Tensor:
+    """Flash attention called directly: its causal mask is aligned to the bottom right (the new
+    tokens come last) and it takes fewer query than key heads (GQA), so no bias object, no head
+    expansion and none of the SDPA dispatcher's Python checks per layer."""
+    global _flash_direct
+    if _flash_direct:
+        try:
+            return torch.ops.aten._scaled_dot_product_flash_attention(
+                qh, kh, vh, 0.0, True, False, scale=scale
+            )[0]
+        except RuntimeError:
+            _flash_direct = False
+    from torch.nn.attention.bias import causal_lower_right
+
+    tq, tk = qh.shape[2], kh.shape[2]
+    mask = None if tq == tk else causal_lower_right(tq, tk)
+    return F.scaled_dot_product_attention(
+        qh, kh, vh, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+    )
+
+
+def causal_attention(qh, kh, vh, scale: float) -> torch.Tensor:
+    """(1, Hq, Tq, D) queries, the last Tq of (1, Hkv, Tk, D) keys and values -> (1, Hq, Tq, D)."""
+    global _cudnn_ok, last_kernel
+    if _kernel == "cudnn" and _cudnn_ok and qh.shape[2] >= CUDNN_MIN_QUERIES:
+        try:
+            out = _causal_cudnn(qh, kh, vh, scale)
+            last_kernel = "cudnn"
+            return out
+        except RuntimeError as exc:
+            _cudnn_ok = False
+            warnings.warn(
+                f"exlsp: cuDNN attention refused a prefill ({exc!s:.200}); flash attention serves them now",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    last_kernel = "flash"
+    return _causal_flash(qh, kh, vh, scale)
+
+
+_last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None
+
+
+def _host_lists(attn: AttentionMetadata) -> tuple[list[int], list[int]]:
+    """query_start_loc and seq_lens on the host, read once per forward pass: every layer gets the
+    same metadata object, and a device->host copy per layer would stall the CPU at every layer."""
+    global _last_host_lists
+    if _last_host_lists is None or _last_host_lists[0] is not attn:
+        _last_host_lists = (attn, attn.query_start_loc.tolist(), attn.seq_lens.tolist())
+    return _last_host_lists[1], _last_host_lists[2]
+
+
+def prefill_attention(q, kv_cache_layer, attn: AttentionMetadata, scale, sliding_window):
+    """q (T, Hq, D), the new tokens of every sequence -> (T, Hq, D)."""
+    out = torch.empty_like(q)
+    query_start_loc, seq_lens = _host_lists(attn)
+    block_size = kv_cache_layer.shape[2]
+    for i, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[i], query_start_loc[i + 1]
+        num_new = end - start
+        if num_new == 0:
+            continue
+        blocks = attn.block_tables[i, : -(-seq_len // block_size)]
+        kv = kv_cache_layer.index_select(1, blocks).flatten(1, 2)[:, :seq_len]  # (2, L, Hkv, D)
+        qh = q[start:end].transpose(0, 1).unsqueeze(0)  # (1, Hq, Tq, D)
+        kh = kv[0].transpose(0, 1).unsqueeze(0)  # (1, Hkv, L, D)
+        vh = kv[1].transpose(0, 1).unsqueeze(0)
+        if sliding_window is not None and sliding_window < seq_len:
+            mask = reference.causal_mask(num_new, seq_len, sliding_window, q.device)
+            o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=True)
+        else:
+            o = causal_attention(qh, kh, vh, scale)  # (1, Hq, Tq, D)
+        out[start:end] = o[0].transpose(0, 1)
+    return out

@@ -1,0 +1,123 @@
+"""The prefill attention's pure parts on the CPU (engine/ops/cuda_prefill_attention.py): two parts
+over disjoint keys merged by their log-sum-exps equal attention over all of them, and which kernel a
+call goes to (the kernels themselves stood in for: their outputs are tests/kernels/test_attention.py's)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.ops import cuda_prefill_attention
+from engine.ops.cuda_prefill_attention import merge_attention_parts
+
+
+def attention_with_lse(q, k, v, scale, mask=None):
+    """(out, lse) by the definition, in float64: q (B, H, T, D), k and v (B, H, L, D)."""
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.softmax(scores, dim=-1) @ v.double(), lse
+
+
+@pytest.mark.parametrize("new,prefix", [(1, 1), (7, 30), (64, 64), (33, 500)])
+def test_prefix_part_and_causal_square_merge_to_causal_attention_over_all_keys(new, prefix):
+    """The split the cuDNN path makes for new tokens after a cached prefix: the prefix in full, the new
+    tokens' own keys with a square causal mask."""
+    gen = torch.Generator().manual_seed(new * 1000 + prefix)
+    b, h, d, total = 1, 4, 16, prefix + new
+    q = torch.randn((b, h, new, d), generator=gen)
+    k = torch.randn((b, h, total, d), generator=gen)
+    v = torch.randn((b, h, total, d), generator=gen)
+    scale = d**-0.5
+    bottom_right = torch.ones(new, total, dtype=torch.bool).tril(diagonal=prefix)
+    expected, _ = attention_with_lse(q, k, v, scale, bottom_right)
+    out_a, lse_a = attention_with_lse(q, k[:, :, :prefix], v[:, :, :prefix], scale)
+    square = torch.ones(new, new, dtype=torch.bool).tril()
+    out_b, lse_b = attention_with_lse(q, k[:, :, prefix:], v[:, :, prefix:], scale, square)
+    merged = merge_attention_parts(out_a, lse_a, out_b, lse_b)
+    assert merged.dtype == torch.float64
+    torch.testing.assert_close(merged, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_part_without_keys_weighs_nothing():
+    gen = torch.Generator().manual_seed(5)
+    out_a, out_b = torch.randn((1, 2, 3, 8), generator=gen), torch.randn((1, 2, 3, 8), generator=gen)
+    lse_a = torch.randn((1, 2, 3), generator=gen)
+    lse_b = torch.full((1, 2, 3), -math.inf)
+    torch.testing.assert_close(merge_attention_parts(out_a, lse_a, out_b, lse_b), out_a)
+
+
+def test_merge_keeps_the_outputs_dtype():
+    out = torch.ones((1, 1, 2, 4), dtype=torch.float16)
+    lse = torch.zeros((1, 1, 2))
+    merged = merge_attention_parts(out, lse, 3 * out, lse)  # equal weights: the mean
+    assert merged.dtype == torch.float16
+    assert torch.equal(merged, torch.full_like(out, 2.0))
+
+
+def test_an_unknown_kernel_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"prefill attention kernel must be one of \('flash', 'cudnn'\), got 'fa3'"
+    ):
+        cuda_prefill_attention.set_prefill_attention("fa3")
+
+
+class StandIns:
+    """The two kernels replaced by recorders; cuDNN's raises while `refuse` is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.refuse = False
+
+    def cudnn(self, qh, kh, vh, scale):
+        self.calls.append("cudnn")
+        if self.refuse:
+            raise RuntimeError("cuDNN Frontend error: no valid execution plan")
+        return qh
+
+    def flash(self, qh, kh, vh, scale):
+        self.calls.append("flash")
+        return qh
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    """The kernels stood in for, the module's state restored after."""
+    module = cuda_prefill_attention
+    fakes = StandIns()
+    monkeypatch.setattr(module, "_causal_cudnn", fakes.cudnn)
+    monkeypatch.setattr(module, "_causal_flash", fakes.flash)
+    monkeypatch.setattr(module, "_cudnn_ok", True)
+    monkeypatch.setattr(module, "_kernel", "cudnn")
+    return fakes
+
+
+def queries(n: int) -> torch.Tensor:
+    return torch.zeros((1, 2, n, 8))
+
+
+def test_short_calls_stay_on_flash_and_long_ones_take_cudnn(stand_ins):
+    attend = cuda_prefill_attention.causal_attention
+    keys = torch.zeros((1, 1, 4096, 8))
+    attend(queries(cuda_prefill_attention.CUDNN_MIN_QUERIES - 1), keys, keys, 1.0)
+    assert stand_ins.calls == ["flash"] and cuda_prefill_attention.last_kernel == "flash"
+    attend(queries(cuda_prefill_attention.CUDNN_MIN_QUERIES), keys, keys, 1.0)
+    assert stand_ins.calls == ["flash", "cudnn"] and cuda_prefill_attention.last_kernel == "cudnn"
+    cuda_prefill_attention.set_prefill_attention("flash")
+    attend(queries(2048), keys, keys, 1.0)
+    assert stand_ins.calls[-1] == "flash"
+
+
+def test_a_refusal_by_cudnn_warns_once_and_flash_serves_every_later_call(stand_ins):
+    attend = cuda_prefill_attention.causal_attention
+    keys = torch.zeros((1, 1, 4096, 8))
+    stand_ins.refuse = True
+    with pytest.warns(RuntimeWarning, match="cuDNN attention refused a prefill .*no valid execution plan"):
+        out = attend(queries(2048), keys, keys, 1.0)
+    assert out.shape == (1, 2, 2048, 8)
+    assert stand_ins.calls == ["cudnn", "flash"] and cuda_prefill_attention.last_kernel == "flash"
+    attend(queries(2048), keys, keys, 1.0)
+    assert stand_ins.calls == ["cudnn", "flash", "flash"]  # cuDNN not asked again
