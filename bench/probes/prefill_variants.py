@@ -11,7 +11,11 @@ and an 8k prompt in 2048-token chunks (the engine's serving path).
                         After a cached prefix (each chunk after the first) cuDNN's answer is two
                         parts merged. The kernel that ran is printed beside each variant.
 
-    python bench/probes/prefill_variants.py [--model llama3-8b] [--compare scratch] [--rounds 3]
+With --profile, each variant's 2k pass is then profiled once: its wall time against the sum of its
+kernels' CUDA time (the difference is time the GPU waited on the host) and its costliest kernels.
+A 2k pass is ~54 ms of kernels (bench/NOTES.md 80) but its wall time varies from run to run.
+
+    python bench/probes/prefill_variants.py [--model llama3-8b] [--compare scratch] [--rounds 3] [--profile]
 """
 
 from __future__ import annotations
@@ -32,6 +36,27 @@ from bench.gpu_timing import median_ms  # noqa: E402
 from engine.ops import cuda, cuda_prefill_attention  # noqa: E402
 
 MB = 1 << 20
+
+
+def profile_pass(label: str, fn: Callable[[], torch.Tensor]) -> None:
+    """One pass under the profiler: wall ms, kernel ms, and the five costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda r: r.self_device_time_total, reverse=True)
+    kernel_ms = sum(r.self_device_time_total for r in rows) / 1e3
+    wall_ms = start.elapsed_time(end)
+    print(
+        f"{label}: wall {wall_ms:.2f} ms, kernels {kernel_ms:.2f} ms, GPU idle {wall_ms - kernel_ms:.2f} ms"
+    )
+    for r in rows[:5]:
+        print(f"    {r.self_device_time_total / 1e3:7.2f} ms {r.count:5d}x  {r.key[:80]}")
 
 
 def scratch(nbytes: int) -> Callable[[], None]:
@@ -56,6 +81,7 @@ def main() -> int:
     parser.add_argument("--model", default="llama3-8b")
     parser.add_argument("--compare", choices=sorted(COMPARISONS), default="scratch")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="then profile each variant's 2k pass")
     args = parser.parse_args()
     if not kernels_ready("prefill_variants"):
         return 1
@@ -77,13 +103,22 @@ def main() -> int:
                 for name, (tokens, fn) in cases.items():
                     runs[variant, name].append(tokens * 1e3 / median_ms(fn, warmup=1, iters=5))
                 ran[variant] = cuda_prefill_attention.last_kernel
+        if args.profile:  # last: a profiler session slows every later eager launch (NOTES 80)
+            for variant in variants:
+                variants[variant]()
+                profile_pass(f"{variant} one pass 2048", cases["one pass 2048"][1])
     finally:
         cuda.DEQUANT_SCRATCH_ELEMENTS = default_scratch
         cuda_prefill_attention.set_prefill_attention("cudnn")
-    print(f"{torch.cuda.get_device_name()}  {args.model}  prefill tok/s (median of {args.rounds} rounds)")
-    print(f"{'variant':10s} {'attention':9s} " + " ".join(f"{name:>15s}" for name in cases))
+    print(
+        f"{torch.cuda.get_device_name()}  {args.model}  prefill tok/s, median (best) of {args.rounds} rounds"
+    )
+    print(f"{'variant':10s} {'attention':9s} " + " ".join(f"{name:>17s}" for name in cases))
     for variant in variants:
-        cells = " ".join(f"{statistics.median(runs[variant, name]):15.0f}" for name in cases)
+        cells = " ".join(
+            f"{statistics.median(runs[variant, name]):9.0f} ({max(runs[variant, name]):5.0f})"
+            for name in cases
+        )
         print(f"{variant:10s} {ran[variant] or '-':9s} {cells}")
     return 0
 
