@@ -63,11 +63,13 @@ def gemv_gbs(
     by default: each call alone, its launch and first loads not hidden. With `pdl` each call's first
     weight loads overlap the previous call's tail, as the decode step launches the GEMVs after its
     other kernels: the two are reported side by side."""
-    from engine.ops import cuda, cuda_common
+    from engine.ops import cuda_common, cuda_quant_linear
 
     counters = cuda_common.split_counters(torch.device("cuda"))
     if splits is None:
-        splits = cuda.gemv_splits(k, n, rows, torch.cuda.get_device_properties(0).multi_processor_count)
+        splits = cuda_quant_linear.gemv_splits(
+            k, n, rows, torch.cuda.get_device_properties(0).multi_processor_count
+        )
     splits = torch.ops.exlsp.quant_gemv_tc_splits(k, splits)
     partials = torch.empty((splits, min(rows, 16), n), dtype=torch.float32, device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(k + n)

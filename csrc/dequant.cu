@@ -3,7 +3,7 @@
 // One thread per packed word: it reads qweight[w, n] (coalesced along n) and writes the word's
 // 8 (4-bit) or 4 (8-bit) rows of column n (each write coalesced along n across the warp).
 // The input may be a slice of columns of a wider weight (row stride `ld` >= N): a large prefill GEMM
-// dequantizes N-slices one after another so the scratch stays small (engine/ops/cuda.py).
+// dequantizes N-slices one after another so the scratch stays small (engine/ops/cuda_quant_linear.py).
 // A weight in column strips (the tensor-core GEMV's layout) is read in its storage order instead:
 // thread i reads word i of the strips (coalesced), and each half-warp writes 16 columns of a row.
 #include <cstdint>

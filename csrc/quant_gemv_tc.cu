@@ -3,11 +3,11 @@
 //
 // Work split: a block owns 32 columns and one of `splits` slices of K (whole batches); its warps
 // split the slice again, in whole batches. The host picks `splits` (gemv_splits in
-// engine/ops/cuda.py: only a long K or a nearly empty GPU pays for one) and the launcher the warps
-// per block (block_warps: the whole grid resident where the registers allow). With splits > 1
-// each block writes its fp32 partial sums to `partials` and bumps the tile's counter; the last
-// block of a tile adds the partials in split order (deterministic), applies the epilogue and resets
-// the counter to 0 for the next call.
+// engine/ops/cuda_quant_linear.py: only a long K or a nearly empty GPU pays for one) and the
+// launcher the warps per block (block_warps: the whole grid resident where the registers allow).
+// With splits > 1 each block writes its fp32 partial sums to `partials` and bumps the tile's counter;
+// the last block of a tile adds the partials in split order (deterministic), applies the epilogue
+// and resets the counter to 0 for the next call.
 #include <cstdint>
 
 #include "kernels.h"

@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 
 def default_prefill_chunk_tokens(device) -> int:
     """Prompt tokens prefilled per step, shared by all sequences: a long prompt delays the others by at
-    most one chunk. On a GPU every chunk dequantizes each linear's weight once (engine/ops/cuda.py),
-    which 512-token chunks cannot amortize: an 8k prompt prefilled at 17-19k tokens/s in 512-token
-    chunks on an H100, half its one-pass rate (bench/RESULTS.md). On the CPU 512 tokens are ~50 ms."""
+    most one chunk. On a GPU every chunk dequantizes each linear's weight once
+    (engine/ops/cuda_quant_linear.py), which 512-token chunks cannot amortize: an 8k prompt prefilled
+    at 17-19k tokens/s in 512-token chunks on an H100, half its one-pass rate (bench/RESULTS.md). On
+    the CPU 512 tokens are ~50 ms."""
     return 2048 if getattr(device, "type", str(device)) == "cuda" else 512
 
 

@@ -16,8 +16,8 @@ same weights and cache, the variants alternated:
                         the default) or as the torch ops they replaced.
     --compare rolling   the tensor-core GEMV's loads rolling (each weight register refilled with the
                         next batch's vector once read: the default) or batch by batch.
-    --compare splits    the engine's K slices per GEMV (engine/ops/cuda.py gemv_splits) or other
-                        counts for one decode GEMV of Llama-3-8B's shape (down, q|k|v, o).
+    --compare splits    the engine's K slices per GEMV (engine/ops/cuda_quant_linear.py gemv_splits) or
+                        other counts for one decode GEMV of Llama-3-8B's shape (down, q|k|v, o).
     --compare norms     the RMSNorms done by the GEMVs beside them (engine/layers/norm.py
                         linear_add_norm: the default) or as kernels of their own.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
@@ -56,9 +56,9 @@ from engine.layers.norm import RMSNorm  # noqa: E402
 
 def prefetch(limit: int) -> Callable[[], None]:
     def setup() -> None:
-        from engine.ops import cuda
+        from engine.ops import cuda_quant_linear
 
-        cuda.set_l2_prefetch_bytes(limit)
+        cuda_quant_linear.set_l2_prefetch_bytes(limit)
 
     return setup
 
@@ -126,7 +126,7 @@ def rolling(enabled: bool) -> Callable[[], None]:
     return lambda: torch.ops.exlsp.set_quant_gemv_tc_tuning(0, True, enabled)
 
 
-_ENGINE_SPLITS = None  # engine/ops/cuda.py gemv_splits, kept at the first setup
+_ENGINE_SPLITS = None  # engine/ops/cuda_quant_linear.py gemv_splits, kept at the first setup
 
 
 def gemv_splits(shape: tuple[int, int] | None = None, splits: int = 1) -> Callable[[], None]:
@@ -134,15 +134,15 @@ def gemv_splits(shape: tuple[int, int] | None = None, splits: int = 1) -> Callab
 
     def setup() -> None:
         global _ENGINE_SPLITS
-        from engine.ops import cuda
+        from engine.ops import cuda_quant_linear
 
         if _ENGINE_SPLITS is None:
-            _ENGINE_SPLITS = cuda.gemv_splits
+            _ENGINE_SPLITS = cuda_quant_linear.gemv_splits
         engine = _ENGINE_SPLITS
         if shape is None:
-            cuda.gemv_splits = engine
+            cuda_quant_linear.gemv_splits = engine
         else:
-            cuda.gemv_splits = lambda k, n, rows, sms: (
+            cuda_quant_linear.gemv_splits = lambda k, n, rows, sms: (
                 splits if (k, n) == shape and rows <= 8 else engine(k, n, rows, sms)
             )
 
@@ -216,13 +216,13 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
 
 
 def restore_defaults(prefetch_bytes: int) -> None:
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
     ops.set_fused_ops(True)
     ops.set_norms_in_gemvs(True)
     rolling(True)()
     gemv_splits()()
-    cuda.set_l2_prefetch_bytes(prefetch_bytes)
+    cuda_quant_linear.set_l2_prefetch_bytes(prefetch_bytes)
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     norm_entry(True)()
     vocab_kernels(True)()
@@ -255,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not kernels_ready("decode_variants"):
         return 1
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
-    default_prefetch = cuda.L2_PREFETCH_BYTES
+    default_prefetch = cuda_quant_linear.L2_PREFETCH_BYTES
     model, kv_cache = served_model(args.model, act_order=args.act_order)
     mark_norm_roles(model)
     rows = []

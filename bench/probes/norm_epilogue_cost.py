@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.gpu_shapes import kernels_ready  # noqa: E402
 from bench.gpu_timing import graph_of, median_ms  # noqa: E402
-from engine.ops import cuda  # noqa: E402
+from engine.ops import cuda_quant_linear  # noqa: E402
 from tests.kernels.gpu import random_packed_weight  # noqa: E402
 
 CALLS = 50
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ops, m, dt = torch.ops.exlsp, args.rows, torch.float16
 
     def weight(k, n, seed):
-        return cuda.prepare_quant_weight(
+        return cuda_quant_linear.prepare_quant_weight(
             random_packed_weight(k, n, bits=4, group_size=128, dtype=dt, seed=seed)
         )
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.empty((m, n), device="cuda", dtype=dt),
         )
         sumsq = torch.empty((m, n // 32), device="cuda")
-        split = cuda._tc_split_args(x, w)
+        split = cuda_quant_linear._tc_split_args(x, w)
 
         def plain(w=w, x=x, out=out, split=split):
             ops.quant_gemv_tc(x, w.qweight, w.scales, w.zeros, None, None, 128, out, *split)
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn((m, k), device="cuda").to(dt)
         width = n // 2 if kind == "silu" else n
         out = torch.empty((m, width), device="cuda", dtype=dt)
-        split = cuda._tc_split_args(x, w)
+        split = cuda_quant_linear._tc_split_args(x, w)
         op = ops.quant_gemv_tc_silu_mul if kind == "silu" else ops.quant_gemv_tc
         lead = () if kind == "silu" else (None,)  # quant_gemv_tc takes a residual before group_size
 

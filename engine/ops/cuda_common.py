@@ -1,6 +1,6 @@
 """What the CUDA op wrappers share: the dtypes the kernels take, a layout check, and the per-device
-counters (engine/ops/cuda.py for the GEMVs and element-wise ops, engine/ops/cuda_attention.py for
-attention). No kernel is called here.
+counters (engine/ops/cuda_quant_linear.py for the GEMVs, engine/ops/cuda.py for the element-wise ops,
+engine/ops/cuda_attention.py for attention). No kernel is called here.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Every GPTQ variant on disk (4/8 bits, act-order or sequential, sym or asym, any group size, "gptq"
 or "gptq_v2" zero convention) is repacked at load into `PackedWeight`. Kernels consume this layout,
 except the GPU's tensor-core GEMV: it reads qweight in column strips (to_column_strips), which the CUDA
-backend makes once at load in place of the canonical words (engine/ops/cuda.py), so the device holds
-one copy; the CPU path and everything on disk stay canonical.
+backend makes once at load in place of the canonical words (engine/ops/cuda_quant_linear.py), so the
+device holds one copy; the CPU path and everything on disk stay canonical.
 
 Math, with K = in_features, N = out_features, x: (M, K):
     rows of W are stored in group order: W_sorted = W[perm] when act-order (perm sorts g_idx),

@@ -125,10 +125,10 @@ def test_ops_compose_the_unfused_kernels_where_no_fused_kernel_serves():
     """The op seam returns None for a call the fused kernels do not take (more rows than a GEMV, a
     head_dim that is not a multiple of 32) and when fusion is switched off; the layers then compose."""
     from engine import ops
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
     exlsp_ops()
-    w = cuda.prepare_quant_weight(
+    w = cuda_quant_linear.prepare_quant_weight(
         random_packed_weight(512, 192, bits=4, group_size=128, dtype=torch.float16, seed=8)
     )
     x = torch.randn((2, 512), generator=generator(9), device="cuda").half()
@@ -142,7 +142,7 @@ def test_ops_compose_the_unfused_kernels_where_no_fused_kernel_serves():
     cache = torch.zeros((2, 4, 16, 1, 48), dtype=torch.float16, device="cuda")
     zeros = torch.zeros(2, dtype=torch.int64, device="cuda")
     table = cos_sin_cache(48, 1e4, None, 64).cuda()
-    w48 = cuda.prepare_quant_weight(
+    w48 = cuda_quant_linear.prepare_quant_weight(
         random_packed_weight(512, 4 * 48, bits=4, group_size=128, dtype=torch.float16)
     )
     assert ops.quant_qkv_rotary_kv(x, w48, zeros, table, cache, zeros, 2, 48) is None

@@ -174,10 +174,10 @@ def test_the_op_seam_serves_the_norm_in_the_gemvs_and_composes_where_it_cannot()
     quant_linear and rms_norm); a plain quant_linear given a row scale it cannot fuse (8-bit)
     applies it to its input first."""
     from engine import ops
-    from engine.ops import cuda, reference
+    from engine.ops import cuda_quant_linear, reference
 
     exlsp_ops()
-    w = cuda.prepare_quant_weight(
+    w = cuda_quant_linear.prepare_quant_weight(
         random_packed_weight(512, 256, bits=4, group_size=128, dtype=torch.float16, seed=5)
     )
     gen = generator(6)
@@ -189,7 +189,7 @@ def test_the_op_seam_serves_the_norm_in_the_gemvs_and_composes_where_it_cannot()
     assert torch.equal(h, want_h) and torch.equal(weighted, want_h)
     assert ops.quant_linear_add_norm(x.repeat(20, 1), w, residual.repeat(20, 1), norm_weight) is None
 
-    w8 = cuda.prepare_quant_weight(
+    w8 = cuda_quant_linear.prepare_quant_weight(
         random_packed_weight(256, 128, bits=8, group_size=64, dtype=torch.float16, seed=7)
     )
     row_norm = reference.RowNorm(sumsq, EPS)

@@ -62,14 +62,14 @@ def test_gemv_residual_epilogue_adds_the_residual(dtype):
 @pytest.mark.parametrize("rows", [1, 8, 16, 40])
 def test_quant_linear_act_order_permutes_the_activation(rows):
     """The public op: act-order weight, GEMV for few rows, dequantize + matmul for many."""
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
     exlsp_ops()
     w = random_packed_weight(
         2048, 768, bits=4, group_size=128, dtype=torch.float16, act_order=True, bias=True, seed=9
     )
     x = torch.randn((rows, 2048), generator=generator(10), device="cuda").half()
-    assert rel_err(cuda.quant_linear(x, w), reference(x, w)) <= REL_TOL
+    assert rel_err(cuda_quant_linear.quant_linear(x, w), reference(x, w)) <= REL_TOL
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -151,18 +151,18 @@ def test_quant_linear_prefill_in_column_slices_equals_one_gemm(monkeypatch, bits
     """A prefill whose dequantized weight would exceed the scratch bound is computed in N-slices:
     the same product, column block by column block (and the bias once). Prepared, a 4-bit weight is
     in column strips, sliced by runs of whole strips."""
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
     exlsp_ops()
     w = random_packed_weight(1024, 1792, bits=bits, group_size=128, dtype=torch.float16, bias=True, seed=13)
     if prepared:
-        w = cuda.prepare_quant_weight(w)
+        w = cuda_quant_linear.prepare_quant_weight(w)
         assert w.strips is (bits == 4)
     x = torch.randn((64, 1024), generator=generator(14), device="cuda").half()
-    whole = cuda.quant_linear(x, w)
-    monkeypatch.setattr(cuda, "DEQUANT_SCRATCH_ELEMENTS", 1024 * 512)
-    assert cuda.dequant_slice_columns(1024, 1792) == 512
-    sliced = cuda.quant_linear(x, w)  # slices of 512, 512, 512, 256 columns
+    whole = cuda_quant_linear.quant_linear(x, w)
+    monkeypatch.setattr(cuda_quant_linear, "DEQUANT_SCRATCH_ELEMENTS", 1024 * 512)
+    assert cuda_quant_linear.dequant_slice_columns(1024, 1792) == 512
+    sliced = cuda_quant_linear.quant_linear(x, w)  # slices of 512, 512, 512, 256 columns
     assert rel_err(sliced, whole) <= 1e-3  # cuBLAS may pick another kernel for a narrower N
     assert rel_err(sliced, reference(x, w)) <= REL_TOL
 
@@ -203,18 +203,18 @@ def test_tensor_core_gemv_matches_float64_reference(dtype, rows, shape):
 def test_prepared_weight_routes_by_zero_values(fractional_zeros):
     """Integer zeros take the tensor-core kernel; fractional ones (exact only in float32) the CUDA-core one.
     Both give the reference's answer."""
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
     exlsp_ops()
     w = random_packed_weight(1024, 512, bits=4, group_size=128, dtype=torch.float16, seed=21)
     if fractional_zeros:
         w.zeros = w.zeros + 0.25
-    prepared = cuda.prepare_quant_weight(w)
+    prepared = cuda_quant_linear.prepare_quant_weight(w)
     assert prepared.integer_zeros is not fractional_zeros
     assert prepared.strips is not fractional_zeros  # the tensor-core GEMV's layout only where it serves
     assert prepared.qweight.shape == ((32, 128, 16) if prepared.strips else (128, 512))
     x = torch.randn((4, 1024), generator=generator(22), device="cuda").half()
-    assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
+    assert rel_err(cuda_quant_linear.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
 
 # (warps per block, batches of 8, rolling loads)
@@ -287,7 +287,7 @@ def test_rolling_loads_give_the_bits_of_loads_batch_by_batch(shape, rows, dtype)
 def test_tensor_core_gemv_needs_whole_batches_of_k_and_quant_linear_routes_the_rest():
     """K = 96 is 3 chunks of 32, no whole batch of 4: the tensor-core op refuses it by name, and
     quant_linear serves it with the CUDA-core kernel."""
-    from engine.ops import cuda
+    from engine.ops import cuda_quant_linear
 
     ops = exlsp_ops()
     w = random_packed_weight(96, 64, bits=4, group_size=32, dtype=torch.float16, bias=True, seed=9)
@@ -295,9 +295,9 @@ def test_tensor_core_gemv_needs_whole_batches_of_k_and_quant_linear_routes_the_r
     out = torch.empty((3, 64), device="cuda").half()
     with pytest.raises(RuntimeError, match="needs K a multiple of 128, .* got K=96 N=64 group_size=32"):
         ops.quant_gemv_tc(x, strips(w), w.scales, w.zeros, w.bias, None, 32, out)
-    prepared = cuda.prepare_quant_weight(w)
-    assert prepared.integer_zeros and not cuda._tc_ok(prepared)
-    assert rel_err(cuda.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
+    prepared = cuda_quant_linear.prepare_quant_weight(w)
+    assert prepared.integer_zeros and not cuda_quant_linear._tc_ok(prepared)
+    assert rel_err(cuda_quant_linear.quant_linear(x, prepared), reference(x, prepared)) <= REL_TOL
 
 
 def test_tensor_core_gemv_rejects_a_bad_block_size():
@@ -352,13 +352,14 @@ def test_tensor_core_gemv_split_k_needs_its_buffers():
 
 def test_quant_linear_splits_k_for_the_decode_shapes_and_matches_reference():
     """The public op with the engine's own choice of split (counters created by prepare)."""
-    from engine.ops import cuda, cuda_common
+    from engine.ops import cuda_common, cuda_quant_linear
 
     exlsp_ops()
-    w = cuda.prepare_quant_weight(
+    w = cuda_quant_linear.prepare_quant_weight(
         random_packed_weight(14336, 4096, bits=4, group_size=128, dtype=torch.float16, seed=5)
     )
-    assert cuda.gemv_splits(14336, 4096, 1, torch.cuda.get_device_properties(0).multi_processor_count) > 1
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    assert cuda_quant_linear.gemv_splits(14336, 4096, 1, sms) > 1
     x = torch.randn((1, 14336), generator=generator(6), device="cuda").half()
-    assert rel_err(cuda.quant_linear(x, w), reference(x, w)) <= REL_TOL
+    assert rel_err(cuda_quant_linear.quant_linear(x, w), reference(x, w)) <= REL_TOL
     assert not cuda_common.split_counters(x.device).any()

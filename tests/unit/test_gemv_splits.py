@@ -1,5 +1,5 @@
-"""engine/ops/cuda.py's pure-arithmetic choices: the tensor-core GEMV's K split (gemv_splits) and the prefill
-GEMM's dequantized column slices (dequant_slice_columns)."""
+"""engine/ops/cuda_quant_linear.py's pure-arithmetic choices: the tensor-core GEMV's K split (gemv_splits)
+and the prefill GEMM's dequantized column slices (dequant_slice_columns)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engine.ops.cuda import MAX_GEMV_SPLITS, gemv_splits
+from engine.ops.cuda_quant_linear import MAX_GEMV_SPLITS, gemv_splits
 
 H100_SMS = 132
 
@@ -46,7 +46,7 @@ def test_more_sms_never_ask_for_fewer_blocks():
 
 
 def test_prefill_dequantizes_whole_weights_that_fit_the_scratch_and_slices_the_rest():
-    from engine.ops.cuda import DEQUANT_SCRATCH_ELEMENTS, dequant_slice_columns
+    from engine.ops.cuda_quant_linear import DEQUANT_SCRATCH_ELEMENTS, dequant_slice_columns
 
     assert DEQUANT_SCRATCH_ELEMENTS == 1 << 24  # 32 MB of fp16
     assert dequant_slice_columns(4096, 4096) == 4096  # o of an 8B model: 32 MB, one GEMM
@@ -56,7 +56,7 @@ def test_prefill_dequantizes_whole_weights_that_fit_the_scratch_and_slices_the_r
 
 
 def _prepared(k: int, n: int, bits: int = 4, group_size: int = 128, integer_zeros: bool = True):
-    from engine.ops.cuda import PreparedWeight
+    from engine.ops.cuda_quant_linear import PreparedWeight
 
     groups = k // group_size
     return PreparedWeight(
@@ -81,7 +81,7 @@ def _prepared(k: int, n: int, bits: int = 4, group_size: int = 128, integer_zero
 )
 def test_tensor_core_gemv_takes_whole_batches_of_k(k, n, bits, group_size, integer_zeros, expected):
     """Which weights prepare_quant_weight puts in column strips for the tensor-core GEMV."""
-    from engine.ops.cuda import _tc_shape_ok
+    from engine.ops.cuda_quant_linear import _tc_shape_ok
 
     assert _tc_shape_ok(_prepared(k, n, bits, group_size, integer_zeros), integer_zeros) is expected
 
