@@ -2,7 +2,7 @@
 alternated over rounds: cold prompts of 2k and 8k tokens in one pass (bench_gpu.py's prefill figure)
 and an 8k prompt in 2048-token chunks (the engine's serving path).
 
-    --compare scratch   the prefill GEMM's dequantized-weight scratch (engine/ops/cuda.py
+    --compare scratch   the prefill GEMM's dequantized-weight scratch (engine/ops/cuda_quant_linear.py
                         DEQUANT_SCRATCH_ELEMENTS): 8, 16 and 32 MB (the default). A slice that
                         stays in L2 between its dequantize and its GEMM saves a DRAM round trip of
                         the fp16 weight, but gives cuBLAS fewer columns per call.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.engine_step import chunked_prefill, cold_prompt, first_token_id, served_model  # noqa: E402
 from bench.gpu_shapes import kernels_ready  # noqa: E402
 from bench.gpu_timing import median_ms  # noqa: E402
-from engine.ops import cuda, cuda_prefill_attention  # noqa: E402
+from engine.ops import cuda_prefill_attention, cuda_quant_linear  # noqa: E402
 
 MB = 1 << 20
 
@@ -61,7 +61,7 @@ def profile_pass(label: str, fn: Callable[[], torch.Tensor]) -> None:
 
 def scratch(nbytes: int) -> Callable[[], None]:
     def apply() -> None:
-        cuda.DEQUANT_SCRATCH_ELEMENTS = nbytes // 2  # fp16 elements
+        cuda_quant_linear.DEQUANT_SCRATCH_ELEMENTS = nbytes // 2  # fp16 elements
 
     return apply
 
@@ -93,22 +93,26 @@ def main() -> int:
         cases[f"one pass {length}"] = (length, lambda p=prompt: first_token_id(model, kv_cache, *p))
     cases["8192 in 2048s"] = (8192, lambda: chunked_prefill(model, kv_cache, 8192, 2048))
     variants = COMPARISONS[args.compare]
-    default_scratch = cuda.DEQUANT_SCRATCH_ELEMENTS
+    default_scratch = cuda_quant_linear.DEQUANT_SCRATCH_ELEMENTS
     runs: dict[tuple[str, str], list[float]] = {(v, c): [] for v in variants for c in cases}
     ran: dict[str, str | None] = {}
+    peak_gb: dict[tuple[str, str], float] = {}  # above the model and its cache
+    base_bytes = torch.cuda.memory_allocated()
     try:
         for r in range(args.rounds):
             for variant in variants if r % 2 == 0 else reversed(list(variants)):
                 variants[variant]()
                 for name, (tokens, fn) in cases.items():
+                    torch.cuda.reset_peak_memory_stats()
                     runs[variant, name].append(tokens * 1e3 / median_ms(fn, warmup=1, iters=5))
+                    peak_gb[variant, name] = (torch.cuda.max_memory_allocated() - base_bytes) / 1e9
                 ran[variant] = cuda_prefill_attention.last_kernel
         if args.profile:  # last: a profiler session slows every later eager launch (NOTES 80)
             for variant in variants:
                 variants[variant]()
                 profile_pass(f"{variant} one pass 2048", cases["one pass 2048"][1])
     finally:
-        cuda.DEQUANT_SCRATCH_ELEMENTS = default_scratch
+        cuda_quant_linear.DEQUANT_SCRATCH_ELEMENTS = default_scratch
         cuda_prefill_attention.set_prefill_attention("cudnn")
     print(
         f"{torch.cuda.get_device_name()}  {args.model}  prefill tok/s, median (best) of {args.rounds} rounds"
@@ -120,6 +124,9 @@ def main() -> int:
             for name in cases
         )
         print(f"{variant:10s} {ran[variant] or '-':9s} {cells}")
+    print("peak memory above the weights and cache, GB")
+    for variant in variants:
+        print(f"{variant:20s} " + " ".join(f"{peak_gb[variant, name]:17.3f}" for name in cases))
     return 0
 
 

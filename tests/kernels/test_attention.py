@@ -369,8 +369,9 @@ def test_prefill_attention_of_a_long_prompt_after_a_long_prefix(prefill_kernel):
         outs[kernel] = cuda_attention.paged_attention(q, cache, attn, 128**-0.5, None)
         assert cuda_prefill_attention.last_kernel == kernel
     ref = reference.paged_attention(q, cache, attn, 128**-0.5, None)
-    # fp16 rounding alone leaves both near 1e-3: a merge that is slightly off shows against flash
-    assert rel_err(outs["cudnn"], ref) <= 2 * rel_err(outs["flash"], ref)
+    # fp16 rounding alone leaves flash at 3.1e-4 and cuDNN's parts merged in fp16 at 7.7e-4 (H200,
+    # bench/NOTES.md 81g); a merge that is off (a wrong share, a log base) is 1e-2 or worse
+    assert rel_err(outs["cudnn"], ref) <= 3 * rel_err(outs["flash"], ref)
 
 
 @pytest.mark.parametrize("case", ["suffix-after-cached-prefix", "mixed-decode-and-prefill", "sliding-window"])
