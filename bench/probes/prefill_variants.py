@@ -7,7 +7,7 @@ and an 8k prompt in 2048-token chunks (the engine's serving path).
                         stays in L2 between its dequantize and its GEMM saves a DRAM round trip of
                         the fp16 weight, but gives cuBLAS fewer columns per call.
     --compare attention the prefill's causal attention kernel (engine/ops/cuda_prefill_attention.py):
-                        cuDNN for calls of 512 new tokens or more (the default) or flash for all.
+                        cuDNN for the shapes it takes (the default: cudnn_takes) or flash for all.
                         After a cached prefix (each chunk after the first) cuDNN's answer is two
                         parts merged. The kernel that ran is printed beside each variant.
 

@@ -11,10 +11,14 @@ parts whose masks cannot disagree: the prefix in full and the new tokens' own ke
 square), merged by their log-sum-exps (merge_attention_parts). Where cuDNN refuses a call (a card or
 build without it), flash serves it from then on, with one warning.
 
-cuDNN builds an execution plan for each shape it sees, and an editor's prompts come in every length:
-so only calls of CUDNN_MIN_QUERIES new tokens or more go to it (cold prompts, the engine's prefill
-chunks), where the attention is worth the most and a plan's cost the least; a short suffix after a
-cached prefix stays on flash. (bench/probes/attention_backends.py times a fresh shape's first call.)
+cuDNN builds an execution plan for each shape it sees: a new shape's first call took 45.6 ms (median,
+up to 657) on an H200 against 0.12 ms warm (bench/probes/attention_backends.py, bench/NOTES.md 81k),
+and an editor's prompts come in every length. So cuDNN takes only shapes from a bounded set that
+recurs: CUDNN_MIN_QUERIES new tokens or more (where the attention is worth the most), and as many
+new and cached tokens as whole multiples of CUDNN_SHAPE_MULTIPLE. The engine's whole prefill chunks
+(2048 new tokens after 0, 2048, 4096, ... cached) are such shapes, each planned once per process;
+a prompt's last, partial chunk, a cold prompt of another length and a suffix after a cached prefix
+of any length stay on flash, which has no per-shape cost.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from engine.ops import reference
 
 KERNELS = ("flash", "cudnn")
 CUDNN_MIN_QUERIES = 512
+CUDNN_SHAPE_MULTIPLE = 256
 _kernel = "cudnn"
 _cudnn_ok = True  # False once cuDNN refused a call here
 _flash_direct = True  # False once the direct flash call failed here: use the generic SDPA path
@@ -96,10 +101,17 @@ def _causal_flash(qh, kh, vh, scale: float) -> torch.Tensor:
     )
 
 
+def cudnn_takes(new_tokens: int, keys: int) -> bool:
+    """Whether a call of `new_tokens` queries over `keys` keys (its cached prefix and itself) is a
+    shape cuDNN serves: long enough, and of the bounded set whose plans are reused."""
+    whole = new_tokens % CUDNN_SHAPE_MULTIPLE == 0 and keys % CUDNN_SHAPE_MULTIPLE == 0
+    return new_tokens >= CUDNN_MIN_QUERIES and whole
+
+
 def causal_attention(qh, kh, vh, scale: float) -> torch.Tensor:
     """(1, Hq, Tq, D) queries, the last Tq of (1, Hkv, Tk, D) keys and values -> (1, Hq, Tq, D)."""
     global _cudnn_ok, last_kernel
-    if _kernel == "cudnn" and _cudnn_ok and qh.shape[2] >= CUDNN_MIN_QUERIES:
+    if _kernel == "cudnn" and _cudnn_ok and cudnn_takes(qh.shape[2], kh.shape[2]):
         try:
             out = _causal_cudnn(qh, kh, vh, scale)
             last_kernel = "cudnn"

@@ -323,13 +323,13 @@ PREFILL_CASES = {
 @pytest.fixture
 def prefill_kernel():
     """Sets cuda_prefill_attention's kernel for one test, cuDNN taking calls of 16 new tokens or more
-    (its code on small shapes); the defaults and a clean state after."""
+    of any length (its code on small and odd shapes); the defaults and a clean state after."""
     from engine.ops import cuda_prefill_attention as module
 
-    min_queries = module.CUDNN_MIN_QUERIES
-    module.CUDNN_MIN_QUERIES = 16
+    min_queries, multiple = module.CUDNN_MIN_QUERIES, module.CUDNN_SHAPE_MULTIPLE
+    module.CUDNN_MIN_QUERIES, module.CUDNN_SHAPE_MULTIPLE = 16, 1
     yield module.set_prefill_attention
-    module.CUDNN_MIN_QUERIES = min_queries
+    module.CUDNN_MIN_QUERIES, module.CUDNN_SHAPE_MULTIPLE = min_queries, multiple
     module.set_prefill_attention("cudnn")
     module._cudnn_ok = True
 
@@ -350,9 +350,9 @@ def test_prefill_attention_matches_reference(case, dtype, kernel, prefill_kernel
     cuda_prefill_attention.last_kernel = None
     assert rel_err(cuda_attention.paged_attention(q, cache, attn, d**-0.5, window), ref) <= REL_TOL
     if window is None:  # a sliding window takes the masked SDPA path, neither kernel
-        # the last sequence's call: cuDNN if asked and it has enough new tokens
-        long_enough = query_lens[-1] >= cuda_prefill_attention.CUDNN_MIN_QUERIES
-        assert cuda_prefill_attention.last_kernel == (kernel if long_enough else "flash")
+        # the last sequence's call: cuDNN if asked and its shape is one cuDNN takes
+        takes = cuda_prefill_attention.cudnn_takes(query_lens[-1], seq_lens[-1])
+        assert cuda_prefill_attention.last_kernel == (kernel if takes else "flash")
 
 
 def test_prefill_attention_of_a_long_prompt_after_a_long_prefix(prefill_kernel):
@@ -360,7 +360,7 @@ def test_prefill_attention_of_a_long_prompt_after_a_long_prefix(prefill_kernel):
     their merge weighs both, no less accurate than flash on the same inputs."""
     from engine.ops import cuda_attention, cuda_prefill_attention
 
-    cuda_prefill_attention.CUDNN_MIN_QUERIES = 512  # the default: 1000 new tokens take cuDNN
+    cuda_prefill_attention.CUDNN_MIN_QUERIES = 512  # the default; any length (the fixture's multiple 1)
     cache, attn = paged_batch([4000], [1000], 8, 128, torch.float16, seed=11)
     q = torch.randn((1000, 32, 128), generator=generator(12), device="cuda").half()
     outs = {}

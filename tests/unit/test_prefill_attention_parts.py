@@ -111,6 +111,23 @@ def test_short_calls_stay_on_flash_and_long_ones_take_cudnn(stand_ins):
     assert stand_ins.calls[-1] == "flash"
 
 
+@pytest.mark.parametrize(
+    "new,keys,kernel",
+    [
+        (2048, 2048, "cudnn"),  # a cold prompt's first whole chunk
+        (2048, 6144, "cudnn"),  # a whole chunk after two others
+        (512, 512, "cudnn"),
+        (1000, 1000, "flash"),  # a cold prompt of another length: a new plan per length
+        (1856, 8000, "flash"),  # a prompt's last, partial chunk
+        (2048, 3000, "flash"),  # a whole chunk after a cached prefix of any length
+        (256, 256, "flash"),  # whole, but short
+    ],
+)
+def test_cudnn_takes_only_the_bounded_set_of_shapes_whose_plans_recur(stand_ins, new, keys, kernel):
+    cuda_prefill_attention.causal_attention(queries(new), torch.zeros((1, 1, keys, 8)), None, 1.0)
+    assert stand_ins.calls == [kernel] and cuda_prefill_attention.last_kernel == kernel
+
+
 def test_a_refusal_by_cudnn_warns_once_and_flash_serves_every_later_call(stand_ins):
     attend = cuda_prefill_attention.causal_attention
     keys = torch.zeros((1, 1, 4096, 8))
