@@ -41,8 +41,8 @@ last_kernel: str | None = None  # the kernel of the last causal call (for tests 
 
 
 def set_prefill_attention(kernel: str) -> None:
-    """The kernel for a prefill's causal attention: "cudnn" (the default: flash for short calls and
-    where cuDNN cannot) or "flash" (side-by-side benchmarks)."""
+    """The kernel for a prefill's causal attention: "cudnn" (the default: flash for the shapes cuDNN
+    does not take, cudnn_takes, and where cuDNN cannot) or "flash" (side-by-side benchmarks)."""
     global _kernel
     if kernel not in KERNELS:
         raise ValueError(f"prefill attention kernel must be one of {KERNELS}, got {kernel!r}")
@@ -116,6 +116,8 @@ def causal_attention(qh, kh, vh, scale: float) -> torch.Tensor:
             out = _causal_cudnn(qh, kh, vh, scale)
             last_kernel = "cudnn"
             return out
+        except torch.OutOfMemoryError:
+            raise  # the request's failure (the engine answers it), not cuDNN's refusal
         except RuntimeError as exc:
             _cudnn_ok = False
             warnings.warn(

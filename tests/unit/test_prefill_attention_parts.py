@@ -66,16 +66,20 @@ def test_an_unknown_kernel_is_refused_by_name():
 
 
 class StandIns:
-    """The two kernels replaced by recorders; cuDNN's raises while `refuse` is set."""
+    """The two kernels replaced by recorders; cuDNN's refuses while `refuse` is set and runs out of
+    memory while `out_of_memory` is."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.refuse = False
+        self.out_of_memory = False
 
     def cudnn(self, qh, kh, vh, scale):
         self.calls.append("cudnn")
         if self.refuse:
             raise RuntimeError("cuDNN Frontend error: no valid execution plan")
+        if self.out_of_memory:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
         return qh
 
     def flash(self, qh, kh, vh, scale):
@@ -138,3 +142,15 @@ def test_a_refusal_by_cudnn_warns_once_and_flash_serves_every_later_call(stand_i
     assert stand_ins.calls == ["cudnn", "flash"] and cuda_prefill_attention.last_kernel == "flash"
     attend(queries(2048), keys, keys, 1.0)
     assert stand_ins.calls == ["cudnn", "flash", "flash"]  # cuDNN not asked again
+
+
+def test_running_out_of_memory_in_cudnn_fails_the_call_and_leaves_cudnn_on(stand_ins):
+    """Out of memory is the request's failure, answered by the engine, not a refusal by cuDNN."""
+    attend = cuda_prefill_attention.causal_attention
+    keys = torch.zeros((1, 1, 4096, 8))
+    stand_ins.out_of_memory = True
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate 64.00 MiB"):
+        attend(queries(2048), keys, keys, 1.0)
+    stand_ins.out_of_memory = False
+    attend(queries(2048), keys, keys, 1.0)
+    assert stand_ins.calls == ["cudnn", "cudnn"] and cuda_prefill_attention.last_kernel == "cudnn"
