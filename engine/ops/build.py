@@ -15,7 +15,15 @@ from pathlib import Path
 
 import torch
 
-CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
+
+def find_csrc(ops_dir: Path = Path(__file__).resolve().parent) -> Path:
+    """The kernels' sources: a source checkout's csrc/ (beside engine/), else the copy an installed
+    wheel carries as engine/ops/csrc (setup.py)."""
+    checkout = ops_dir.parents[1] / "csrc"
+    return checkout if (checkout / "sources.txt").is_file() else ops_dir / "csrc"
+
+
+CSRC_DIR = find_csrc()
 MIN_CAPABILITY = (8, 0)  # bf16 arithmetic and the async copies the kernels assume
 LIBRARY_NAME = "exlsp_ops"
 # Extra preprocessor names for probe builds, space-separated (EXLSP_TRACE: csrc/trace.cuh's marks);
@@ -31,7 +39,7 @@ def source_paths(csrc_dir: Path = CSRC_DIR) -> list[Path]:
     """The sources listed in csrc/sources.txt (comments and blank lines skipped), in order."""
     listing = csrc_dir / "sources.txt"
     if not listing.is_file():
-        raise BuildError(f"kernel sources not found ({listing} is missing; is this a source checkout?)")
+        raise BuildError(f"kernel sources not found ({listing} is missing): reinstall exlsp")
     names = [line.split("#", 1)[0].strip() for line in listing.read_text().splitlines()]
     return [csrc_dir / name for name in names if name]
 

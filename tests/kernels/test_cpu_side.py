@@ -17,6 +17,50 @@ def test_every_listed_source_exists_and_every_kernel_file_is_listed():
     assert {p.name for p in sources} == on_disk
 
 
+def test_the_sources_are_a_checkouts_csrc_else_the_installed_copy(tmp_path):
+    checkout = tmp_path / "repo"
+    (checkout / "engine" / "ops").mkdir(parents=True)
+    (checkout / "csrc").mkdir()
+    (checkout / "csrc" / "sources.txt").write_text("a.cu\n")
+    assert build.find_csrc(checkout / "engine" / "ops") == checkout / "csrc"
+    installed = tmp_path / "site-packages" / "engine" / "ops"  # a wheel: no csrc/ beside engine/
+    installed.mkdir(parents=True)
+    assert build.find_csrc(installed) == installed / "csrc"
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_carries_every_kernel_source_and_finds_them(tmp_path):
+    """pip builds the wheel (no download: setuptools from the test extras) and installs it into a
+    folder; a fresh interpreter there sees csrc/ under engine/ops and lists the sources from it."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(build.__file__).resolve().parents[2]
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(
+        [*pip, "wheel", str(repo), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = (tmp_path / "dist").glob("exlsp-*.whl")
+    carried = {n.removeprefix("engine/ops/csrc/") for n in zipfile.ZipFile(wheel).namelist() if "csrc/" in n}
+    kernel_files = {p.name for p in build.CSRC_DIR.iterdir() if p.suffix in (".cu", ".cuh", ".h", ".cpp")}
+    assert carried == kernel_files | {"sources.txt"}
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True)
+    listed = subprocess.run(
+        [sys.executable, "-c", "from engine.ops import build; print(*build.source_paths(), sep=chr(10))"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert listed == [str(site / "engine" / "ops" / "csrc" / p.name) for p in build.source_paths()]
+
+
 def test_arch_flags_embed_machine_code_and_ptx_for_the_device():
     assert build.arch_flags((9, 0)) == [
         "-gencode=arch=compute_90,code=sm_90",
