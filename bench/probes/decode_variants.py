@@ -20,6 +20,9 @@ same weights and cache, the variants alternated:
                         other counts for one decode GEMV of Llama-3-8B's shape (down, q|k|v, o).
     --compare norms     the RMSNorms done by the GEMVs beside them (engine/layers/norm.py
                         linear_add_norm: the default) or as kernels of their own.
+    --compare partition the decode attention's tokens per partition (engine/ops/cuda_attention.py
+                        MIN_PARTITION): 64, 128 (the default, tuned on an H100) and 256. On an H200
+                        the attention took 10.2 us of a 64 us layer at 2k (bench/NOTES.md 81m).
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -59,6 +62,15 @@ def prefetch(limit: int) -> Callable[[], None]:
         from engine.ops import cuda_quant_linear
 
         cuda_quant_linear.set_l2_prefetch_bytes(limit)
+
+    return setup
+
+
+def partition(tokens: int) -> Callable[[], None]:
+    def setup() -> None:
+        from engine.ops import cuda_attention
+
+        cuda_attention.MIN_PARTITION = tokens
 
     return setup
 
@@ -198,6 +210,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
         "8 MB": prefetch(8 * MB),
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
+    "partition": {"64": partition(64), "128": partition(128), "256": partition(256)},
     "entry": {
         "at entry": norm_entry(True),
         "after wait": norm_entry(False),
@@ -215,7 +228,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
 }
 
 
-def restore_defaults(prefetch_bytes: int) -> None:
+def restore_defaults(prefetch_bytes: int, min_partition: int) -> None:
     from engine.ops import cuda_quant_linear
 
     ops.set_fused_ops(True)
@@ -223,6 +236,7 @@ def restore_defaults(prefetch_bytes: int) -> None:
     rolling(True)()
     gemv_splits()()
     cuda_quant_linear.set_l2_prefetch_bytes(prefetch_bytes)
+    partition(min_partition)()
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     norm_entry(True)()
     vocab_kernels(True)()
@@ -255,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not kernels_ready("decode_variants"):
         return 1
-    from engine.ops import cuda_quant_linear
+    from engine.ops import cuda_attention, cuda_quant_linear
 
-    default_prefetch = cuda_quant_linear.L2_PREFETCH_BYTES
+    default_prefetch, default_partition = cuda_quant_linear.L2_PREFETCH_BYTES, cuda_attention.MIN_PARTITION
     model, kv_cache = served_model(args.model, act_order=args.act_order)
     mark_norm_roles(model)
     rows = []
@@ -270,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((r, label, tok_s, keystroke_ms(served, model.config.vocab_size)))
                 del served
     finally:
-        restore_defaults(default_prefetch)
+        restore_defaults(default_prefetch, default_partition)
     order = "  act-order" if args.act_order else ""
     print(
         f"{torch.cuda.get_device_name()}  {args.model}{order}  decode tok/s (graph, steps queued), keystroke ms"
