@@ -112,6 +112,7 @@ class Engine:
             ),
             clock=clock,
         )
+        self.runner.warm_prefill_attention(self.scheduler.prefill_chunk_tokens)
         self.model = model
         # One step ahead pays where the device runs apart from the host; on a CPU it only adds the
         # discarded steps (run_ahead=True there is for tests).

@@ -17,6 +17,7 @@ launched step before it on the device, so the host can queue it before reading t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -107,6 +108,31 @@ class ModelRunner:
                 cache.numel() * cache.element_size() / 1e9,
             )  # fmt: skip
         return cache
+
+    def warm_prefill_attention(self, chunk_tokens: int) -> int:
+        """On a GPU whose prefill attention runs on cuDNN, has it plan the shapes of this engine's whole
+        prefill chunks now, at load, rather than on the first long prompt (engine/ops/
+        cuda_prefill_attention.py warm_cudnn_plans). Returns the shapes planned (0: nothing to do)."""
+        from engine import ops
+
+        if self.device.type != "cuda" or ops.backend_report()["paged_attention"] != "cuda":
+            return 0
+        from engine.ops.cuda_prefill_attention import warm_cudnn_plans
+
+        c = self.config
+        max_tokens = min(self.num_cache_blocks * self.block_size, c.max_position_embeddings)
+        start = time.perf_counter()
+        warmed = warm_cudnn_plans(
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+            self.dtype,
+            chunk_tokens,
+            max_tokens // chunk_tokens * chunk_tokens,
+        )
+        if warmed:
+            log.info("cuDNN planned %d prefill chunk shapes in %.2f s", warmed, time.perf_counter() - start)
+        return warmed
 
     def adopt_thread(self) -> None:
         """Call first on the thread that will run launch(): gives it the builder thread's torch

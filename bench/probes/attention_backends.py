@@ -14,7 +14,9 @@ SDPA restricted to cuDNN with enable_gqa.
 
 Last, what a shape not seen before costs (cuDNN builds an execution plan per shape, and an editor's
 prompts come in every length): the first call at each of 8 fresh (new tokens, keys) shapes, wall
-time to the result, against the same call once warm.
+time to the result, against the same call once warm. Then the engine's whole 2048-token chunks planned
+as its load plans them (warm_cudnn_plans, up to 16k keys): the cost, and each chunk shape's first call
+after it beside an unplanned shape's.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def main() -> int:
                 f"  error vs flash {err:.1e}"
             )
     fresh_shapes(HEAD_DIM**-0.5)
+    warmed_chunks()
     return 0
 
 
@@ -123,6 +126,29 @@ def fresh_shapes(scale: float) -> None:
         print(
             f"fresh shapes  {name:15s} first call median {statistics.median(cold):7.2f} ms, max {max(cold):7.2f};"
             f" warm {statistics.median(warm):6.3f} ms"
+        )
+
+
+def warmed_chunks(chunk: int = 2048, max_tokens: int = 16384) -> None:
+    """The engine's whole prefill chunks planned at load (warm_cudnn_plans): what it costs there, and
+    each chunk shape's first call after it against a shape planned by nothing (a chunk of 1536)."""
+    from engine.ops import cuda_prefill_attention as prefill
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    warmed = prefill.warm_cudnn_plans(HEADS, KV_HEADS, HEAD_DIM, torch.float16, chunk, max_tokens)
+    torch.cuda.synchronize()
+    print(f"warm_cudnn_plans: {warmed} shapes in {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    for new, keys in ((chunk, chunk), (chunk, 4 * chunk), (chunk, max_tokens), (1536, 1536)):
+        q = torch.randn(new, HEADS, HEAD_DIM, device="cuda", dtype=torch.float16).transpose(0, 1).unsqueeze(0)
+        kv = torch.randn(2, keys, KV_HEADS, HEAD_DIM, device="cuda", dtype=torch.float16)
+        k, v = (kv[i].transpose(0, 1).unsqueeze(0) for i in (0, 1))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        prefill.causal_attention(q, k, v, HEAD_DIM**-0.5)
+        torch.cuda.synchronize()
+        print(
+            f"  first call {new:5d} new, {keys:5d} keys: {(time.perf_counter() - t0) * 1e3:7.2f} ms ({prefill.last_kernel})"
         )
 
 

@@ -129,6 +129,33 @@ def causal_attention(qh, kh, vh, scale: float) -> torch.Tensor:
     return _causal_flash(qh, kh, vh, scale)
 
 
+def warm_cudnn_plans(
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    chunk_tokens: int,
+    max_tokens: int,
+    device: torch.device | str = "cuda",
+) -> int:
+    """Has cuDNN plan, at load, the shapes of the engine's whole prefill chunks: `chunk_tokens` new
+    tokens after 0, chunk_tokens, 2 * chunk_tokens... cached, up to `max_tokens` keys, laid out as
+    prefill_attention lays them out (cuDNN keys its plans by strides too). Else the first long
+    prompt after a start pays ~45 ms per chunk index (bench/NOTES.md 81k). Returns the shapes
+    warmed: 0 where cuDNN would not take the chunks."""
+    if _kernel != "cudnn" or not _cudnn_ok or not cudnn_takes(chunk_tokens, chunk_tokens):
+        return 0
+    q = torch.zeros((chunk_tokens, num_heads, head_dim), dtype=dtype, device=device)
+    kv = torch.zeros((2, max_tokens, num_kv_heads, head_dim), dtype=dtype, device=device)
+    qh = q.transpose(0, 1).unsqueeze(0)
+    warmed = 0
+    for keys in range(chunk_tokens, max_tokens + 1, chunk_tokens):
+        kh, vh = (kv[i, :keys].transpose(0, 1).unsqueeze(0) for i in (0, 1))
+        causal_attention(qh, kh, vh, head_dim**-0.5)
+        warmed += last_kernel == "cudnn"
+    return warmed
+
+
 _last_host_lists: tuple[AttentionMetadata, list[int], list[int]] | None = None
 
 

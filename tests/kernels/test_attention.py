@@ -374,6 +374,16 @@ def test_prefill_attention_of_a_long_prompt_after_a_long_prefix(prefill_kernel):
     assert rel_err(outs["cudnn"], ref) <= 3 * rel_err(outs["flash"], ref)
 
 
+def test_cudnn_plans_the_engines_whole_chunks_at_load(prefill_kernel):
+    """warm_cudnn_plans on the GPU: every whole 2048-token chunk of an 8k context taken by cuDNN."""
+    from engine.ops import cuda_prefill_attention as module
+
+    module.CUDNN_MIN_QUERIES, module.CUDNN_SHAPE_MULTIPLE = 512, 256  # the defaults, not the fixture's
+    assert module.warm_cudnn_plans(32, 8, 128, torch.float16, 2048, 8192) == 4
+    prefill_kernel("flash")
+    assert module.warm_cudnn_plans(32, 8, 128, torch.float16, 2048, 8192) == 0
+
+
 @pytest.mark.parametrize("case", ["suffix-after-cached-prefix", "mixed-decode-and-prefill", "sliding-window"])
 def test_prefill_as_one_token_sequences_matches_reference(case):
     """The graph path of short prefills: new tokens as one-token sequences through the decode kernel."""

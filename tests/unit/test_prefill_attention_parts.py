@@ -71,11 +71,13 @@ class StandIns:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.shapes: list[tuple] = []  # cuDNN's calls: (q shape, q strides, k shape, k strides)
         self.refuse = False
         self.out_of_memory = False
 
     def cudnn(self, qh, kh, vh, scale):
         self.calls.append("cudnn")
+        self.shapes.append((qh.shape, qh.stride(), kh.shape, kh.stride()))
         if self.refuse:
             raise RuntimeError("cuDNN Frontend error: no valid execution plan")
         if self.out_of_memory:
@@ -154,3 +156,39 @@ def test_running_out_of_memory_in_cudnn_fails_the_call_and_leaves_cudnn_on(stand
     stand_ins.out_of_memory = False
     attend(queries(2048), keys, keys, 1.0)
     assert stand_ins.calls == ["cudnn", "cudnn"] and cuda_prefill_attention.last_kernel == "cudnn"
+
+
+def test_warming_plans_calls_cudnn_on_every_whole_chunks_shape_as_prefill_lays_it_out(stand_ins):
+    """The engine's chunks: 2048 new tokens after 0, 2048, 4096 and 6144 cached, with the shapes and
+    strides prefill_attention gives cuDNN for them (q as the model hands it, K/V gathered from the
+    paged cache): cuDNN keys its plans by strides too."""
+    from engine.attention_metadata import AttentionMetadata
+
+    heads, kv_heads, dim, block = 4, 2, 8, 16
+    cache_layer = torch.zeros((2, 8192 // block, block, kv_heads, dim))
+    for prefix in (0, 2048, 4096, 6144):
+        attn = AttentionMetadata(
+            query_start_loc=torch.tensor([0, 2048], dtype=torch.int32),
+            seq_lens=torch.tensor([prefix + 2048], dtype=torch.int32),
+            block_tables=torch.arange(8192 // block, dtype=torch.int32).view(1, -1),
+            slot_mapping=torch.arange(prefix, prefix + 2048),
+            max_query_len=2048,
+            max_seq_len=prefix + 2048,
+            block_size=block,
+        )
+        cuda_prefill_attention.prefill_attention(
+            torch.zeros((2048, heads, dim)), cache_layer, attn, 1.0, None
+        )
+    served, stand_ins.shapes = stand_ins.shapes, []
+    assert (
+        cuda_prefill_attention.warm_cudnn_plans(heads, kv_heads, dim, torch.float32, 2048, 8192, "cpu") == 4
+    )
+    assert stand_ins.shapes == served and len(served) == 4
+    assert (
+        cuda_prefill_attention.warm_cudnn_plans(heads, kv_heads, dim, torch.float32, 1000, 8000, "cpu") == 0
+    )
+    cuda_prefill_attention.set_prefill_attention("flash")
+    assert (
+        cuda_prefill_attention.warm_cudnn_plans(heads, kv_heads, dim, torch.float32, 2048, 8192, "cpu") == 0
+    )
+    assert stand_ins.calls == ["cudnn"] * 8
