@@ -70,8 +70,8 @@ __global__ void __launch_bounds__(W * 32) regs_kernel(const uint4* __restrict__ 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
-__device__ __forceinline__ void mbar_init(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)));
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned arrivals = 1) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(arrivals));
 }
 __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
@@ -113,6 +113,65 @@ __global__ void __launch_bounds__(256) bulk_kernel(const uint8_t* __restrict__ w
     __syncthreads();  // every thread is done with the slot
     if (threadIdx.x == 0 && i + S < stages)
       bulk_load(ring + slot * B, w + begin + (size_t)(i + S) * B, stage_bytes(i + S), &full[slot]);
+  }
+  atomicXor(sink, acc);
+}
+
+// ---- per-warp rings, as the GEMV's bulk loads run them (quant_gemv_tc_kernel.cuh kBulk): a block of
+// W warps per tile, warp w streaming its contiguous share of the tile's two strips through SLOTS
+// slots, each filled by two bulk copies of C bytes (one per strip) after a proxy fence. kScales: each
+// lane also copies 2 x 8 bytes of a scale table per slot by cp.async, counted on the slot's barrier
+// with an arrive.noinc (1 + 32 arrivals), as the GEMV's scales and zeros (read, not checksummed).
+template <int W, int SLOTS, int C, bool kScales>
+__global__ void __launch_bounds__(W * 32) warp_ring_kernel(const uint8_t* __restrict__ w, int k,
+                                                           const uint8_t* __restrict__ scales, int n, unsigned* sink) {
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ __align__(8) uint64_t full[W][SLOTS];
+  constexpr int kSlotBytes = 2 * C + (kScales ? 32 * 16 : 0);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const size_t strip_bytes = (size_t)k / 8 * 16 * 4;
+  const uint8_t* strip0 = w + (size_t)blockIdx.x * 2 * strip_bytes;
+  const int pieces = (int)(strip_bytes / C);
+  const int pb = warp * pieces / W, pe = (warp + 1) * pieces / W, count = pe - pb;
+  uint8_t* ring = smem + warp * SLOTS * kSlotBytes;
+  if (lane == 0) {
+    for (int s = 0; s < SLOTS; ++s) mbar_init(&full[warp][s], kScales ? 33 : 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncwarp();
+  auto fill = [&](int i, int slot) {
+    uint8_t* dst = ring + slot * kSlotBytes;
+    const size_t at = (size_t)(pb + i) * C;
+    if (lane == 0) {
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&full[warp][slot])),
+                   "r"(2 * C)
+                   : "memory");
+      for (int st = 0; st < 2; ++st)
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                smem_addr(dst + st * C)),
+            "l"(strip0 + st * strip_bytes + at), "r"(C), "r"(smem_addr(&full[warp][slot]))
+            : "memory");
+    }
+    if constexpr (kScales) {
+      const uint8_t* src = scales + ((size_t)((pb + i) % (k / 128)) * n + blockIdx.x * 32 + (lane / 4) * 4) * 2;
+      const unsigned d = smem_addr(dst + 2 * C + lane * 16);
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d), "l"(src));
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(d + 8), "l"(src + (size_t)(k / 128) * n * 2));
+      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_addr(&full[warp][slot])) : "memory");
+    }
+  };
+  for (int i = 0; i < SLOTS && i < count; ++i) fill(i, i);
+  unsigned acc = 0;
+  for (int i = 0; i < count; ++i) {
+    const int slot = i % SLOTS;
+    mbar_wait(&full[warp][slot], (i / SLOTS) & 1);
+    const uint4* v = reinterpret_cast<const uint4*>(ring + slot * kSlotBytes);
+#pragma unroll
+    for (int j = 0; j < 2 * C / 16 / 32; ++j) acc ^= fold(v[j * 32 + lane]);
+    __syncwarp();
+    if (i + SLOTS < count) fill(i + SLOTS, slot);
   }
   atomicXor(sink, acc);
 }
@@ -210,6 +269,9 @@ int main() {
   allow(bulk_kernel<8, 16384>, 8 * 16384);
   allow(bulk_kernel<12, 16384>, 12 * 16384);
   allow(bulk_kernel<6, 16384>, 6 * 16384);
+  uint8_t* scale_table;  // scales and zeros of the widest weight, group 128
+  CHECK(cudaMalloc(&scale_table, (size_t)k / 128 * 28672 * 2 * 2));
+  CHECK(cudaMemset(scale_table, 0, (size_t)k / 128 * 28672 * 2 * 2));
   for (int n : {4096, 14336, 28672}) {
     Weights w = make_weights((size_t)k * n / 2, prop.l2CacheSize);
     const int copies = (int)w.copies.size(), tiles = n / 32;
@@ -232,6 +294,18 @@ int main() {
     run("regs U4 W6", [&](int i) { regs_kernel<4, 6><<<tiles, 6 * 32, 0, stream>>>(as_vec(i), k, sink); });
     run("regs U4 W8", [&](int i) { regs_kernel<4, 8><<<tiles, 8 * 32, 0, stream>>>(as_vec(i), k, sink); });
     run("regs U8 W4", [&](int i) { regs_kernel<8, 4><<<tiles, 4 * 32, 0, stream>>>(as_vec(i), k, sink); });
+    // the GEMV's bulk loads: 1 KB copies are a batch of 4 chunks of one strip
+    auto warp_ring = [&](auto kernel, int slot_bytes) {
+      allow(kernel, 6 * slot_bytes);
+      return [=](int i) { kernel<<<tiles, 6 * 32, 6 * slot_bytes, stream>>>(w.copies[i], k, scale_table, n, sink); };
+    };
+    run("ring/warp 2 x 1K", warp_ring(warp_ring_kernel<6, 2, 1024, false>, 2 * 2048));
+    run("ring/warp 4 x 1K", warp_ring(warp_ring_kernel<6, 4, 1024, false>, 4 * 2048));
+    run("ring/warp 4 x 1K +sz", warp_ring(warp_ring_kernel<6, 4, 1024, true>, 4 * 2560));
+    run("ring/warp 2 x 2K", warp_ring(warp_ring_kernel<6, 2, 2048, false>, 2 * 4096));
+    run("ring/warp 3 x 2K +sz", warp_ring(warp_ring_kernel<6, 3, 2048, true>, 3 * 4608));
+    run("ring/warp 2 x 4K", warp_ring(warp_ring_kernel<6, 2, 4096, false>, 2 * 8192));
+    run("ring/warp 2 x 4K +sz", warp_ring(warp_ring_kernel<6, 2, 4096, true>, 2 * 8704));
     run("bulk 4 x 8K", [&](int i) {
       bulk_kernel<4, 8192><<<tiles, 256, 4 * 8192, stream>>>(w.copies[i], w.bytes, tile_bytes, sink);
     });

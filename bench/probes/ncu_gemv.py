@@ -1,7 +1,9 @@
 """Probe: six calls of the tensor-core GEMV at 4096 x 14336, batch 1, for Nsight Compute:
 
     ncu --kernel-name regex:quant_gemv_tc --launch-skip 5 --launch-count 1 --set full \
-        python3 bench/probes/ncu_gemv.py
+        python3 bench/probes/ncu_gemv.py [WARPS,WIDE,ROLLING,BULK_SLOTS,SLOT_BATCHES]
+
+The optional argument is set_quant_gemv_tc_tuning's (e.g. 0,1,1,0,1: the register loads).
 """
 
 import sys
@@ -16,6 +18,8 @@ from engine.ops import cuda  # noqa: E402
 from engine.quant.layout import to_column_strips  # noqa: E402
 
 cuda.ensure_loaded()
+if len(sys.argv) > 1:
+    torch.ops.exlsp.set_quant_gemv_tc_tuning(*(int(v) for v in sys.argv[1].split(",")))
 gen = torch.Generator(device="cuda").manual_seed(1)
 w = random_packed(4096, 14336, bits=4, group_size=128, dtype=torch.float16, bias=False, gen=gen)
 x = torch.randn((1, 4096), device="cuda").half()
