@@ -1,9 +1,9 @@
 """Probe: six calls of the tensor-core GEMV at 4096 x 14336, batch 1, for Nsight Compute:
 
     ncu --kernel-name regex:quant_gemv_tc --launch-skip 5 --launch-count 1 --set full \
-        python3 bench/probes/ncu_gemv.py [WARPS,WIDE,ROLLING,BULK_SLOTS,SLOT_BATCHES]
+        python3 bench/probes/ncu_gemv.py [WARPS,WIDE,ROLLING]
 
-The optional argument is set_quant_gemv_tc_tuning's (e.g. 0,1,1,0,1: the register loads).
+The optional argument is set_quant_gemv_tc_tuning's (e.g. 8,1,0: 8-warp blocks, loads batch by batch).
 """
 
 import sys
