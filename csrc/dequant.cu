@@ -7,8 +7,8 @@
 // A weight in column strips (the tensor-core GEMV's layout) is read in its storage order instead. At
 // 4 bits a thread owns 8 adjacent columns of one packed row (two 16-byte loads, half a strip's 64-byte
 // row) and writes its 8 x 8 values as eight 16-byte stores, one per output row: a thread per word
-// wrote 2 bytes per store, and a 2k prefill's dequantize ran at 2.2 TB/s, 53% of an H200's copy
-// (bench/NOTES.md 81l). At 8 bits, thread i reads word i and each half-warp writes 16 columns of a row.
+// wrote 2 bytes per store, and a 2k prefill's dequantize ran at 2.2 TB/s, 53% of an H200's copy;
+// now 2.75 TB/s, 66% (bench/NOTES.md 81l, 82g). At 8 bits, thread i reads word i and each half-warp writes 16 columns of a row.
 #include <cstdint>
 
 #include "dtype_utils.cuh"
