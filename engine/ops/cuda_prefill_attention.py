@@ -142,17 +142,26 @@ def warm_cudnn_plans(
     tokens after 0, chunk_tokens, 2 * chunk_tokens... cached, up to `max_tokens` keys, laid out as
     prefill_attention lays them out (cuDNN keys its plans by strides too). Else the first long
     prompt after a start pays ~45 ms per chunk index (bench/NOTES.md 81k). Returns the shapes
-    warmed: 0 where cuDNN would not take the chunks."""
+    warmed: 0 where cuDNN would not take the chunks. Out of GPU memory (a cache sized to what was
+    free) stops the warm-up with a warning, not the load: the shapes left are planned on first use."""
     if _kernel != "cudnn" or not _cudnn_ok or not cudnn_takes(chunk_tokens, chunk_tokens):
         return 0
-    q = torch.zeros((chunk_tokens, num_heads, head_dim), dtype=dtype, device=device)
-    kv = torch.zeros((2, max_tokens, num_kv_heads, head_dim), dtype=dtype, device=device)
-    qh = q.transpose(0, 1).unsqueeze(0)
     warmed = 0
-    for keys in range(chunk_tokens, max_tokens + 1, chunk_tokens):
-        kh, vh = (kv[i, :keys].transpose(0, 1).unsqueeze(0) for i in (0, 1))
-        causal_attention(qh, kh, vh, head_dim**-0.5)
-        warmed += last_kernel == "cudnn"
+    try:
+        q = torch.zeros((chunk_tokens, num_heads, head_dim), dtype=dtype, device=device)
+        kv = torch.zeros((2, max_tokens, num_kv_heads, head_dim), dtype=dtype, device=device)
+        qh = q.transpose(0, 1).unsqueeze(0)
+        for keys in range(chunk_tokens, max_tokens + 1, chunk_tokens):
+            kh, vh = (kv[i, :keys].transpose(0, 1).unsqueeze(0) for i in (0, 1))
+            causal_attention(qh, kh, vh, head_dim**-0.5)
+            warmed += last_kernel == "cudnn"
+    except torch.OutOfMemoryError:
+        warnings.warn(
+            f"exlsp: out of GPU memory while cuDNN planned the prefill chunks at load ({warmed} of "
+            f"{max_tokens // chunk_tokens} planned); the rest are planned on their first prompt",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return warmed
 
 

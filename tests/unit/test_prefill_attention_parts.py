@@ -192,3 +192,25 @@ def test_warming_plans_calls_cudnn_on_every_whole_chunks_shape_as_prefill_lays_i
         cuda_prefill_attention.warm_cudnn_plans(heads, kv_heads, dim, torch.float32, 2048, 8192, "cpu") == 0
     )
     assert stand_ins.calls == ["cudnn"] * 8
+
+
+def test_running_out_of_memory_while_warming_plans_warns_and_keeps_the_shapes_planned(stand_ins, monkeypatch):
+    """A cache sized to the free memory may leave no room for the warm-up: it stops with a warning
+    naming how far it got, the load goes on, and cuDNN stays on for the prompts."""
+    warm = cuda_prefill_attention.warm_cudnn_plans
+    calls = 0
+
+    def out_of_memory_on_the_third(qh, kh, vh, scale):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+        return qh
+
+    monkeypatch.setattr(cuda_prefill_attention, "_causal_cudnn", out_of_memory_on_the_third)
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"out of GPU memory while cuDNN planned the prefill chunks at load \(2 of 4 planned\)",
+    ):
+        assert warm(4, 2, 8, torch.float32, 2048, 8192, "cpu") == 2
+    assert cuda_prefill_attention._cudnn_ok and cuda_prefill_attention._kernel == "cudnn"
