@@ -18,6 +18,11 @@
 //   bulk-p S B k  the same with k blocks per SM, each reading one contiguous share of the whole
 //                 weight (a persistent grid: no tail of uneven tiles; a real GEMV would reduce the
 //                 tiles' K slices that a share splits)
+//   ring/warp     each warp of a tile's block through its own ring, as the GEMV's bulk loads ran them
+//                 (branch gemv-bulk-ring), with or without the lanes' scale copies (+sz)
+//   prod          a producer warp streaming the tile through block-wide stages for W consumer warps
+//   +work         16 dependent multiply-adds per vector, standing in for the GEMV's math; perm: the
+//                 consumers' reads without bank conflicts (a chunk's vectors transposed at load)
 //   copy          cudaMemcpyAsync moving the same bytes (half read, half written) in the same graph
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/gemv_stream bench/probes/gemv_stream.cu && /tmp/gemv_stream
@@ -40,15 +45,27 @@
 constexpr int kTileBytes32 = 32 * 1024;  // one 16-column strip at K = 4096, in bytes
 __device__ __forceinline__ unsigned fold(const uint4& v) { return v.x ^ v.y ^ v.z ^ v.w; }
 
+// Math-like work on a 16-byte vector: N dependent integer multiply-adds over its words (the
+// tensor-core GEMV spends ~35 instructions per vector on dequantization, permutes and mma), summed
+// into a second sink that is not checked: what a feed costs once each vector is also worked on.
+template <int N>
+__device__ __forceinline__ unsigned busy(const uint4& v) {
+  unsigned h = v.x;
+#pragma unroll
+  for (int i = 0; i < N; ++i) h = (h * 1664525u + ((i & 1) ? v.y : v.z)) ^ v.w;
+  return N ? h : 0u;
+}
+
 // ---- the GEMV's loads: lane l reads 16 bytes of chunk c (256 bytes per strip per 32 k) from the
 // tile's strip l / 16, as the tensor-core kernel's lanes g < 4 and g >= 4 read the two strips.
-template <int U, int W>
-__global__ void __launch_bounds__(W * 32) regs_kernel(const uint4* __restrict__ w, int k, unsigned* sink) {
+template <int U, int W, int WORK = 0>
+__global__ void __launch_bounds__(W * 32) regs_kernel(const uint4* __restrict__ w, int k, unsigned* sink,
+                                                      unsigned* busy_sink = nullptr) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int chunks = k / 32, strip_vectors = k / 8 * 16 / 4;  // uint4 per strip
   const uint4* tile = w + (size_t)blockIdx.x * 2 * strip_vectors + (lane / 16) * strip_vectors + lane % 16;
   const int per = (chunks + W - 1) / W, cb = warp * per, ce = min(chunks, cb + per);
-  unsigned acc = 0;
+  unsigned acc = 0, work = 0;
   uint4 v[U];
 #pragma unroll
   for (int u = 0; u < U; ++u)
@@ -60,10 +77,12 @@ __global__ void __launch_bounds__(W * 32) regs_kernel(const uint4* __restrict__ 
         const uint4 x = v[u];
         if (c + U + u < ce) v[u] = __ldcs(tile + (size_t)(c + U + u) * 16);
         acc ^= fold(x);
+        work += busy<WORK>(x);
       }
     }
   }
   atomicXor(sink, acc);
+  if (WORK) atomicAdd(busy_sink, work);
 }
 
 // ---- bulk copies into a shared-memory ring
@@ -176,6 +195,76 @@ __global__ void __launch_bounds__(W * 32) warp_ring_kernel(const uint8_t* __rest
   atomicXor(sink, acc);
 }
 
+// ---- a producer warp and W consumer warps per tile's block: the producer's lane 0 streams the tile
+// through S stages of B bytes (half from each strip, the same K range), waiting for a stage's W
+// consumers to release it (an mbarrier of W arrivals) before refilling it; consumer warp w takes
+// batches w, w + W, ... of each stage (a batch: 4 chunks of both strips) and reads each vector as
+// the tensor-core GEMV's lane (g, t) does: vector t * 4 + g % 4 of a chunk's 16 in its strip (the
+// strip layout: quarter-warps meet 2-way bank conflicts), or g % 4 * 4 + t (kPermuted: a layout
+// with each chunk's 4 x 4 vectors transposed at load, conflict-free). One wait and one release per
+// stage per warp, no refill work in the consumers: what the per-warp rings paid per batch.
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+
+template <int W, int S, int B, bool kPermuted, int WORK>
+__global__ void __launch_bounds__((W + 1) * 32) producer_kernel(const uint8_t* __restrict__ w, int k, unsigned* sink,
+                                                                unsigned* busy_sink) {
+  extern __shared__ __align__(128) uint8_t ring[];
+  __shared__ __align__(8) uint64_t full[S], empty[S];
+  constexpr int kHalf = B / 2;  // bytes of each strip per stage
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const size_t strip_bytes = (size_t)k / 8 * 64;
+  const uint8_t* strip0 = w + (size_t)blockIdx.x * 2 * strip_bytes;
+  const int stages = (int)(strip_bytes / kHalf);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], W);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  unsigned acc = 0, work = 0;
+  if (warp == W) {
+    if (lane == 0) {
+      for (int i = 0; i < stages; ++i) {
+        const int slot = i % S;
+        if (i >= S) mbar_wait(&empty[slot], (i / S - 1) & 1);
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&full[slot])), "r"(B)
+                     : "memory");
+        for (int st = 0; st < 2; ++st)
+          asm volatile(
+              "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                  smem_addr(ring + slot * B + st * kHalf)),
+              "l"(strip0 + st * strip_bytes + (size_t)i * kHalf), "r"(kHalf), "r"(smem_addr(&full[slot]))
+              : "memory");
+      }
+    }
+  } else {
+    const int g = lane / 4, t = lane % 4;
+    const int within = kPermuted ? g % 4 * 4 + t : t * 4 + g % 4;
+    constexpr int kBatches = kHalf / 1024;
+    for (int i = 0; i < stages; ++i) {
+      const int slot = i % S;
+      mbar_wait(&full[slot], (i / S) & 1);
+      const uint4* base = reinterpret_cast<const uint4*>(ring + slot * B + (g < 4 ? 0 : kHalf)) + within;
+      for (int b = warp; b < kBatches; b += W) {
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const uint4 x = base[(b * 4 + u) * 16];
+          acc ^= fold(x);
+          work += busy<WORK>(x);
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[slot]);
+    }
+  }
+  atomicXor(sink, acc);
+  if (WORK) atomicAdd(busy_sink, work);
+}
+
 // ---- harness
 struct Weights {
   std::vector<uint8_t*> copies;
@@ -256,8 +345,9 @@ int main() {
   CHECK(cudaGetDeviceProperties(&prop, 0));
   cudaStream_t stream;
   CHECK(cudaStreamCreate(&stream));
-  unsigned* sink;
+  unsigned *sink, *busy_sink;
   CHECK(cudaMalloc(&sink, 4));
+  CHECK(cudaMalloc(&busy_sink, 4));
   const double copy = copy_gbs(stream);
   printf("%s  %d SMs  L2 %d MB  copy %.0f GB/s (1 GiB, read + write)\n", prop.name, prop.multiProcessorCount,
          prop.l2CacheSize >> 20, copy);
@@ -299,6 +389,19 @@ int main() {
       allow(kernel, 6 * slot_bytes);
       return [=](int i) { kernel<<<tiles, 6 * 32, 6 * slot_bytes, stream>>>(w.copies[i], k, scale_table, n, sink); };
     };
+    // with math-like work per vector (16 multiply-adds and XORs), as the GEMV's warps have it
+    run("regs U4 W6 +work", [&](int i) {
+      regs_kernel<4, 6, 16><<<tiles, 6 * 32, 0, stream>>>(as_vec(i), k, sink, busy_sink);
+    });
+    auto producer = [&](auto kernel, int warps, int bytes) {
+      allow(kernel, bytes);
+      return [=](int i) { kernel<<<tiles, (warps + 1) * 32, bytes, stream>>>(w.copies[i], k, sink, busy_sink); };
+    };
+    run("prod W8 3 x 16K", producer(producer_kernel<8, 3, 16384, false, 0>, 8, 3 * 16384));
+    run("prod W8 3 x 16K +work", producer(producer_kernel<8, 3, 16384, false, 16>, 8, 3 * 16384));
+    run("prod W8 3 x 16K +work perm", producer(producer_kernel<8, 3, 16384, true, 16>, 8, 3 * 16384));
+    run("prod W8 4 x 8K +work perm", producer(producer_kernel<8, 4, 8192, true, 16>, 8, 4 * 8192));
+    run("prod W4 4 x 8K +work perm", producer(producer_kernel<4, 4, 8192, true, 16>, 4, 4 * 8192));
     run("ring/warp 2 x 1K", warp_ring(warp_ring_kernel<6, 2, 1024, false>, 2 * 2048));
     run("ring/warp 4 x 1K", warp_ring(warp_ring_kernel<6, 4, 1024, false>, 4 * 2048));
     run("ring/warp 4 x 1K +sz", warp_ring(warp_ring_kernel<6, 4, 1024, true>, 4 * 2560));
