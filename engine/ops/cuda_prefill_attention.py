@@ -49,6 +49,18 @@ def set_prefill_attention(kernel: str) -> None:
     _kernel = kernel
 
 
+def describe() -> str:
+    """Which kernel serves a prefill's attention in this process, for `exlsp doctor`."""
+    if _kernel == "flash":
+        return "torch's flash kernel (chosen by set_prefill_attention)"
+    if not _cudnn_ok or not torch.backends.cudnn.is_available():
+        return "torch's flash kernel (cuDNN is missing or refused a call)"
+    return (
+        f"cuDNN {torch.backends.cudnn.version()} for {CUDNN_MIN_QUERIES}+ new tokens in whole multiples "
+        f"of {CUDNN_SHAPE_MULTIPLE} (the engine's prefill chunks), torch's flash kernel otherwise"
+    )
+
+
 def merge_attention_parts(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> torch.Tensor:

@@ -64,11 +64,25 @@ def run(args: argparse.Namespace) -> int:
             f"(head {stats['head_bits']}-bit, embedding {stats['embed_bits']}-bit), "
             f"generated {len(result.token_ids)} tokens ({result.finish_reason})",
         )
+        ok &= _line(True, "attention", _describe_attention(engine.device))
         template = detect_fim(engine.tokenizer)
         ok &= _line(template is not None, "fim", fim_status(template))
     finally:
         engine.close()
     return 0 if ok else 1
+
+
+def _describe_attention(device) -> str:
+    """Which kernels serve the model's attention: the decode step's and a prompt's (prefill)."""
+    from engine import ops
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return f"reference ops on {device} (decode and prefill)"
+    if ops.backend_report().get("paged_attention") != "cuda":
+        return "reference ops (the CUDA kernels did not load: see the kernels line)"
+    from engine.ops import cuda_prefill_attention
+
+    return f"decode: exlsp's paged flash-decoding kernel; prefill: {cuda_prefill_attention.describe()}"
 
 
 def _describe_backends(report) -> str:

@@ -60,9 +60,10 @@ def test_doctor_passes_on_a_working_model_and_fails_without_one(code_model, plai
     done = exlsp("doctor", "--model", str(code_model), home=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     names = [line.split()[1] for line in done.stdout.splitlines()]
-    assert names == ["python", "torch", "device", "kernels", "model", "fim"]
+    assert names == ["python", "torch", "device", "kernels", "model", "attention", "fim"]
     assert all(line.startswith("PASS") for line in done.stdout.splitlines())
     assert "(head 16-bit, embedding 16-bit)" in done.stdout  # the CPU keeps both float
+    assert "PASS  attention  reference ops on cpu (decode and prefill)" in done.stdout
 
     no_fim = exlsp("doctor", "--model", str(plain_model), home=tmp_path)
     assert no_fim.returncode == 1

@@ -214,3 +214,18 @@ def test_running_out_of_memory_while_warming_plans_warns_and_keeps_the_shapes_pl
     ):
         assert warm(4, 2, 8, torch.float32, 2048, 8192, "cpu") == 2
     assert cuda_prefill_attention._cudnn_ok and cuda_prefill_attention._kernel == "cudnn"
+
+
+def test_doctor_names_the_prefill_kernel_in_each_state(stand_ins, monkeypatch):
+    """cuDNN with its rule where it serves; flash, and why, where it does not."""
+    describe = cuda_prefill_attention.describe
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91900)
+    assert describe() == (
+        "cuDNN 91900 for 512+ new tokens in whole multiples of 256 (the engine's prefill chunks), "
+        "torch's flash kernel otherwise"
+    )
+    monkeypatch.setattr(cuda_prefill_attention, "_cudnn_ok", False)
+    assert describe() == "torch's flash kernel (cuDNN is missing or refused a call)"
+    cuda_prefill_attention.set_prefill_attention("flash")
+    assert describe() == "torch's flash kernel (chosen by set_prefill_attention)"
