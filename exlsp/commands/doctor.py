@@ -7,7 +7,9 @@ import platform
 import sys
 import time
 
-HELP = "check python, torch, device, kernels, model load and FIM support (PASS/FAIL per line)"
+HELP = (
+    "check python, torch, device, kernels, model load, attention kernels and FIM support (PASS/FAIL per line)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
