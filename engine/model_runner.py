@@ -128,7 +128,7 @@ class ModelRunner:
             c.head_dim,
             self.dtype,
             chunk_tokens,
-            max_tokens // chunk_tokens * chunk_tokens,
+            max_tokens,
         )
         if warmed:
             log.info("cuDNN planned %d prefill chunk shapes in %.2f s", warmed, time.perf_counter() - start)

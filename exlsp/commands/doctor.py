@@ -76,9 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _describe_attention(device) -> str:
     """Which kernels serve the model's attention: the decode step's and a prompt's (prefill)."""
+    import torch
+
     from engine import ops
 
-    if getattr(device, "type", str(device)) != "cuda":
+    if torch.device(device).type != "cuda":
         return f"reference ops on {device} (decode and prefill)"
     if ops.backend_report().get("paged_attention") != "cuda":
         return "reference ops (the CUDA kernels did not load: see the kernels line)"
