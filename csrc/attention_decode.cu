@@ -1,6 +1,9 @@
 // Paged decode attention, flash-decoding style: one new token per sequence attends to its whole
 // context in the paged KV cache. The context is split into partitions of `partition_size` tokens so
 // that even a single sequence spreads over many SMs; phase 2 merges the partitions' partial results.
+// With max_partition_size the per-sequence path sizes a long sequence's partitions from its length,
+// on the device (merge::partition_size_of), since a CUDA graph's launch is captured for the cache's
+// longest length.
 //
 // GQA: a block owns one KV head and all G query heads of its group, so each K/V vector is read from
 // memory once and used G times.
@@ -31,25 +34,28 @@ namespace {
 
 using namespace one_sequence;  // attention_one_sequence.cuh: kThreads, kStage, stage_tokens, attend_one_sequence
 
-// One block per (KV head, sequence, partition): the ordinary decode path. ptxas gives it 128 registers
-// (two blocks per SM); held to three blocks per SM it spilled, and decode ran 3-6% slower (H100,
-// 436 / 395 / 320 against 448 / 410 / 340 tok/s at ctx 32 / 2k / 8k, bench/NOTES.md 51).
+// One block per (KV head, sequence, partition): the ordinary decode path. Two blocks per SM (96-128
+// registers): held to three blocks per SM it spilled, and decode ran 3-6% slower (H100, 436 / 395 /
+// 320 against 448 / 410 / 340 tok/s at ctx 32 / 2k / 8k, bench/NOTES.md 51). Without the bound ptxas
+// aims G = 1-4 at D = 128 at three blocks itself (80 registers) and, since the partition size comes
+// from the sequence's length, spills up to 92 bytes there (sm_90).
 template <typename T, int D, int G>
-__global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttentionArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) decode_attention_kernel(DecodeAttentionArgs a) {
   static_assert(sizeof(float) * G * merge::kMaxPartitions <= sizeof(T) * 2 * kStage * stage_row<D>(),
                 "merge weights fit");
   extern __shared__ __align__(16) float scores[];  // one_sequence_smem_bytes: scores, then K/V stages
-  T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(a.partition_size));
+  T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(merge::largest_partition_size(a)));
   EXLSP_TRACE_MARK(2, 0, 0, 0);
   const int seq = blockIdx.y, seq_len = a.seq_lens[seq];  // a step input, no kernel's output
+  const int P = merge::partition_size_of(a, seq_len);     // the merge's split too
   // A sequence within one partition needs no merge: its block writes the outputs (with counters,
   // where the merge would be this kernel's; the separate merge kernel reads every partial result).
-  const bool single = a.counters && seq_len > 0 && seq_len <= a.partition_size;
+  const bool single = a.counters && seq_len > 0 && seq_len <= P;
   // Partitions blockIdx.z, + gridDim.z, ... up to the sequence's length (the merge reads no more).
   // The first one's cached K/V is requested before waiting for the previous kernel.
-  for (int part = blockIdx.z; part < a.num_partitions && part * a.partition_size < seq_len; part += gridDim.z) {
+  for (int part = blockIdx.z; part < a.num_partitions && part * P < seq_len; part += gridDim.z) {
     if (part != (int)blockIdx.z) __syncthreads();  // shared memory is rewritten
-    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, scores, stage, part == (int)blockIdx.z, single);
+    attend_one_sequence<T, D, G>(a, seq, blockIdx.x, part, P, scores, stage, part == (int)blockIdx.z, single);
     if (!a.early_trigger) pdl_trigger();
   }
   pdl_wait();  // a block without a partition too (no-op after the first)
@@ -67,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(DecodeAttent
 // tokens of one prompt). A group of several is computed from one load of the partition's K/V
 // (attention_multi_query.cuh); a group of one runs the per-sequence path, so independent sequences
 // get exactly the per-sequence result (one after the other, though: the host picks this kernel for
-// short prefills only).
+// short prefills only). Its partitions are all partition_size tokens (max_partition_size is 0).
 // Two blocks per SM (128 registers, a little spilled): the short prefill's 256 blocks at 8k context
 // in one wave instead of two, 37.4 -> 33.7-35.4 us per layer on an H100 (bench/NOTES.md).
 template <typename T, int D, int G>
@@ -111,7 +117,10 @@ __global__ void __launch_bounds__(kThreads, 2) decode_attention_multi_query_kern
       if (num_members == 1) {
         float* scores = reinterpret_cast<float*>(mq_smem);
         T* stage = reinterpret_cast<T*>(scores + scores_floats<G>(P));
-        attend_one_sequence<T, D, G>(a, first + head, kv_head, part, scores, stage);
+        // P as the parameter it is, not this loop's register: ptxas then allocates this kernel as it
+        // did before attend_one_sequence took the size (with the register: 24-32 bytes more spilled
+        // on sm_80).
+        attend_one_sequence<T, D, G>(a, first + head, kv_head, part, a.partition_size, scores, stage);
       } else {
         mq::attend_members<T, D, G>(a, first + head, num_members, kv_head, part, mq_smem);
       }
@@ -182,9 +191,11 @@ cudaError_t launch_phase1(const DecodeAttentionArgs& a, cudaStream_t stream) {
   int per_sm = 1;
   if (a.queries_per_block <= 1) {
     constexpr auto kernel = decode_attention_kernel<T, D, G>;
-    const size_t smem = one_sequence_smem_bytes<T, D, G>(P);
+    // Scores for the largest partition a sequence may get: the blocks per SM follow from it.
+    const int largest = merge::largest_partition_size(a);
+    const size_t smem = one_sequence_smem_bytes<T, D, G>(largest);
     if (smem + kPerSequenceStatic > block_smem_limit()) return cudaErrorInvalidConfiguration;
-    const cudaError_t err = prepare_launch<kernel>(smem, kPerSequenceStatic, P, per_sm);
+    const cudaError_t err = prepare_launch<kernel>(smem, kPerSequenceStatic, largest, per_sm);
     if (err != cudaSuccess) return err;
     const dim3 grid(a.num_kv_heads, runs, partition_blocks(per_sm, a.num_kv_heads * runs, a.num_partitions));
     return launch_pdl(kernel, grid, dim3(kThreads), smem, stream, a);
@@ -246,7 +257,8 @@ cudaError_t launch_decode_attention(Dtype dtype, const DecodeAttentionArgs& args
   a.early_trigger = early_trigger_setting();
   const int G = a.num_q_heads / a.num_kv_heads;
   if (!decode_attention_supports(a.head_dim, G) || a.partition_size > 512 || a.num_partitions > merge::kMaxPartitions ||
-      a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers)
+      a.queries_per_block < 1 || a.queries_per_block > mq::kMaxMembers || a.max_partition_size > 512 ||
+      (a.max_partition_size > 0 && a.queries_per_block > 1))
     return cudaErrorInvalidValue;
   cudaError_t err = cudaErrorInvalidValue;
   EXLSP_DISPATCH_DTYPE(dtype, T, {

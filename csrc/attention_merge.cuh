@@ -20,6 +20,25 @@ namespace merge {
 
 constexpr int kMaxPartitions = 1024;
 
+// Tokens per partition of a sequence of seq_len tokens: a.partition_size, doubled up to
+// a.max_partition_size (0: never) while the sequence would need more than kGrowAbovePartitions
+// partitions. Small partitions spread a short sequence over many SMs; a long one has blocks enough,
+// and larger partitions give it fewer partitions per block and fewer partials to merge (H200:
+// partitions of 256 tokens +2.4% at 8k context, -7.5% at 2k, bench/NOTES.md 82e). Phase 1 and both
+// merges ask this from the same seq_len (a step input, not the graph's capture length), so they
+// agree on the split.
+constexpr int kGrowAbovePartitions = 32;
+__host__ __device__ __forceinline__ int partition_size_of(const DecodeAttentionArgs& a, int seq_len) {
+  int size = a.partition_size;
+  while (size * 2 <= a.max_partition_size && seq_len > kGrowAbovePartitions * size) size *= 2;
+  return size;
+}
+// The largest size partition_size_of gives: the partition the per-sequence kernel's shared memory
+// holds scores for.
+__host__ __device__ __forceinline__ int largest_partition_size(const DecodeAttentionArgs& a) {
+  return a.max_partition_size > a.partition_size ? a.max_partition_size : a.partition_size;
+}
+
 // Where element e = h * D + d of sequence seq's output goes (a.out_index: an act-order order).
 __device__ __forceinline__ size_t out_offset(const DecodeAttentionArgs& a, int seq, int e) {
   return (size_t)seq * a.num_q_heads * a.head_dim + (a.out_index ? a.out_index[e] : e);
@@ -90,7 +109,8 @@ __device__ __forceinline__ float merge_dim(const DecodeAttentionArgs& a, size_t 
 template <typename T, int D, int G, int kThreads>
 __device__ void merge_in_last_block(const DecodeAttentionArgs& a, int seq, int kv_head, int seq_len, float* weights) {
   __shared__ float inv_den[G];
-  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
+  const int P = partition_size_of(a, seq_len);
+  const int used = min(a.num_partitions, (seq_len + P - 1) / P);
   T* out = static_cast<T*>(a.out);
   const int e0 = kv_head * G * D;  // the group's first output element
   if (used == 0) {  // a padding row (length 0): zeros, as the separate merge writes
@@ -172,7 +192,8 @@ __global__ void decode_attention_reduce_kernel(DecodeAttentionArgs a) {
   const int head = blockIdx.x, seq = blockIdx.y, d = threadIdx.x;
   const int D = a.head_dim;
   const int seq_len = a.seq_lens[seq];
-  const int used = min(a.num_partitions, (seq_len + a.partition_size - 1) / a.partition_size);
+  const int P = partition_size_of(a, seq_len);
+  const int used = min(a.num_partitions, (seq_len + P - 1) / P);
   const size_t base = ((size_t)seq * a.num_q_heads + head) * a.num_partitions;
   if (threadIdx.x < 32) {
     const float inv = merge_weights(a, base, used, threadIdx.x, weight);

@@ -21,7 +21,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kStage = 128;  // tokens of K and of V staged in shared memory at a time
 
 // Shared memory of the per-sequence path: scores (G, partition_size) floats padded to 16 bytes, then
-// the K and V stages (kStage rows of stage_row<D>() T each). At most 16 + 68 KB (G = 8, D = 128,
+// the K and V stages (kStage rows of stage_row<D>() T each); partition_size is the largest partition
+// of the launch (max_partition_size where partitions grow). At most 16 + 68 KB (G = 8, D = 128,
 // partitions of 512): under the 99 KB a block may have on sm_86 / sm_89.
 template <int G>
 __host__ __device__ constexpr int scores_floats(int partition_size) {
@@ -70,7 +71,8 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
   }
 }
 
-// One sequence's new token against one partition of its context, on the tensor cores (m16n8k16,
+// One sequence's new token against partition `part` of its context, P tokens each (merge::
+// partition_size_of: the merge must split the context the same way), on the tensor cores (m16n8k16,
 // fp32 accumulation): q is the A operand, row g = head g of the group (rows g + 8 stay empty, G <= 8),
 // so one K/V read serves every head of the group; K and V are the B operands, read from the stages
 // with ldmatrix. (The same phases on the CUDA cores, with 16-lane shuffle reductions per token and
@@ -92,13 +94,13 @@ __device__ __forceinline__ void stage_tokens(T* stage, const T* cache, const int
 // are written normalised, as the merge would write them (weight 1, 1 / exp-sum: the same bits), and
 // no partial result, no count and no merge follow (~2 us of dependent L2 round trips per layer).
 template <typename T, int D, int G>
-__device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, float* scores,
-                                    T* stage, bool wait_predecessor = false, bool write_out = false) {
+__device__ void attend_one_sequence(const DecodeAttentionArgs& a, int seq, int kv_head, int part, int P,
+                                    float* scores, T* stage, bool wait_predecessor = false,
+                                    bool write_out = false) {
   __shared__ float inv_sum[G];  // write_out: 1 / exp-sum per head
   constexpr int ST = kStage;
   constexpr int kRow = stage_row<D>();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int P = a.partition_size;
   const int seq_len = a.seq_lens[seq];
   const int start = part * P;
   const int end = min(seq_len, start + P);

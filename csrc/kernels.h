@@ -68,6 +68,11 @@ struct DecodeAttentionArgs {
   int num_seqs, num_q_heads, num_kv_heads, head_dim;
   int num_blocks, block_size, max_blocks_per_seq;
   int partition_size, num_partitions;
+  // 0: every partition has partition_size tokens. Else (per-sequence kernel only) a sequence's
+  // partitions double from partition_size up to this many tokens while it would need more than
+  // merge::kGrowAbovePartitions of them (attention_merge.cuh partition_size_of); num_partitions
+  // stays counted in partition_size, enough for any of them.
+  int max_partition_size;
   int sliding_window;  // 0: none
   // 1: one block per sequence (the per-sequence kernel). > 1 (at most 16): the multi-query kernel,
   // where up to this many consecutive sequences (aligned runs) that share a partition's blocks (the

@@ -29,7 +29,8 @@ void set_attention_smem_limit(int64_t bytes) {
 void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const Tensor& block_tables,
                             const Tensor& seq_lens, double scale, int64_t sliding_window, int64_t partition_size,
                             int64_t queries_per_block, Tensor& out, Tensor& tmp_out, Tensor& tmp_max, Tensor& tmp_sum,
-                            const std::optional<Tensor>& counters, const std::optional<Tensor>& out_index) {
+                            const std::optional<Tensor>& counters, const std::optional<Tensor>& out_index,
+                            int64_t max_partition_size) {
   const char* op = "paged_attention_decode";
   const Dtype dtype = model_dtype(q, op);
   EXLSP_CHECK(q.is_cuda() && q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
@@ -53,6 +54,16 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
               "exlsp::paged_attention_decode: partition_size must be in (0, 512] and a multiple of 8");
   EXLSP_CHECK(queries_per_block >= 1 && queries_per_block <= 16,
               "exlsp::paged_attention_decode: queries_per_block must be in [1, 16]");
+  // Partitions grow by doubling (attention_merge.cuh partition_size_of), so the largest is
+  // max_partition_size itself: what the kernel's shared memory is sized for.
+  const int64_t growth = max_partition_size / partition_size;
+  EXLSP_CHECK(max_partition_size == 0 || (max_partition_size <= 512 && max_partition_size % partition_size == 0 &&
+                                          growth > 0 && (growth & (growth - 1)) == 0),
+              "exlsp::paged_attention_decode: max_partition_size must be 0 (fixed partitions) or partition_size "
+              "times a power of two, at most 512; got %s for partition_size %s",
+              to_str(max_partition_size).c_str(), to_str(partition_size).c_str());
+  EXLSP_CHECK(max_partition_size == 0 || queries_per_block == 1,
+              "exlsp::paged_attention_decode: partitions grow on the per-sequence path only (queries_per_block 1)");
   check_same(out, q, op, "out");
   EXLSP_CHECK(out.sizes() == q.sizes(), "exlsp::paged_attention_decode: out must have q's shape");
   const int64_t P = tmp_max.size(-1);
@@ -85,6 +96,7 @@ void paged_attention_decode(const Tensor& q, const Tensor& kv_cache_layer, const
   a.block_size = (int)kv_cache_layer.size(2);
   a.max_blocks_per_seq = (int)block_tables.size(1);
   a.partition_size = (int)partition_size;
+  a.max_partition_size = (int)max_partition_size;
   a.num_partitions = (int)P;
   a.sliding_window = (int)sliding_window;
   a.queries_per_block = (int)queries_per_block;
@@ -268,7 +280,8 @@ TORCH_LIBRARY(exlsp, m) {
   m.def(
       "paged_attention_decode(Tensor q, Tensor kv_cache_layer, Tensor block_tables, Tensor seq_lens, float scale, "
       "int sliding_window, int partition_size, int queries_per_block, Tensor(a!) out, Tensor(b!) tmp_out, "
-      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum, Tensor(e!)? counters=None, Tensor? out_index=None) -> ()");
+      "Tensor(c!) tmp_max, Tensor(d!) tmp_sum, Tensor(e!)? counters=None, Tensor? out_index=None, "
+      "int max_partition_size=0) -> ()");
   m.def(
       "rms_norm(Tensor x, Tensor? residual, Tensor weight, float eps, Tensor(a!) out, Tensor(b!)? residual_out, "
       "Tensor? out_perm=None) "

@@ -107,8 +107,9 @@ def main() -> int:
     torch.set_grad_enabled(False)
     from engine.ops import cuda_attention
 
-    if args.min_partition:
+    if args.min_partition:  # every partition that long, none grown
         cuda_attention.MIN_PARTITION = args.min_partition
+        cuda_attention.GROWN_PARTITION = 0
     if args.separate_merge:
         cuda_attention._merge_counters = lambda device, count: None
     torch.ops.exlsp.set_norm_trigger_at_entry(not args.norm_after_wait)

@@ -21,8 +21,11 @@ same weights and cache, the variants alternated:
     --compare norms     the RMSNorms done by the GEMVs beside them (engine/layers/norm.py
                         linear_add_norm: the default) or as kernels of their own.
     --compare partition the decode attention's tokens per partition (engine/ops/cuda_attention.py
-                        MIN_PARTITION): 64, 128 (the default, tuned on an H100) and 256. On an H200
-                        the attention took 10.2 us of a 64 us layer at 2k (bench/NOTES.md 81m).
+                        MIN_PARTITION), fixed: 64, 128 (the default, tuned on an H100) and 256. On an
+                        H200 the attention took 10.2 us of a 64 us layer at 2k (bench/NOTES.md 81m).
+    --compare grown     the decode attention's partitions of 128 tokens fixed, or doubled on the device
+                        while a sequence would need more than 32 of them, up to 256 (the default,
+                        engine/ops/cuda_attention.py GROWN_PARTITION) or 512 tokens.
     --compare ablate    the step with a kernel family left out (the RMSNorms, the attention, both):
                         what each costs on the step's critical path with PDL on, where the profiler's
                         per-kernel times overlap. Speed does not depend on the values, but these
@@ -67,10 +70,25 @@ def prefetch(limit: int) -> Callable[[], None]:
 
 
 def partition(tokens: int) -> Callable[[], None]:
+    """Every partition `tokens` long: none grown, so the sizes compared are the sizes run."""
+
     def setup() -> None:
         from engine.ops import cuda_attention
 
         cuda_attention.MIN_PARTITION = tokens
+        cuda_attention.GROWN_PARTITION = 0
+
+    return setup
+
+
+def grown(limit: int) -> Callable[[], None]:
+    """Partitions from 128 tokens, grown up to `limit` for long sequences (0: fixed)."""
+
+    def setup() -> None:
+        from engine.ops import cuda_attention
+
+        cuda_attention.MIN_PARTITION = 128
+        cuda_attention.GROWN_PARTITION = limit
 
     return setup
 
@@ -211,6 +229,7 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
     },
     "trigger": {"early": trigger(True), "late": trigger(False)},
     "partition": {"64": partition(64), "128": partition(128), "256": partition(256)},
+    "grown": {"fixed 128": grown(0), "up to 256": grown(256), "up to 512": grown(512)},
     "entry": {
         "at entry": norm_entry(True),
         "after wait": norm_entry(False),
@@ -228,15 +247,15 @@ COMPARISONS: dict[str, dict[str, Callable[[], None]]] = {
 }
 
 
-def restore_defaults(prefetch_bytes: int, min_partition: int) -> None:
-    from engine.ops import cuda_quant_linear
+def restore_defaults(prefetch_bytes: int, min_partition: int, grown_partition: int) -> None:
+    from engine.ops import cuda_attention, cuda_quant_linear
 
     ops.set_fused_ops(True)
     ops.set_norms_in_gemvs(True)
     rolling(True)()
     gemv_splits()()
     cuda_quant_linear.set_l2_prefetch_bytes(prefetch_bytes)
-    partition(min_partition)()
+    cuda_attention.MIN_PARTITION, cuda_attention.GROWN_PARTITION = min_partition, grown_partition
     torch.ops.exlsp.set_decode_attention_early_trigger(True)
     norm_entry(True)()
     vocab_kernels(True)()
@@ -271,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from engine.ops import cuda_attention, cuda_quant_linear
 
-    default_prefetch, default_partition = cuda_quant_linear.L2_PREFETCH_BYTES, cuda_attention.MIN_PARTITION
+    default_prefetch = cuda_quant_linear.L2_PREFETCH_BYTES
+    default_partition = cuda_attention.MIN_PARTITION, cuda_attention.GROWN_PARTITION
     model, kv_cache = served_model(args.model, act_order=args.act_order)
     mark_norm_roles(model)
     rows = []
@@ -284,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((r, label, tok_s, keystroke_ms(served, model.config.vocab_size)))
                 del served
     finally:
-        restore_defaults(default_prefetch, default_partition)
+        restore_defaults(default_prefetch, *default_partition)
     order = "  act-order" if args.act_order else ""
     print(
         f"{torch.cuda.get_device_name()}  {args.model}{order}  decode tok/s (graph, steps queued), keystroke ms"

@@ -15,6 +15,11 @@ from engine.ops.cuda_prefill_attention import prefill_attention
 
 MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequence fills the GPU...
 MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
+# The per-sequence kernel doubles a long sequence's partitions, on the device from its length, up to
+# this many tokens while it would need more than 32 (csrc/attention_merge.cuh partition_size_of):
+# 256 at 8k context +2.4% on an H200, where 2k keeps 128 (256 there: -7.5%, bench/NOTES.md 82e).
+# 0: fixed partitions. A power of two times MIN_PARTITION.
+GROWN_PARTITION = 256
 # A short prefill's new tokens as one-token sequences (engine/cuda_graph.py token_level_metadata):
 # up to this many consecutive ones that share their blocks are computed by one block from one read
 # of each K/V chunk (the multi-query kernel); 1 selects the per-sequence kernel for them too.
@@ -31,16 +36,25 @@ def partition_size_for(max_seq_len: int, min_partition: int = MIN_PARTITION) -> 
     return size
 
 
+def grown_partition_for(partition_size: int) -> int:
+    """The op's max_partition_size for partitions of partition_size tokens: GROWN_PARTITION where it
+    is larger, else 0 (fixed: a graph captured for a long enough context has larger ones already)."""
+    return GROWN_PARTITION if GROWN_PARTITION > partition_size else 0
+
+
 def decode_attention(
     q, kv_cache_layer, block_tables, seq_lens, max_seq_len: int, scale: float, sliding_window,
     queries_per_block: int = 1, partition_size: int | None = None, out_index=None,
 ):  # fmt: skip
     """Flash-decoding kernel: q (S, Hq, D), one new token per sequence, its K/V already in the cache.
     queries_per_block > 1: the multi-query kernel (consecutive sequences sharing blocks together).
-    out_index: where each of a row's Hq * D outputs goes (reference.OutputOrder.index)."""
+    partition_size: fixed partitions of this many tokens (else the engine's, grown on the per-sequence
+    path). out_index: where each of a row's Hq * D outputs goes (reference.OutputOrder.index)."""
     num_seqs, num_heads, head_dim = q.shape
     min_partition = MIN_PARTITION if queries_per_block == 1 else MULTI_QUERY_MIN_PARTITION
     part = partition_size or partition_size_for(max(1, max_seq_len), min_partition)
+    grown = grown_partition_for(part) if not partition_size and queries_per_block == 1 else 0
+    # counted in the base size: enough partitions however a sequence's grow
     num_partitions = -(-max(1, max_seq_len) // part)
     out = torch.empty_like(q)
     tmp_out = torch.empty(
@@ -52,7 +66,7 @@ def decode_attention(
         q, kv_cache_layer, block_tables, seq_lens, float(scale), int(sliding_window or 0), part,
         queries_per_block, out, tmp_out, tmp_max, tmp_sum,
         _merge_counters(q.device, num_seqs * kv_cache_layer.shape[3]) if queries_per_block == 1 else None,
-        out_index,
+        out_index, grown,
     )  # fmt: skip
     return out
 

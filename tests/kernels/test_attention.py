@@ -88,16 +88,22 @@ def test_decode_kernel_matches_reference(case, dtype):
     assert torch.equal(multi, out)
 
 
-def run_decode_kernel(q, cache, attn, scale, window, part, queries_per_block, counters=None, out_index=None):
-    """The op on poisoned outputs and scratch, partitions for attn.max_seq_len."""
+def run_decode_kernel(
+    q, cache, attn, scale, window, part, queries_per_block, counters=None, out_index=None, max_part=0,
+    tmp_max=None,
+):  # fmt: skip
+    """The op on poisoned outputs and scratch, partitions of `part` tokens (grown up to max_part; 0:
+    fixed) counted for attn.max_seq_len. tmp_max: the caller's poisoned (S, Hq, partitions) scratch,
+    to see which partitions were written."""
     num_seqs, hq, d = q.shape
     num_parts = -(-attn.max_seq_len // part)
     out = poisoned(q.shape, q.dtype)
     tmp_out = poisoned((num_seqs, hq, num_parts, d), torch.float32)
-    tmp_max, tmp_sum = poisoned(tmp_out.shape[:3], torch.float32), poisoned(tmp_out.shape[:3], torch.float32)
+    tmp_max = poisoned(tmp_out.shape[:3], torch.float32) if tmp_max is None else tmp_max
+    tmp_sum = poisoned(tmp_out.shape[:3], torch.float32)
     exlsp_ops().paged_attention_decode(
         q, cache, attn.block_tables, attn.seq_lens, scale, window or 0, part, queries_per_block,
-        out, tmp_out, tmp_max, tmp_sum, counters, out_index,
+        out, tmp_out, tmp_max, tmp_sum, counters, out_index, max_part,
     )  # fmt: skip
     return out
 

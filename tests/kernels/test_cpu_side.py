@@ -93,6 +93,13 @@ def test_partition_size_grows_only_past_the_partition_cap(max_seq_len, size):
     assert cuda_attention.partition_size_for(max_seq_len) == size
 
 
+@pytest.mark.parametrize("max_seq_len,grown", [(2048, 256), (32768, 256), (32769, 0), (131072, 0)])
+def test_partitions_grow_on_the_device_only_where_they_start_smaller(max_seq_len, grown):
+    """The op's max_partition_size: GROWN_PARTITION for partitions of 128 tokens; 0 (fixed) once the
+    context's cap already made them as large, never a size under the partition's (the op refuses it)."""
+    assert cuda_attention.grown_partition_for(cuda_attention.partition_size_for(max_seq_len)) == grown
+
+
 def test_batch_buckets():
     assert BUCKETS == (1, 2, 4, 8, 16)
     assert [bucket_for(n) for n in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, None]
