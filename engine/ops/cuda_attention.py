@@ -17,7 +17,8 @@ MIN_PARTITION = 128  # decode attention: tokens per partition, small so one sequ
 MAX_PARTITIONS = 256  # ...until a sequence would need more partitions than this
 # The per-sequence kernel doubles a long sequence's partitions, on the device from its length, up to
 # this many tokens while it would need more than 32 (csrc/attention_merge.cuh partition_size_of):
-# 256 at 8k context +2.4% on an H200, where 2k keeps 128 (256 there: -7.5%, bench/NOTES.md 82e).
+# an 8k sequence gets 256, a 2k one keeps 128 (fixed 256 there: -7.5%). H200, Llama-3-8B decode at
+# 8k 421 -> 430 tok/s, 32 and 2k unchanged; up to 512: 384 (bench/NOTES.md 85e).
 # 0: fixed partitions. A power of two times MIN_PARTITION.
 GROWN_PARTITION = 256
 # A short prefill's new tokens as one-token sequences (engine/cuda_graph.py token_level_metadata):
