@@ -23,17 +23,22 @@ HEAD_IN_GRAPH = (
 
 def served_model(name: str, generator: torch.Generator | None = None, act_order: bool = False):
     """(model, kv_cache): the random-weight model `name` (bench/gpu_shapes.py) with the head and
-    embedding bits the engine serves on a GPU, and a random cache of CACHE_TOKENS tokens (never time
-    on zeros), the rotary table trimmed to it as engine/model_runner.py does."""
+    embedding bits the engine serves on a GPU, and random_kv_cache's cache."""
     from bench.gpu_shapes import build_model
 
     head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
     model = build_model(name, head_bits=head_bits, embed_bits=embed_bits, act_order=act_order)
+    return model, random_kv_cache(model, generator)
+
+
+def random_kv_cache(model, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random cache of CACHE_TOKENS tokens for `model` (never time on zeros), the rotary table
+    trimmed to it as engine/model_runner.py does."""
     num_blocks = CACHE_TOKENS // BLOCK_SIZE + 4
     kv_cache = model.allocate_kv_cache(num_blocks, BLOCK_SIZE)
     kv_cache.normal_(generator=generator)
     model.rotary.limit_positions(num_blocks * BLOCK_SIZE)
-    return model, kv_cache
+    return kv_cache
 
 
 def suffix_metadata(prefix: int, suffix: int) -> AttentionMetadata:
