@@ -48,9 +48,10 @@ LINEARS = {  # checkpoint name -> (in features, out features) by the config's si
 def random_gptq_tensors(config: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Every tensor of a 4-bit g128 GPTQ checkpoint ("gptq" v1: stored zeros are zero - 1) of the
     config's shapes: random codes, scales ~0.004 and mid-range zeros (weights of std ~0.02, as
-    bench/gpu_shapes.py random_packed), fp16 embedding, norms and head; drawn on gen's device, kept on
-    the CPU."""
+    bench/gpu_shapes.py random_packed), fp16 embedding, norms, head and Qwen2's q/k/v biases; drawn
+    on gen's device, kept on the CPU."""
     dev = gen.device
+    with_qkv_bias = config["model_type"] == "qwen2"  # Qwen2's q, k and v always have one
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     sizes = {
         "hidden": config["hidden_size"],
@@ -85,6 +86,8 @@ def random_gptq_tensors(config: dict, gen: torch.Generator) -> dict[str, torch.T
                 (torch.rand((groups, n), device=dev, generator=gen) * 0.004 + 0.002).half().cpu()
             )
             tensors[prefix + name + ".g_idx"] = torch.arange(k, dtype=torch.int32) // GROUP_SIZE
+            if with_qkv_bias and name.endswith(("q_proj", "k_proj", "v_proj")):
+                tensors[prefix + name + ".bias"] = normal(n)
     return tensors
 
 
