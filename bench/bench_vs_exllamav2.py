@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_shapes import MODELS, kernels_ready  # noqa: E402
+from bench.gpu_timing import median_ms  # noqa: E402
 
 GROUP_SIZE = 128
 LINEARS = {  # checkpoint name -> (in features, out features) by the config's sizes
@@ -129,22 +129,17 @@ def exllamav2_tok_s(folder: Path, contexts: list[int], steps: int = 64, rounds: 
         ids = torch.randint(0, config.vocab_size, (1, ctx), dtype=torch.long)
         cache.current_seq_len = 0
         model.forward(ids[:, :-1], cache, preprocess_only=True)
-        per_round = []
-        for r in range(rounds + 1):  # the first round warms up
+
+        def decode_steps(ctx: int = ctx, ids: torch.Tensor = ids) -> None:
             cache.current_seq_len = ctx - 1
             token = ids[:, -1:]
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
             for _ in range(steps):
                 logits = model.forward(token, cache)
                 token = logits[:, -1].argmax(-1, keepdim=True).cpu()
-            if r:
-                per_round.append((time.perf_counter() - t0) / steps)
-        out[ctx] = 1.0 / statistics.median(per_round)
+
+        out[ctx] = 1e3 * steps / median_ms(decode_steps, warmup=1, iters=rounds)
     model.unload()
-    del model, cache
-    torch.cuda.empty_cache()
-    return out
+    return out  # the cache's memory goes with this frame
 
 
 def exlsp_tok_s(
@@ -208,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in engines:
             if name == "exllamav2":
                 rows["exllamav2"] = exllamav2_tok_s(folder, contexts)
+                torch.cuda.empty_cache()
                 continue
             head_bits, embed_bits = default_vocab_bits(torch.device("cuda"))
             for label, bits in (
